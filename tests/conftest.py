@@ -1,0 +1,29 @@
+"""Fixtures shared across test modules: a real local Ray, started once per session on 127.0.0.1."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+TESTS_DIR = Path(__file__).resolve().parent
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+@pytest.fixture(scope="session")
+def ray_local():
+    import ray
+
+    ray.init(num_cpus=4, include_dashboard=False, _node_ip_address="127.0.0.1",
+             # Actor classes defined in test modules must be importable in Ray's worker processes.
+             runtime_env={"env_vars": {"HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false",
+                                       "PYTHONPATH": os.pathsep.join(
+                                           filter(None, [str(TESTS_DIR), os.environ.get("PYTHONPATH")]))}},
+             logging_level="warning", configure_logging=True, log_to_driver=False)
+    yield ray
+    ray.shutdown()

@@ -1,0 +1,72 @@
+"""The worker pool on a real local Ray: every item finishes once, dead actors are replaced."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from workers.pool import ActorOptions, WorkerPool
+
+
+class SquareWorker:
+    """Squares numbers; dies (the whole process) or raises on request, like a real worker could."""
+
+    def __init__(self, marker_dir: str) -> None:
+        self.marker_dir = Path(marker_dir)
+        self.pid = os.getpid()
+
+    def run(self, item):
+        if item == "die-always":
+            os._exit(1)
+        if item == "die-once":
+            marker = self.marker_dir / "died"
+            if not marker.exists():
+                marker.touch()
+                os._exit(1)
+            return "survived"
+        if item == "bad":
+            raise ValueError("candidate 'bad' has a NaN score\nsecond line")
+        return item * item, self.pid
+
+
+def test_pool_runs_every_item_and_spreads_over_actors(ray_local, tmp_path):
+    pool = WorkerPool(SquareWorker, (str(tmp_path),), num_workers=2, options=ActorOptions(num_cpus=0.5)).start()
+    try:
+        outcomes = list(pool.map_unordered(range(20), lambda i: (i,)))
+    finally:
+        pool.shutdown()
+    assert sorted(o.value[0] for o in outcomes) == [i * i for i in range(20)]
+    assert all(o.ok and o.attempts == 1 for o in outcomes)
+    assert len({o.value[1] for o in outcomes}) == 2, "both actors should have taken work"
+
+
+def test_pool_requeues_after_actor_death_and_reports_task_errors(ray_local, tmp_path):
+    pool = WorkerPool(SquareWorker, (str(tmp_path),), num_workers=2, options=ActorOptions(num_cpus=0.5),
+                      max_retries=1).start()
+    try:
+        outcomes = {str(o.item): o for o in pool.map_unordered([3, "die-once", "bad", "die-always", 4],
+                                                               lambda i: (i,))}
+    finally:
+        pool.shutdown()
+    assert outcomes["3"].value[0] == 9 and outcomes["4"].value[0] == 16
+    assert outcomes["die-once"].value == "survived" and outcomes["die-once"].attempts == 2
+    assert outcomes["bad"].error == "ValueError: candidate 'bad' has a NaN score"
+    assert outcomes["bad"].attempts == 1
+    assert outcomes["die-always"].error.startswith("worker died 2 times")
+
+
+class BrokenWorker:
+    def __init__(self, path: str) -> None:
+        raise FileNotFoundError(f"source model not found: {path}")
+
+    def run(self, item):
+        return item
+
+
+def test_pool_fails_fast_with_the_constructor_error(ray_local):
+    import pytest
+
+    from workers.pool import WorkerStartError
+
+    with pytest.raises(WorkerStartError, match=r"^worker failed to start: FileNotFoundError: source model not found: /nope$"):
+        WorkerPool(BrokenWorker, ("/nope",), num_workers=1, options=ActorOptions(num_cpus=0.5)).start()

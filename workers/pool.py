@@ -1,0 +1,184 @@
+"""A pool of long-lived Ray actors that keeps every actor busy and survives actor deaths.
+
+Ray's own `ActorPool` gives up when an actor dies; a search must not. Here a dead actor is replaced
+(its resident weights are loaded again) and its in-flight item is queued again, up to `max_retries`
+times per item. An exception raised *inside* the actor's method is the item's own failure (a bad recipe,
+a NaN score): it is reported once and never retried, since retrying would fail the same way.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from typing import Any, Generic, TypeVar
+
+import ray
+from ray.exceptions import RayActorError, RayTaskError, WorkerCrashedError
+
+log = logging.getLogger(__name__)
+
+Item = TypeVar("Item")
+
+
+@dataclass(frozen=True)
+class ActorOptions:
+    """Resources per actor. One GPU each when the cluster has GPUs; CPUs otherwise."""
+
+    num_cpus: float = 1.0
+    num_gpus: float = 0.0
+    memory_bytes: int | None = None
+    max_concurrency: int = 1
+
+    def as_ray_options(self) -> dict[str, Any]:
+        opts: dict[str, Any] = {"num_cpus": self.num_cpus, "num_gpus": self.num_gpus,
+                                "max_concurrency": self.max_concurrency}
+        if self.memory_bytes:
+            opts["memory"] = self.memory_bytes
+        return opts
+
+
+@dataclass
+class PoolOutcome(Generic[Item]):
+    """One finished item: `value` when the actor returned, `error` (one line) when it did not."""
+
+    item: Item
+    value: Any = None
+    error: str | None = None
+    attempts: int = 1
+    worker: str = ""
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+
+@dataclass
+class _Slot:
+    actor: Any
+    name: str
+    generation: int = 0  # bumped on every restart so names stay unique in the store
+
+
+@dataclass
+class _InFlight(Generic[Item]):
+    item: Item
+    slot: _Slot
+    attempts: int
+
+
+class WorkerStartError(RuntimeError):
+    """An actor could not start (bad source path, out of memory while loading weights)."""
+
+
+_EXCEPTION_LINE = re.compile(r"^[A-Za-z_][\w.]*(Error|Exception|Exit|Interrupt)\b.*")
+
+
+def init_failure_line(exc: RayActorError) -> str:
+    """The constructor's own exception line, buried at the end of Ray's creation-task traceback."""
+    lines = [ln.strip() for ln in str(getattr(exc, "error_msg", exc)).splitlines() if ln.strip()]
+    raised = [ln for ln in lines if _EXCEPTION_LINE.match(ln)]
+    return raised[-1] if raised else (lines[0] if lines else type(exc).__name__)
+
+
+def one_line(exc: BaseException) -> str:
+    """`Type: first line` of an exception (the remote cause for a task error), as the store shows it."""
+    if isinstance(exc, RayTaskError) and exc.cause is not None:
+        exc = exc.cause
+    lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
+    return f"{type(exc).__name__}: {lines[0]}" if lines else type(exc).__name__
+
+
+@dataclass
+class WorkerPool(Generic[Item]):
+    """`num_workers` actors of `actor_cls(*init_args)`; `call` names the method run on each item."""
+
+    actor_cls: type
+    init_args: tuple = ()
+    num_workers: int = 1
+    options: ActorOptions = field(default_factory=ActorOptions)
+    call: str = "run"
+    max_retries: int = 2
+    _slots: list[_Slot] = field(default_factory=list, init=False)
+    _remote_cls: Any = field(default=None, init=False)
+
+    def start(self) -> "WorkerPool[Item]":
+        if self.num_workers < 1:
+            raise ValueError("num_workers must be at least 1")
+        self._remote_cls = ray.remote(self.actor_cls).options(**self.options.as_ray_options())
+        self._slots = [self._spawn(i) for i in range(self.num_workers)]
+        self._wait_ready(self._slots)
+        return self
+
+    @staticmethod
+    def _wait_ready(slots: list[_Slot]) -> None:
+        """Fail fast, with the constructor's error, when actors cannot start: retrying would not help."""
+        try:
+            ray.get([slot.actor.__ray_ready__.remote() for slot in slots])
+        except RayActorError as exc:
+            raise WorkerStartError(f"worker failed to start: {init_failure_line(exc)}") from None
+
+    def _spawn(self, index: int, generation: int = 0) -> _Slot:
+        return _Slot(actor=self._remote_cls.remote(*self.init_args), name=f"worker-{index}.{generation}",
+                     generation=generation)
+
+    def _restart(self, slot: _Slot) -> _Slot:
+        ray.kill(slot.actor, no_restart=True)
+        index = self._slots.index(slot)
+        fresh = self._spawn(index, slot.generation + 1)
+        self._wait_ready([fresh])
+        self._slots[index] = fresh
+        return fresh
+
+    def map_unordered(self, items: Iterable[Item], args_of: Callable[[Item], tuple]) -> Iterator[PoolOutcome[Item]]:
+        """Runs `actor.<call>(*args_of(item))` for every item, yielding outcomes as they finish.
+
+        Every idle actor gets the next queued item at once, so no actor waits while work is queued.
+        """
+        if not self._slots:
+            self.start()
+        queue: deque[tuple[Item, int]] = deque((it, 0) for it in items)
+        idle: deque[_Slot] = deque(self._slots)
+        running: dict[Any, _InFlight[Item]] = {}
+
+        def submit() -> None:
+            while queue and idle:
+                item, attempts = queue.popleft()
+                slot = idle.popleft()
+                ref = getattr(slot.actor, self.call).remote(*args_of(item))
+                running[ref] = _InFlight(item=item, slot=slot, attempts=attempts + 1)
+
+        submit()
+        while running:
+            done, _ = ray.wait(list(running), num_returns=1)
+            ref = done[0]
+            flight = running.pop(ref)
+            try:
+                value = ray.get(ref)
+            except (RayActorError, WorkerCrashedError) as exc:
+                # The actor process died (OOM, segfault, node loss): the item is innocent until it has
+                # killed `max_retries + 1` actors.
+                fresh = self._restart(flight.slot)
+                idle.append(fresh)
+                if flight.attempts <= self.max_retries:
+                    log.warning("%s died on an item (attempt %d); re-queued: %s", flight.slot.name,
+                                flight.attempts, one_line(exc))
+                    queue.appendleft((flight.item, flight.attempts))
+                else:
+                    yield PoolOutcome(item=flight.item, error=f"worker died {flight.attempts} times: {one_line(exc)}",
+                                      attempts=flight.attempts, worker=flight.slot.name)
+            except RayTaskError as exc:
+                idle.append(flight.slot)
+                yield PoolOutcome(item=flight.item, error=one_line(exc), attempts=flight.attempts,
+                                  worker=flight.slot.name)
+            else:
+                idle.append(flight.slot)
+                yield PoolOutcome(item=flight.item, value=value, attempts=flight.attempts, worker=flight.slot.name)
+            submit()
+
+    def shutdown(self) -> None:
+        for slot in self._slots:
+            ray.kill(slot.actor, no_restart=True)
+        self._slots = []
