@@ -45,7 +45,8 @@ MethodSpec = dict[str, frozenset[str]]
 _GTA_GLOBAL = frozenset({"normalize", "rescale", "int8_mask", "lambda"})
 MERGE_METHODS: dict[str, MethodSpec] = {
     "linear": {"per_model": frozenset({"weight"}), "global_": frozenset({"normalize"})},
-    "task_arithmetic": {"per_model": frozenset({"weight"}), "global_": _GTA_GLOBAL},
+    # mergekit accepts (and ignores) density for plain task arithmetic; accepted so its YAMLs load.
+    "task_arithmetic": {"per_model": frozenset({"weight", "density"}), "global_": _GTA_GLOBAL},
     "ties": {"per_model": frozenset({"weight", "density"}), "global_": _GTA_GLOBAL},
     "dare_ties": {"per_model": frozenset({"weight", "density"}), "global_": _GTA_GLOBAL},
     "dare_linear": {"per_model": frozenset({"weight", "density"}), "global_": _GTA_GLOBAL},

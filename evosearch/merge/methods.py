@@ -1,0 +1,201 @@
+"""Merge kernels: each takes the inputs of ONE tensor and returns the merged tensor.
+
+Semantics and numerics follow the papers as mergekit 0.1.5 implements them (the test-suite's
+reference): task vectors are ``model - base``; sparsification keeps a `density` fraction of each task
+vector; TIES keeps, per element, only the contributions whose sign agrees with the sign of their sum;
+with `rescale` the kept task vector is scaled to the L1 norm of the full one (~ 1/density on average).
+Inputs arrive already in the compute dtype (float32, or float64 for float64 inputs).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from enum import Enum
+from typing import Optional, Sequence
+
+import torch
+
+from evosearch.recipe import RecipeError
+
+
+class Sparsify(str, Enum):
+    magnitude = "magnitude"  # TIES: keep the largest |delta|
+    random = "random"  # DARE: keep each element with probability density
+    magnitude_outliers = "magnitude_outliers"  # Breadcrumbs: drop the largest gamma and the smallest
+    della = "della"  # DELLA MagPrune: keep-probability grows with |delta|'s rank in its row
+
+
+@dataclass(frozen=True)
+class TaskArithmeticVariant:
+    sparsify: Optional[Sparsify]
+    sign_consensus: bool
+
+
+TASK_ARITHMETIC_VARIANTS: dict[str, TaskArithmeticVariant] = {
+    "task_arithmetic": TaskArithmeticVariant(None, False),
+    "ties": TaskArithmeticVariant(Sparsify.magnitude, True),
+    "dare_ties": TaskArithmeticVariant(Sparsify.random, True),
+    "dare_linear": TaskArithmeticVariant(Sparsify.random, False),
+    "breadcrumbs": TaskArithmeticVariant(Sparsify.magnitude_outliers, False),
+    "breadcrumbs_ties": TaskArithmeticVariant(Sparsify.magnitude_outliers, True),
+    "della": TaskArithmeticVariant(Sparsify.della, True),
+    "della_linear": TaskArithmeticVariant(Sparsify.della, False),
+}
+
+
+def _rescale_l1(delta: torch.Tensor, kept: torch.Tensor, eps: float = 1e-7) -> torch.Tensor:
+    before, after = delta.abs().sum(), kept.abs().sum()
+    if before < eps or after < eps:
+        return kept
+    return kept * (before / after)
+
+
+def _finish(delta: torch.Tensor, mask: torch.Tensor, rescale: bool) -> torch.Tensor:
+    kept = delta * mask
+    return _rescale_l1(delta, kept) if rescale else kept
+
+
+def _flat_mask(delta: torch.Tensor, keep_indices: torch.Tensor) -> torch.Tensor:
+    mask = torch.zeros(delta.numel(), dtype=delta.dtype, device=delta.device)
+    mask[keep_indices] = 1
+    return mask.reshape(delta.shape)
+
+
+def sparsify_magnitude(delta: torch.Tensor, density: float, rescale: bool) -> torch.Tensor:
+    if density >= 1:
+        return delta
+    if density <= 0 or delta.numel() == 0:
+        return torch.zeros_like(delta)
+    k = max(1, int(density * delta.numel()))
+    top = torch.topk(delta.abs().reshape(-1), k, sorted=False).indices
+    return _finish(delta, _flat_mask(delta, top), rescale)
+
+
+def sparsify_magnitude_outliers(delta: torch.Tensor, density: float, gamma: float, rescale: bool) -> torch.Tensor:
+    if density >= 1:
+        return delta
+    n = delta.numel()
+    keep = int(density * n)
+    # Never drop so many outliers that fewer than `keep` elements remain.
+    n_small = max(0, n - keep - int(gamma * n))
+    ascending = torch.argsort(delta.abs().reshape(-1))
+    return _finish(delta, _flat_mask(delta, ascending[n_small:n_small + keep]), rescale)
+
+
+def sparsify_random(delta: torch.Tensor, density: float, rescale: bool, generator: torch.Generator) -> torch.Tensor:
+    if density >= 1:
+        return delta
+    probs = torch.full_like(delta, max(0.0, density))
+    return _finish(delta, torch.bernoulli(probs, generator=generator), rescale)
+
+
+def sparsify_della(delta: torch.Tensor, density: float, epsilon: float, rescale: bool,
+                   generator: torch.Generator, where: str) -> torch.Tensor:
+    if density >= 1:
+        return delta
+    if density <= 0:
+        return torch.zeros_like(delta)
+    if density + epsilon >= 1 or density - epsilon <= 0:
+        raise RecipeError(f"{where}: della needs 0 < density - epsilon and density + epsilon < 1 "
+                          f"(density={density:g}, epsilon={epsilon:g})")
+    rows = delta.reshape(1, -1) if delta.dim() < 2 else delta
+    ranks = rows.abs().argsort(dim=1).argsort(dim=1).to(delta.dtype)  # 0 = smallest in its row
+    span = rows.shape[1] - 1
+    rank_fraction = ranks / span if span > 0 else torch.zeros_like(ranks)
+    probs = (density - epsilon) + 2 * epsilon * rank_fraction
+    mask = torch.bernoulli(probs, generator=generator).reshape(delta.shape)
+    return _finish(delta, mask, rescale)
+
+
+def task_arithmetic(base: torch.Tensor, models: Sequence[torch.Tensor], params: Sequence[dict],
+                    variant: TaskArithmeticVariant, *, normalize: bool, rescale: bool, lam: float,
+                    generator: Optional[torch.Generator], where: Sequence[str]) -> torch.Tensor:
+    """The generalised task-arithmetic merge shared by task_arithmetic, TIES, DARE, Breadcrumbs, DELLA."""
+    if not models:
+        return base
+    deltas = torch.empty((len(models), *base.shape), dtype=base.dtype, device=base.device)
+    for i, (tensor, p) in enumerate(zip(models, params)):
+        delta = tensor - base
+        density = p["density"]
+        if variant.sparsify is Sparsify.magnitude:
+            delta = sparsify_magnitude(delta, density, rescale)
+        elif variant.sparsify is Sparsify.magnitude_outliers:
+            delta = sparsify_magnitude_outliers(delta, density, p["gamma"], rescale)
+        elif variant.sparsify is Sparsify.random:
+            delta = sparsify_random(delta, density, rescale, generator)
+        elif variant.sparsify is Sparsify.della:
+            delta = sparsify_della(delta, density, p["epsilon"], rescale, generator, where[i])
+        deltas[i] = delta
+    weights = torch.tensor([p["weight"] for p in params], dtype=base.dtype, device=base.device)
+    weights = weights.reshape(-1, *([1] * base.dim()))
+    deltas.mul_(weights)
+    if variant.sign_consensus:
+        majority = torch.where(deltas.sum(dim=0) >= 0, 1.0, -1.0).to(base.dtype)
+        agree = (deltas.sign() == majority).to(base.dtype)  # zeros (dropped) never agree
+        mixed = (deltas * agree).sum(dim=0)
+        divisor = (weights * agree).sum(dim=0)
+        divisor[divisor == 0] = 1
+    else:
+        mixed = deltas.sum(dim=0)
+        divisor = weights.sum(dim=0)
+        divisor[divisor.abs() < 1e-8] = 1
+    if normalize:
+        mixed /= divisor
+    if lam != 1:
+        mixed *= lam
+    return base + mixed
+
+
+def linear(tensors: Sequence[torch.Tensor], weights: Sequence[float], *, normalize: bool, where: str) -> torch.Tensor:
+    out = torch.zeros_like(tensors[0])
+    for tensor, w in zip(tensors, weights):
+        out.add_(tensor, alpha=w)
+    if normalize:
+        total = sum(weights)
+        if total == 0:
+            raise RecipeError(f"{where}: linear weights sum to 0, cannot normalize")
+        out.div_(total)
+    return out
+
+
+def model_stock(base: torch.Tensor, models: Sequence[torch.Tensor], *, filter_wise: bool) -> torch.Tensor:
+    """Model Stock: move from the base towards the fine-tunes' average by a ratio set by their angle."""
+    shape = base.shape
+    if filter_wise:
+        w0 = base.unsqueeze(0) if base.dim() == 1 else base
+        ws = [m.unsqueeze(0) if m.dim() == 1 else m for m in models]
+    else:
+        w0, ws = base.reshape(-1), [m.reshape(-1) for m in models]
+    offsets = [w - w0 for w in ws]
+    cosines = []
+    for i, a in enumerate(offsets):
+        for b in offsets[i + 1:]:
+            norms = (torch.linalg.vector_norm(a, dim=-1) * torch.linalg.vector_norm(b, dim=-1)).clamp(min=1e-6)
+            cosines.append(((a * b).sum(dim=-1) / norms).clamp(-1, 1))
+    cos = torch.stack(cosines).mean(dim=0).unsqueeze(-1)
+    n = len(ws)
+    denominator = 1 + (n - 1) * cos
+    # Where the denominator vanishes there is no finite estimate: keep the base.
+    singular = denominator.abs() < 1e-6
+    t = torch.where(singular, torch.zeros_like(cos), n * cos / torch.where(singular, 1.0, denominator))
+    average = sum(ws) / n
+    return (t * average + (1 - t) * w0).reshape(shape)
+
+
+def slerp(t: float, v0: torch.Tensor, v1: torch.Tensor, *, dot_threshold: float = 0.9995,
+          eps: float = 1e-8) -> torch.Tensor:
+    """Spherical interpolation of the flattened tensors; nearly (anti)parallel pairs interpolate linearly."""
+    a, b = v0.reshape(-1), v1.reshape(-1)
+    if a.numel() == 0:
+        return v0.clone()
+    na, nb = torch.linalg.vector_norm(a), torch.linalg.vector_norm(b)
+    na = na if na > eps else torch.ones_like(na)
+    nb = nb if nb > eps else torch.ones_like(nb)
+    dot = float(((a / na) * (b / nb)).sum().clamp(-1, 1))
+    if abs(dot) > dot_threshold:
+        ca, cb = 1 - t, t
+    else:
+        theta = math.acos(dot)
+        ca, cb = math.sin((1 - t) * theta) / math.sin(theta), math.sin(t * theta) / math.sin(theta)
+    return (ca * a + cb * b).reshape(v0.shape)

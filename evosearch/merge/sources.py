@@ -1,0 +1,212 @@
+"""Source models: lazy, per-tensor access to a local Hugging Face checkpoint, or to tensors in memory.
+
+Every source offers the same small interface (`TensorSource`), so the merge engine neither knows nor
+cares whether a tensor comes from disk (streaming export) or from a worker's resident copy (search).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Mapping, Optional, Protocol, Sequence
+
+import torch
+from safetensors import safe_open
+from transformers import AutoConfig, PretrainedConfig
+
+
+class SourceError(ValueError):
+    """A source model that cannot be used; the message is one line naming the model (and tensor)."""
+
+
+class TensorSource(Protocol):
+    name: str
+    config: Optional[PretrainedConfig]
+
+    def tensor_names(self) -> list[str]: ...
+
+    def shape(self, name: str) -> tuple[int, ...]: ...
+
+    def read(self, name: str) -> torch.Tensor: ...
+
+
+_SAFETENSORS_INDEX = "model.safetensors.index.json"
+_PICKLE_PATTERNS = ("*.bin", "*.pt", "*.pth")
+
+
+def resolve_model_dir(ref: str) -> Path:
+    """The local directory of model `ref`. A hub download would slot in here; there is no network."""
+    path = Path(ref).expanduser()
+    if path.is_dir():
+        return path
+    if path.exists():
+        raise SourceError(f"model {ref}: not a directory")
+    looks_like_hub_id = not ref.startswith((".", "/", "~")) and ref.count("/") == 1
+    if looks_like_hub_id:
+        raise SourceError(f"model {ref}: not found locally (no hub access here; give a local directory)")
+    raise SourceError(f"model {ref}: path does not exist")
+
+
+@dataclass
+class _TensorLocation:
+    file: Path
+    shape: tuple[int, ...]
+
+
+@dataclass
+class SourceModel:
+    """A local HF checkpoint read tensor by tensor; nothing is loaded until `read`."""
+
+    name: str
+    path: Path
+    config: Optional[PretrainedConfig]
+    _index: dict[str, _TensorLocation]
+    _pickled: dict[Path, dict[str, torch.Tensor]] = field(default_factory=dict, repr=False)
+    _is_pickle: bool = False
+
+    @classmethod
+    def open(cls, path: str, allow_pickle: bool = False) -> "SourceModel":
+        root = resolve_model_dir(str(path))
+        config = _load_config(root, str(path))
+        files = _safetensors_files(root, str(path))
+        if files:
+            return cls(str(path), root, config, _index_safetensors(files, str(path)))
+        pickled = sorted({p for pat in _PICKLE_PATTERNS for p in root.glob(pat)})
+        if not pickled:
+            raise SourceError(f"model {path}: no weights found (*.safetensors)")
+        if not allow_pickle:
+            raise SourceError(f"model {path}: only pickle weights ({pickled[0].name}); "
+                              f"convert to safetensors or pass --allow-pickle")
+        model = cls(str(path), root, config, {}, _is_pickle=True)
+        for file in pickled:
+            state = _torch_load(file, str(path))
+            model._pickled[file] = state
+            model._index.update({k: _TensorLocation(file, tuple(v.shape)) for k, v in state.items()})
+        return model
+
+    def tensor_names(self) -> list[str]:
+        return list(self._index)
+
+    def shape(self, name: str) -> tuple[int, ...]:
+        return self._location(name).shape
+
+    def read(self, name: str) -> torch.Tensor:
+        loc = self._location(name)
+        if self._is_pickle:
+            return self._pickled[loc.file][name]
+        # A short-lived handle: a long-lived mmap would keep every page read so far in our RSS.
+        with safe_open(loc.file, framework="pt") as f:
+            return f.get_tensor(name)
+
+    def load_all(self, device: str | torch.device = "cpu") -> dict[str, torch.Tensor]:
+        """Every tensor, resident on `device` (what a search worker keeps)."""
+        return {n: self.read(n).to(device) for n in self.tensor_names()}
+
+    def _location(self, name: str) -> _TensorLocation:
+        try:
+            return self._index[name]
+        except KeyError:
+            raise SourceError(f"model {self.name}: has no tensor {name}") from None
+
+
+@dataclass
+class ResidentModel:
+    """A source whose tensors are already in memory (a worker's cached copy, possibly on GPU)."""
+
+    name: str
+    tensors: Mapping[str, torch.Tensor]
+    config: Optional[PretrainedConfig] = None
+
+    def tensor_names(self) -> list[str]:
+        return list(self.tensors)
+
+    def shape(self, name: str) -> tuple[int, ...]:
+        return tuple(self._get(name).shape)
+
+    def read(self, name: str) -> torch.Tensor:
+        return self._get(name)
+
+    def _get(self, name: str) -> torch.Tensor:
+        try:
+            return self.tensors[name]
+        except KeyError:
+            raise SourceError(f"model {self.name}: has no tensor {name}") from None
+
+
+def check_compatible(models: Sequence[TensorSource]) -> None:
+    """Raise SourceError unless all models share architecture, tensor names and shapes."""
+    if not models:
+        return
+    first = models[0]
+    first_arch = _architecture(first)
+    first_names = first.tensor_names()
+    for other in models[1:]:
+        arch = _architecture(other)
+        if first_arch and arch and arch != first_arch:
+            raise SourceError(f"model {other.name}: architecture {arch} differs from {first.name}'s {first_arch}")
+        other_names = set(other.tensor_names())
+        missing = [n for n in first_names if n not in other_names]
+        if missing:
+            raise SourceError(f"model {other.name}: lacks tensor {missing[0]} present in {first.name}")
+        extra = sorted(other_names - set(first_names))
+        if extra:
+            raise SourceError(f"model {other.name}: has tensor {extra[0]} absent from {first.name}")
+        for n in first_names:
+            if tuple(other.shape(n)) != tuple(first.shape(n)):
+                raise SourceError(f"model {other.name}: tensor {n} has shape {tuple(other.shape(n))}, "
+                                  f"{first.name} has {tuple(first.shape(n))}")
+
+
+def _architecture(model: TensorSource) -> Optional[str]:
+    cfg = model.config
+    if cfg is None:
+        return None
+    archs = getattr(cfg, "architectures", None) or []
+    return "/".join(archs) or getattr(cfg, "model_type", None)
+
+
+def _load_config(root: Path, ref: str) -> PretrainedConfig:
+    if not (root / "config.json").is_file():
+        raise SourceError(f"model {ref}: no config.json in {root}")
+    try:
+        return AutoConfig.from_pretrained(root, trust_remote_code=False, local_files_only=True)
+    except Exception as e:  # transformers raises many types for a bad config
+        raise SourceError(f"model {ref}: unreadable config.json ({str(e).splitlines()[0]})") from None
+
+
+def _safetensors_files(root: Path, ref: str) -> list[Path]:
+    index = root / _SAFETENSORS_INDEX
+    if index.is_file():
+        try:
+            weight_map = json.loads(index.read_text())["weight_map"]
+        except (ValueError, KeyError):
+            raise SourceError(f"model {ref}: malformed {_SAFETENSORS_INDEX}") from None
+        files = [root / f for f in dict.fromkeys(weight_map.values())]
+        missing = [f for f in files if not f.is_file()]
+        if missing:
+            raise SourceError(f"model {ref}: shard {missing[0].name} listed in {_SAFETENSORS_INDEX} is missing")
+        return files
+    return sorted(root.glob("*.safetensors"))
+
+
+def _index_safetensors(files: Sequence[Path], ref: str) -> dict[str, _TensorLocation]:
+    index: dict[str, _TensorLocation] = {}
+    for file in files:
+        try:
+            with safe_open(file, framework="pt") as f:
+                for name in f.keys():
+                    index[name] = _TensorLocation(file, tuple(f.get_slice(name).get_shape()))
+        except Exception as e:  # safetensors raises its own error type for corrupt headers
+            raise SourceError(f"model {ref}: unreadable {file.name} ({str(e).splitlines()[0]})") from None
+    return index
+
+
+def _torch_load(file: Path, ref: str) -> dict[str, torch.Tensor]:
+    try:
+        state = torch.load(file, map_location="cpu", weights_only=True, mmap=True)
+    except Exception as e:
+        raise SourceError(f"model {ref}: cannot load {file.name} ({str(e).splitlines()[0]})") from None
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise SourceError(f"model {ref}: {file.name} is not a state dict of tensors")
+    return state
