@@ -1,0 +1,81 @@
+"""CMA-ES (Hansen's `cma`) over the unit box; several objectives are scalarised by declared weights."""
+
+from __future__ import annotations
+
+import warnings
+from typing import Any, Literal, Optional, Union
+
+import cma
+import numpy as np
+from pydantic import Field, field_validator
+
+from evosearch.optimizers.base import Optimizer, OptimizerError, ScalarisingConfig, numpy_global_rng
+
+
+class CMAESConfig(ScalarisingConfig):
+    name: Literal["cmaes"] = "cmaes"
+    popsize: Optional[int] = Field(default=None, ge=2, description="default: cma's 4 + 3 ln(d)")
+    sigma0: float = Field(default=0.25, gt=0, description="initial step size, in units of the [0, 1] box")
+    x0: Union[float, list[float]] = Field(default=0.5, description="initial mean: one value or one per gene")
+    tolfun: Optional[float] = Field(default=None, gt=0, description="stop when the f-range falls below this")
+    tolx: Optional[float] = Field(default=None, gt=0, description="stop when steps fall below this")
+
+    @field_validator("x0")
+    @classmethod
+    def _in_box(cls, v):
+        if any(not 0 <= x <= 1 for x in (v if isinstance(v, list) else [v])):
+            raise ValueError("x0 must lie in [0, 1]")
+        return v
+
+
+def _global_randn(*shape: int) -> np.ndarray:
+    return np.random.randn(*shape)
+
+
+class CMAESOptimizer(Optimizer):
+    name = "cmaes"
+    scalarising = True
+    config: CMAESConfig
+
+    def __init__(self, config: CMAESConfig, dim: int, directions, seed: int):
+        super().__init__(config, dim, directions, seed)
+        x0 = np.full(dim, config.x0) if isinstance(config.x0, float) else np.asarray(config.x0, dtype=float)
+        if x0.shape != (dim,):
+            raise OptimizerError(f"cmaes: x0 has {x0.size} values for {dim} genes")
+        opts: dict[str, Any] = {
+            "bounds": [0.0, 1.0], "maxiter": config.max_generations, "verbose": -9, "verb_log": 0,
+            "verb_disp": 0, "verb_filenameprefix": "",
+            # NaN: cma leaves numpy's global RNG alone; `numpy_global_rng` hands it our own stream instead.
+            "seed": float("nan"),
+            # cma's default, `np.random.randn`, is a bound method of numpy's global RandomState and would
+            # pickle as a frozen copy of it: the resumed search would then draw from that copy.
+            "randn": _global_randn,
+        }
+        if config.popsize is not None:
+            opts["popsize"] = config.popsize
+        if config.tolfun is not None:
+            opts["tolfun"] = config.tolfun
+        if config.tolx is not None:
+            opts["tolx"] = config.tolx
+        self._rng = {"state": np.random.RandomState(seed).get_state()}
+        with numpy_global_rng(self._rng), warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # cma warns about e.g. 1-D problems on stderr
+            self._es = cma.CMAEvolutionStrategy(x0, config.sigma0, opts)
+
+    def _ask(self) -> np.ndarray:
+        with numpy_global_rng(self._rng):
+            return np.asarray(self._es.ask())
+
+    def _tell(self, genomes: np.ndarray, objectives: np.ndarray) -> None:
+        with numpy_global_rng(self._rng), warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            self._es.tell(list(genomes), self._scalar(objectives).tolist())
+
+    def _converged(self) -> bool:
+        return bool(self._es.stop())
+
+    def _algorithm_state(self) -> Any:
+        return {"es": self._es, "rng": self._rng["state"]}
+
+    def _load_algorithm_state(self, state: Any) -> None:
+        self._es, self._rng = state["es"], {"state": state["rng"]}
