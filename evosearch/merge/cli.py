@@ -1,0 +1,37 @@
+"""`evosearch merge RECIPE OUT`: build a recipe (evosearch or mergekit YAML) into an HF model directory."""
+
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from evosearch.merge.export import DEFAULT_MAX_SHARD_SIZE, ExportError, export_recipe
+from evosearch.merge.sources import SourceError
+from evosearch.recipe import RecipeError, load_recipe
+
+
+def merge_command(
+    recipe: Path = typer.Argument(..., help="Recipe YAML: an evosearch recipe (kind: ps|dfs) or a mergekit config."),
+    out: Path = typer.Argument(..., help="Output directory (a plain Hugging Face model directory)."),
+    allow_pickle: bool = typer.Option(False, "--allow-pickle",
+                                      help="Also read .bin/.pt checkpoints (torch.load with weights_only)."),
+    force: bool = typer.Option(False, "--force", help="Replace OUT if it exists and is not empty."),
+    max_shard_size: str = typer.Option(DEFAULT_MAX_SHARD_SIZE, "--max-shard-size",
+                                       help="Largest safetensors shard, e.g. 2GB, 500MB."),
+    tokenizer_source: Optional[str] = typer.Option(None, "--tokenizer-source",
+                                                   help="Model directory to take the tokenizer from."),
+) -> None:
+    """Merge the models a recipe names and write the result to OUT, streaming tensor by tensor."""
+    start = time.perf_counter()
+    try:
+        loaded = load_recipe(recipe)
+        export_recipe(loaded, out, max_shard_size=max_shard_size, tokenizer_source=tokenizer_source,
+                      allow_pickle=allow_pickle, force=force)
+    except (RecipeError, SourceError, ExportError, OSError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        raise typer.Exit(1) from None
+    typer.echo(f"wrote {out} in {time.perf_counter() - start:.1f}s")
