@@ -28,6 +28,9 @@ PS_CONFIGS = {
                           methods=["linear", "ties", "della", "breadcrumbs"], tensor_groups=["mlp"],
                           parameters={"normalize": True, "lambda": 1.0}, seed=42),
     "slerp": dict(kind="ps", sources=["a", "b"], base_model="a", methods="slerp", search_globals={"t": [0, 1]}),
+    "slerp_per_layer": dict(kind="ps", sources=["a", "b"], base_model="a", methods="slerp", num_layers=6,
+                            layer_groups="every_layer", tensor_groups=["self_attn"], search_globals={"t": [0, 1]},
+                            grouped_globals=True),
 }
 DFS_CONFIG = dict(kind="dfs", sources=["a", "b"], num_layers=4, repeats=2, scale_range=[0.5, 2.0])
 COMBINED_CONFIG = dict(kind="ps+dfs",
@@ -106,6 +109,17 @@ def test_ps_layer_filters_do_not_confuse_layer_3_with_layer_30():
     for layer in (3, 30, 31, 1, 10):
         got = evaluate_setting(f"model.layers.{layer}.mlp.up_proj.weight", setting, validate=float)
         assert got == pytest.approx(round(g[layer], 6))
+
+
+def test_slerp_t_per_layer_reads_back_through_mergekit():
+    sp = space(PS_CONFIGS["slerp_per_layer"])
+    assert sp.dim == 6 + 1 and sp.gene_names()[0] == "global.t.L0.self_attn"
+    g = np.linspace(0.0, 1.0, sp.dim)
+    mk = MergeConfiguration.model_validate(sp.decode(g).to_mergekit())
+    for layer in range(6):
+        t = evaluate_setting(f"model.layers.{layer}.self_attn.v_proj.weight", mk.parameters["t"], validate=float)
+        assert t == pytest.approx(round(g[layer], 6))
+    assert evaluate_setting("lm_head.weight", mk.parameters["t"], validate=float) == 1.0
 
 
 def test_ps_method_gene_picks_the_method_and_only_its_parameters():

@@ -57,6 +57,8 @@ class PSSpaceConfig(BaseModel):
     fixed_per_model: dict[str, float] = Field(default_factory=dict, description="per-model values not searched")
     parameters: dict[str, ScalarParameter] = Field(default_factory=dict, description="fixed global parameters")
     search_globals: dict[str, Range] = Field(default_factory=dict, description="searched global parameters")
+    grouped_globals: bool = Field(default=False, description="searched globals get a gene per parameter group "
+                                                             "(slerp's per-layer t) instead of one")
     seed: int = Field(default=0, description="DARE/DELLA drop seed, fixed so decoding stays deterministic")
     dtype: Literal["float32", "float16", "bfloat16"] = "float32"
     tokenizer_source: Optional[str] = None
@@ -114,7 +116,7 @@ class PSSpace(SearchSpace):
         self.config = config
         c = config
         self._layers = c.num_layers
-        self._blocks = (c.num_layers if c.layer_groups == "every_layer" else c.layer_groups)
+        self._blocks = c.num_layers if c.layer_groups == "every_layer" else c.layer_groups
         self._tgroups: list[Optional[str]] = list(c.tensor_groups) or [None]
         # Group keys: (block, tensor group) pairs plus the shared `rest`, or one group for the whole model.
         self._grouped = self._blocks > 1 or bool(c.tensor_groups)
@@ -154,9 +156,11 @@ class PSSpace(SearchSpace):
 
     def _make_gene_names(self) -> list[str]:
         names = ["method"] if len(self.config.methods) > 1 else []
-        for m, src in enumerate(self.config.sources):
+        for m in range(len(self.config.sources)):
             for p in self._searched:
                 names += [f"m{m}.{p}.{self._group_label(g)}" for g in self._groups]
+        if self.config.grouped_globals:
+            return names + [f"global.{p}.{self._group_label(g)}" for p in self._globals for g in self._groups]
         return names + [f"global.{p}" for p in self._globals]
 
     @property
@@ -212,7 +216,13 @@ class PSSpace(SearchSpace):
             if method in _DELLA:
                 _repair_della(values)
             models.append(InputModel(model=src, parameters={p: self._setting(v) for p, v in sorted(values.items())}))
-        searched_globals = {p: c.search_globals[p].decode(g[pos + i]) for i, p in enumerate(self._globals)}
+        searched_globals: dict[str, ParameterSetting] = {}
+        for p in self._globals:
+            if c.grouped_globals:
+                searched_globals[p] = self._setting([c.search_globals[p].decode(x) for x in g[pos:pos + n_groups]])
+                pos += n_groups
+            else:
+                searched_globals[p], pos = c.search_globals[p].decode(g[pos]), pos + 1
         allowed_globals = MERGE_METHODS[method]["global_"]
         parameters = {p: v for p, v in sorted((c.parameters | searched_globals).items()) if p in allowed_globals}
         return PSRecipe(merge_method=method, models=models, base_model=c.base_model, parameters=parameters,
@@ -245,8 +255,11 @@ class PSSpace(SearchSpace):
                 setting = model.parameters.get(p)
                 genes += [0.5 if setting is None else self._bounds[p].encode(_resolve(setting, self._probe(grp)))
                           for grp in self._groups]
-        genes += [c.search_globals[p].encode(recipe.parameters[p]) if p in recipe.parameters else 0.5
-                  for p in self._globals]
+        for p in self._globals:
+            setting = recipe.parameters.get(p)
+            probes = [self._probe(grp) for grp in self._groups] if c.grouped_globals else [_REST_PROBE]
+            genes += [0.5 if setting is None else c.search_globals[p].encode(_resolve(setting, probe))
+                      for probe in probes]
         return np.asarray(genes, dtype=float)
 
 
