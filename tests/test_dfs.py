@@ -220,3 +220,32 @@ def test_path_and_source_count_limits():
     assert "more than max_path 9" in _one_line_error(excinfo)
     with pytest.raises(DFSError, match="2 sources but 1"):
         build_dfs_model(dfs_recipe(), sources[:1])
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("with_ps_source", [False, True])
+def test_exported_directory_loads_as_plain_model_matching_in_memory(tmp_path, with_ps_source):
+    from evosearch.merge.export import export_recipe
+
+    config = tiny_config()
+    models = tiny_sources(config, n=3)
+    paths = []
+    for name, model in zip("abc", models):
+        model.save_pretrained(tmp_path / name, safe_serialization=True)
+        paths.append(str(tmp_path / name))
+    loaded = [AutoModelForCausalLM.from_pretrained(p, dtype=torch.float32).eval() for p in paths]
+    if with_ps_source:
+        ps = PSRecipe(merge_method="linear", models=[{"model": paths[0], "parameters": {"weight": 0.7}},
+                                                     {"model": paths[1], "parameters": {"weight": 0.3}}])
+        recipe = dfs_recipe(sources=(ps, paths[2]))
+        merged = build_merged_model(ps, {p: m.state_dict() for p, m in zip(paths, loaded)}, config=config)
+        in_memory = build_dfs_model(recipe, [merged, loaded[2]])
+    else:
+        recipe = dfs_recipe(sources=paths[:2])
+        in_memory = build_dfs_model(recipe, loaded[:2])
+
+    out = export_recipe(recipe, tmp_path / "out")
+    exported = AutoModelForCausalLM.from_pretrained(out, dtype=torch.float32).eval()
+    assert type(exported).__name__ == "LlamaForCausalLM"
+    assert exported.config.num_hidden_layers == len(recipe.path())
+    assert (logits(exported) - logits(in_memory)).abs().max().item() <= FOLD_TOLERANCE
