@@ -9,6 +9,7 @@ from typing import Optional
 
 import typer
 
+from evosearch.merge.dfs import DFSError
 from evosearch.merge.export import DEFAULT_MAX_SHARD_SIZE, ExportError, export_recipe
 from evosearch.merge.sources import SourceError
 from evosearch.recipe import RecipeError, load_recipe
@@ -31,7 +32,7 @@ def merge_command(
         loaded = load_recipe(recipe)
         export_recipe(loaded, out, max_shard_size=max_shard_size, tokenizer_source=tokenizer_source,
                       allow_pickle=allow_pickle, force=force)
-    except (RecipeError, SourceError, ExportError, OSError) as e:
+    except (RecipeError, SourceError, ExportError, DFSError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)
         raise typer.Exit(1) from None
     typer.echo(f"wrote {out} in {time.perf_counter() - start:.1f}s")

@@ -114,8 +114,11 @@ class ShardWriter:
         size = tensor.numel() * tensor.element_size()
         if self._pending and self._pending_bytes + size > self.max_bytes:
             self._flush()
-        # Own, contiguous CPU storage: safetensors refuses shared or strided tensors.
-        self._pending[name] = tensor.detach().to("cpu").contiguous().clone()
+        # Own, contiguous CPU storage: safetensors refuses views that share storage.
+        tensor = tensor.detach().to("cpu").contiguous()
+        if tensor.untyped_storage().nbytes() != size:
+            tensor = tensor.clone()
+        self._pending[name] = tensor
         self._pending_bytes += size
         self.total_bytes += size
 

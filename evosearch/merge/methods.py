@@ -44,22 +44,26 @@ TASK_ARITHMETIC_VARIANTS: dict[str, TaskArithmeticVariant] = {
 }
 
 
+# The kernels below work in place where they can: the largest tensors (embeddings, head) set the
+# merge's peak memory, and every avoided temporary is one tensor-sized buffer less.
 def _rescale_l1(delta: torch.Tensor, kept: torch.Tensor, eps: float = 1e-7) -> torch.Tensor:
     before, after = delta.abs().sum(), kept.abs().sum()
     if before < eps or after < eps:
         return kept
-    return kept * (before / after)
+    return kept.mul_(before / after)
 
 
 def _finish(delta: torch.Tensor, mask: torch.Tensor, rescale: bool) -> torch.Tensor:
-    kept = delta * mask
+    kept = mask.mul_(delta)
     return _rescale_l1(delta, kept) if rescale else kept
 
 
-def _flat_mask(delta: torch.Tensor, keep_indices: torch.Tensor) -> torch.Tensor:
-    mask = torch.zeros(delta.numel(), dtype=delta.dtype, device=delta.device)
-    mask[keep_indices] = 1
-    return mask.reshape(delta.shape)
+def _keep_only(delta: torch.Tensor, keep_indices: torch.Tensor, rescale: bool) -> torch.Tensor:
+    flat = delta.reshape(-1)
+    kept = torch.zeros_like(flat)
+    kept[keep_indices] = flat[keep_indices]
+    kept = kept.reshape(delta.shape)
+    return _rescale_l1(delta, kept) if rescale else kept
 
 
 def sparsify_magnitude(delta: torch.Tensor, density: float, rescale: bool) -> torch.Tensor:
@@ -69,7 +73,7 @@ def sparsify_magnitude(delta: torch.Tensor, density: float, rescale: bool) -> to
         return torch.zeros_like(delta)
     k = max(1, int(density * delta.numel()))
     top = torch.topk(delta.abs().reshape(-1), k, sorted=False).indices
-    return _finish(delta, _flat_mask(delta, top), rescale)
+    return _keep_only(delta, top, rescale)
 
 
 def sparsify_magnitude_outliers(delta: torch.Tensor, density: float, gamma: float, rescale: bool) -> torch.Tensor:
@@ -80,7 +84,7 @@ def sparsify_magnitude_outliers(delta: torch.Tensor, density: float, gamma: floa
     # Never drop so many outliers that fewer than `keep` elements remain.
     n_small = max(0, n - keep - int(gamma * n))
     ascending = torch.argsort(delta.abs().reshape(-1))
-    return _finish(delta, _flat_mask(delta, ascending[n_small:n_small + keep]), rescale)
+    return _keep_only(delta, ascending[n_small:n_small + keep], rescale)
 
 
 def sparsify_random(delta: torch.Tensor, density: float, rescale: bool, generator: torch.Generator) -> torch.Tensor:
@@ -116,7 +120,8 @@ def task_arithmetic(base: torch.Tensor, models: Sequence[torch.Tensor], params: 
         return base
     deltas = torch.empty((len(models), *base.shape), dtype=base.dtype, device=base.device)
     for i, (tensor, p) in enumerate(zip(models, params)):
-        delta = tensor - base
+        row = deltas[i]
+        delta = torch.sub(tensor, base, out=row)
         density = p["density"]
         if variant.sparsify is Sparsify.magnitude:
             delta = sparsify_magnitude(delta, density, rescale)
@@ -126,25 +131,30 @@ def task_arithmetic(base: torch.Tensor, models: Sequence[torch.Tensor], params: 
             delta = sparsify_random(delta, density, rescale, generator)
         elif variant.sparsify is Sparsify.della:
             delta = sparsify_della(delta, density, p["epsilon"], rescale, generator, where[i])
-        deltas[i] = delta
+        if delta is not row:  # sparsified into a new tensor
+            row.copy_(delta)
+        del delta, row
     weights = torch.tensor([p["weight"] for p in params], dtype=base.dtype, device=base.device)
     weights = weights.reshape(-1, *([1] * base.dim()))
     deltas.mul_(weights)
     if variant.sign_consensus:
         majority = torch.where(deltas.sum(dim=0) >= 0, 1.0, -1.0).to(base.dtype)
-        agree = (deltas.sign() == majority).to(base.dtype)  # zeros (dropped) never agree
-        mixed = (deltas * agree).sum(dim=0)
-        divisor = (weights * agree).sum(dim=0)
+        agree = deltas.sign().eq_(majority)  # 1.0 where the sign agrees; zeros (dropped) never do
+        del majority
+        mixed = deltas.mul_(agree).sum(dim=0)
+        divisor = agree.mul_(weights).sum(dim=0)
+        del agree
         divisor[divisor == 0] = 1
     else:
         mixed = deltas.sum(dim=0)
         divisor = weights.sum(dim=0)
         divisor[divisor.abs() < 1e-8] = 1
+    del deltas
     if normalize:
         mixed /= divisor
     if lam != 1:
         mixed *= lam
-    return base + mixed
+    return mixed.add_(base)
 
 
 def linear(tensors: Sequence[torch.Tensor], weights: Sequence[float], *, normalize: bool, where: str) -> torch.Tensor:
