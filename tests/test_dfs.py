@@ -1,14 +1,14 @@
 """DFS merge: the in-memory candidate (shared source layers, residual scales) and its folded export.
 
 Tolerance of the fold. Hop k of the folded model carries the stream g_k = h_k / P_k, where h_k is the
-in-memory stream, and RMSNorm(h_k; eps) = RMSNorm(g_k; eps / P_k^2). So each of its norms differs by a
+in-memory stream, and RMSNorm(h_k; eps) = RMSNorm(g_k; eps / P_k^2). So each norm differs by a
 relative eps·|P_k^-2 - 1| / (2·mean(g_k^2)): small when P_k is near 1 or the stream is large, and
-growing when scales below 1 compound (P_k = 0.075 here gave 1e-3 on logits of 0.6). The sources get
-an embedding table of std 0.5 (mean square ~0.2 throughout, like a trained stream; HF's random init
-gives 4e-4) and eps = 1e-5 (Llama 2's). SCALES span 0.5..2.0 with P_k in [0.78, 2.44] along the
-path, so the relative norm error is at most 1e-5·0.64 / 0.32 = 2e-5 per hop, which on logits of
-magnitude ~1 stays under the 1e-4 asserted. With eps = 0 only float32 rounding is left and the logits
-agree to 1e-5 (also asserted, with the unfolded model as the control that must fail).
+growing when scales below 1 compound (a path with P_k down to 0.075 gave 1e-3 on logits of 0.6).
+Here eps = 1e-5 (Llama 2's), the stream's mean square starts at 0.25 and grows (`tiny_sources`), and
+SCALES span 0.5..2.0 with P_k in [0.78, 2.44] along the path, so each norm is off by at most
+1e-5·0.64 / 0.5 = 1.3e-5 relative; on logits of magnitude <= 1.6 over ten hops that stays under the
+1e-4 asserted (measured 4e-6..9e-6). With eps = 0 only float32 rounding is left and the logits agree
+to 1e-5 (measured 3e-7), with the unfolded model as the control that must fail.
 """
 
 from __future__ import annotations
@@ -36,6 +36,8 @@ FAMILIES = {
     "llama_tied": {"tie_word_embeddings": True},
     "mistral": {"sliding_window": 6},
     "qwen2": {},
+    # layers 2-3 use sliding-window attention: each hop keeps its source layer's type
+    "qwen2_sliding": {"use_sliding_window": True, "sliding_window": 6, "max_window_layers": 2},
     "qwen3": {},
 }
 
@@ -48,7 +50,9 @@ def tiny_config(model_type: str = "llama", eps: float = 1e-5, **overrides) -> Pr
 
 
 def tiny_sources(config: PretrainedConfig, n: int = 2, seed: int = 0) -> list[torch.nn.Module]:
-    """`n` random float32 models; embeddings and biases get trained-model-like magnitudes."""
+    """`n` random float32 models with trained-model-like magnitudes: the stream's mean square starts at
+    0.25 (embeddings of std 0.5) and every layer moves the logits by O(0.1), so a wrong layer, scale or
+    cache entry shows (HF's init of std 0.02 leaves the logits nearly layer-independent)."""
     torch.manual_seed(seed)
     models = []
     for _ in range(n):
@@ -58,6 +62,8 @@ def tiny_sources(config: PretrainedConfig, n: int = 2, seed: int = 0) -> list[to
             for name, p in model.named_parameters():
                 if name.endswith(".bias"):
                     p.normal_(0.0, 0.1)
+                elif name.endswith("proj.weight"):
+                    p.normal_(0.0, 0.08)
             if config.tie_word_embeddings:  # a std-0.5 head would give logits ~30; keep them O(1)
                 model.model.norm.weight.fill_(1 / 16)
         models.append(model)
@@ -97,6 +103,9 @@ def test_folded_export_matches_in_memory_model(family):
     plain = folded_model(recipe, sources)
 
     assert type(plain) is type(sources[0]) and plain.config.num_hidden_layers == len(recipe.path())
+    source_types = getattr(sources[0].config, "layer_types", None)
+    if source_types is not None:  # both sources share one config here
+        assert plain.config.layer_types == [source_types[layer] for _, layer in recipe.path()]
     expected = logits(dfs)
     diff = (logits(plain) - expected).abs().max().item()
     assert diff <= FOLD_TOLERANCE, f"{family}: max |logit diff| {diff:.2e} (logits up to {expected.abs().max():.2f})"
@@ -155,10 +164,21 @@ def test_candidate_shares_source_tensors_and_is_deterministic():
     assert torch.equal(logits(dfs), logits(build_dfs_model(recipe, sources)))
 
 
-def test_generate_with_cache_matches_without_when_layers_repeat():
+def test_kv_cache_keeps_repeated_layers_apart():
     sources = tiny_sources(tiny_config())
     dfs = build_dfs_model(dfs_recipe(), sources)
-    prompt = token_batch()[:1]
+    ids = token_batch()
+    with torch.no_grad():
+        step = dfs(ids[:, :8], use_cache=True)
+        cache, pieces = step.past_key_values, [step.logits]
+        for t in range(8, ids.shape[1]):
+            step = dfs(ids[:, t:t + 1], past_key_values=cache, use_cache=True)
+            cache = step.past_key_values
+            pieces.append(step.logits)
+    assert cache.get_seq_length() == ids.shape[1]
+    assert (torch.cat(pieces, dim=1) - logits(dfs, ids)).abs().max().item() <= 1e-5
+
+    prompt = ids[:1]
     cached = dfs.generate(prompt, max_new_tokens=10, do_sample=False, use_cache=True, pad_token_id=0)
     uncached = dfs.generate(prompt, max_new_tokens=10, do_sample=False, use_cache=False, pad_token_id=0)
     assert cached.shape == (1, prompt.shape[1] + 10)
