@@ -269,3 +269,23 @@ def test_exported_directory_loads_as_plain_model_matching_in_memory(tmp_path, wi
     assert type(exported).__name__ == "LlamaForCausalLM"
     assert exported.config.num_hidden_layers == len(recipe.path())
     assert (logits(exported) - logits(in_memory)).abs().max().item() <= FOLD_TOLERANCE
+
+
+@pytest.mark.slow
+def test_lm_eval_scores_the_in_memory_candidate():
+    from lm_eval.api.instance import Instance
+    from lm_eval.models.huggingface import HFLM
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {"<unk>": 0, **{f"w{i}": i + 1 for i in range(100)}}
+    word_level = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    word_level.pre_tokenizer = pre_tokenizers.Whitespace()
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=word_level, unk_token="<unk>", eos_token="<unk>")
+    dfs = build_dfs_model(dfs_recipe(), tiny_sources(tiny_config()))
+
+    lm = HFLM(pretrained=dfs, tokenizer=tokenizer, batch_size=2)
+    [(score, _)] = lm.loglikelihood([Instance("loglikelihood", {}, ("w1 w2 w3", " w4 w5"), 0)])
+    ids = torch.tensor([[2, 3, 4, 5, 6]])  # w1..w5
+    log_probs = torch.log_softmax(logits(dfs, ids)[0, 2:4], dim=-1)
+    assert score == pytest.approx((log_probs[0, 5] + log_probs[1, 6]).item(), abs=1e-5)
