@@ -72,8 +72,18 @@ def sparsify_magnitude(delta: torch.Tensor, density: float, rescale: bool) -> to
     if density <= 0 or delta.numel() == 0:
         return torch.zeros_like(delta)
     k = max(1, int(density * delta.numel()))
-    top = torch.topk(delta.abs().reshape(-1), k, sorted=False).indices
-    return _keep_only(delta, top, rescale)
+    # The k largest |delta| by threshold (cheaper in memory than topk's values and indices); among
+    # elements tied at the threshold the first ones are kept, so exactly k survive as in mergekit.
+    magnitude = delta.abs().reshape(-1)
+    threshold = magnitude.kthvalue(magnitude.numel() - k + 1).values
+    keep = magnitude > threshold
+    short = k - int(keep.sum())
+    if short > 0:
+        keep[(magnitude == threshold).nonzero().squeeze(1)[:short]] = True
+    del magnitude
+    if not rescale:
+        return delta.mul_(keep.reshape(delta.shape))  # in place: `delta` is the caller's scratch
+    return _rescale_l1(delta, delta * keep.reshape(delta.shape))
 
 
 def sparsify_magnitude_outliers(delta: torch.Tensor, density: float, gamma: float, rescale: bool) -> torch.Tensor:
@@ -112,16 +122,23 @@ def sparsify_della(delta: torch.Tensor, density: float, epsilon: float, rescale:
     return _finish(delta, mask, rescale)
 
 
-def task_arithmetic(base: torch.Tensor, models: Sequence[torch.Tensor], params: Sequence[dict],
+_CHUNK = 1 << 22  # elements per step of the element-wise combination: bounds its scratch memory
+
+
+def task_arithmetic(base: torch.Tensor, models: list[Optional[torch.Tensor]], params: Sequence[dict],
                     variant: TaskArithmeticVariant, *, normalize: bool, rescale: bool, lam: float,
                     generator: Optional[torch.Generator], where: Sequence[str]) -> torch.Tensor:
-    """The generalised task-arithmetic merge shared by task_arithmetic, TIES, DARE, Breadcrumbs, DELLA."""
+    """The generalised task-arithmetic merge shared by task_arithmetic, TIES, DARE, Breadcrumbs, DELLA.
+
+    Entries of `models` are released (set to None) as soon as their task vector is taken.
+    """
     if not models:
         return base
     deltas = torch.empty((len(models), *base.shape), dtype=base.dtype, device=base.device)
     for i, (tensor, p) in enumerate(zip(models, params)):
         row = deltas[i]
         delta = torch.sub(tensor, base, out=row)
+        models[i] = tensor = None
         density = p["density"]
         if variant.sparsify is Sparsify.magnitude:
             delta = sparsify_magnitude(delta, density, rescale)
@@ -134,27 +151,28 @@ def task_arithmetic(base: torch.Tensor, models: Sequence[torch.Tensor], params: 
         if delta is not row:  # sparsified into a new tensor
             row.copy_(delta)
         del delta, row
-    weights = torch.tensor([p["weight"] for p in params], dtype=base.dtype, device=base.device)
-    weights = weights.reshape(-1, *([1] * base.dim()))
-    deltas.mul_(weights)
-    if variant.sign_consensus:
-        majority = torch.where(deltas.sum(dim=0) >= 0, 1.0, -1.0).to(base.dtype)
-        agree = deltas.sign().eq_(majority)  # 1.0 where the sign agrees; zeros (dropped) never do
-        del majority
-        mixed = deltas.mul_(agree).sum(dim=0)
-        divisor = agree.mul_(weights).sum(dim=0)
-        del agree
-        divisor[divisor == 0] = 1
-    else:
-        mixed = deltas.sum(dim=0)
-        divisor = weights.sum(dim=0)
-        divisor[divisor.abs() < 1e-8] = 1
-    del deltas
-    if normalize:
-        mixed /= divisor
-    if lam != 1:
-        mixed *= lam
-    return mixed.add_(base)
+    weights = torch.tensor([p["weight"] for p in params], dtype=base.dtype, device=base.device).reshape(-1, 1)
+    deltas = deltas.reshape(len(params), -1)
+    out = torch.empty_like(base).reshape(-1)
+    flat_base = base.reshape(-1)
+    for start in range(0, flat_base.numel(), _CHUNK):
+        d = deltas[:, start:start + _CHUNK].mul_(weights)
+        if variant.sign_consensus:
+            majority = torch.where(d.sum(dim=0) >= 0, 1.0, -1.0).to(base.dtype)
+            agree = d.sign().eq_(majority)  # 1.0 where the sign agrees; zeros (dropped) never do
+            mixed = d.mul_(agree).sum(dim=0)
+            divisor = agree.mul_(weights).sum(dim=0)
+            divisor[divisor == 0] = 1
+        else:
+            mixed = d.sum(dim=0)
+            divisor = weights.sum(dim=0)
+            divisor[divisor.abs() < 1e-8] = 1
+        if normalize:
+            mixed /= divisor
+        if lam != 1:
+            mixed *= lam
+        out[start:start + _CHUNK] = mixed.add_(flat_base[start:start + _CHUNK])
+    return out.reshape(base.shape)
 
 
 def linear(tensors: Sequence[torch.Tensor], weights: Sequence[float], *, normalize: bool, where: str) -> torch.Tensor:

@@ -88,8 +88,10 @@ class PSMerger:
         if not first.is_floating_point():
             return tensors.get(self.base, first)  # integer buffers are copied, never averaged
         compute = torch.float64 if first.dtype == torch.float64 else torch.float32
+        del first  # every reference dropped early lets a source tensor be freed once used
         tensors = {m: t.to(compute) for m, t in tensors.items()}
-        merged = self._apply(name, tensors, self.parameters_for(name))
+        params = self.parameters_for(name)
+        merged = self._apply(name, tensors, params)
         return merged.to(self.out_dtype)
 
     def _apply(self, name: str, tensors: dict[str, torch.Tensor], params: TensorParameters) -> torch.Tensor:
@@ -106,8 +108,9 @@ class PSMerger:
         generator = None
         if methods.TASK_ARITHMETIC_VARIANTS[self.method].sparsify in (methods.Sparsify.random, methods.Sparsify.della):
             generator = torch.Generator(device=base.device).manual_seed(tensor_seed(self.recipe.seed, name))
+        finetuned = [tensors.pop(m) for m in others]  # handed over, so each is freed once used
         return methods.task_arithmetic(
-            base, [tensors[m] for m in others], [params.per_model[m] for m in others],
+            base, finetuned, [params.per_model[m] for m in others],
             methods.TASK_ARITHMETIC_VARIANTS[self.method], normalize=shared["normalize"],
             rescale=shared["rescale"], lam=shared["lambda"], generator=generator,
             where=[f"model {m}, tensor {name}" for m in others])
