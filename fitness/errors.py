@@ -1,0 +1,8 @@
+"""The fitness layer's domain exception."""
+
+from __future__ import annotations
+
+
+class FitnessError(ValueError):
+    """Bad input to calibration, anchor selection or estimation; the message is one line naming the
+    task, item, model or field at fault."""
