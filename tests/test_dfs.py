@@ -233,13 +233,15 @@ def test_unsupported_architecture_is_refused_by_name():
         DFSPlan.from_recipe(dfs_recipe(scales=[[1.0, 1.0], [1.0, 1.0]]), [gemma, gemma])
 
 
-def test_path_and_source_count_limits():
+def test_path_length_source_count_and_placement_are_checked():
     sources = tiny_sources(tiny_config())
     with pytest.raises(DFSError) as excinfo:
         build_dfs_model(dfs_recipe(), sources, max_path=len(REPEATED_PATH_SLOTS) - 1)
     assert "more than max_path 9" in _one_line_error(excinfo)
     with pytest.raises(DFSError, match="2 sources but 1"):
         build_dfs_model(dfs_recipe(), sources[:1])
+    with pytest.raises(DFSError, match="DFS source 1 .* is torch.float64 on cpu but .* is torch.float32"):
+        build_dfs_model(dfs_recipe(), [sources[0], sources[1].double()])
 
 
 @pytest.mark.slow

@@ -40,6 +40,7 @@ def build_dfs_model(recipe: DFSRecipe, sources: Sequence[nn.Module], max_path: O
         raise DFSError(f"DFS recipe has {len(recipe.sources)} sources but {len(sources)} models were given")
     plan = DFSPlan.from_recipe(recipe, [getattr(s, "config", None) for s in sources], max_path=max_path)
     decoders = [_decoder(recipe, i, s) for i, s in enumerate(sources)]
+    _check_placement(recipe, sources)
     config = plan.output_config()
     embed = sources[recipe.embed_source]
     model = _empty_shell(type(embed), config)
@@ -80,6 +81,15 @@ def _decoder(recipe: DFSRecipe, index: int, source: nn.Module) -> nn.Module:
         raise DFSError(f"{source_label(recipe, index)}: has {len(layers)} decoder layers but the recipe's "
                        f"num_layers is {recipe.num_layers}")
     return decoder
+
+
+def _check_placement(recipe: DFSRecipe, sources: Sequence[nn.Module]) -> None:
+    """Hops from different sources feed one stream, so all sources need one device and dtype."""
+    placements = [(p.device, p.dtype) for p in (next(s.parameters()) for s in sources)]
+    for i, (device, dtype) in enumerate(placements[1:], start=1):
+        if (device, dtype) != placements[0]:
+            raise DFSError(f"{source_label(recipe, i)}: is {dtype} on {device} but {source_label(recipe, 0)} is "
+                           f"{placements[0][1]} on {placements[0][0]}")
 
 
 def _empty_shell(model_class: type, config: PretrainedConfig) -> nn.Module:
