@@ -11,12 +11,15 @@ Strategies (k anchors per task, deterministic given the seed):
 
 from __future__ import annotations
 
+import warnings
 import zlib
 from dataclasses import dataclass
 from typing import Any, Callable
 
 import numpy as np
 from sklearn.cluster import KMeans
+from sklearn.exceptions import ConvergenceWarning
+from threadpoolctl import threadpool_limits
 
 from fitness.errors import FitnessError
 from fitness.irt import IRTParams, check_responses
@@ -69,7 +72,11 @@ def _task_seed(seed: int, task: str) -> int:
 def _cluster_anchors(features: np.ndarray, k: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
     """Positions (into `features`' rows) of k medoid anchors and their weights."""
     n = len(features)
-    kmeans = KMeans(n_clusters=k, n_init=10, random_state=seed).fit(features)
+    # One thread: the problem is tiny, and OpenMP threads contending with torch's made it ~50x slower.
+    # Fewer distinct rows than k is handled below, so sklearn's warning about it is expected.
+    with threadpool_limits(limits=1), warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        kmeans = KMeans(n_clusters=k, n_init=10, random_state=seed).fit(features)
     distance = np.linalg.norm(features - kmeans.cluster_centers_[kmeans.labels_], axis=1)
     members = [np.flatnonzero(kmeans.labels_ == c) for c in range(k)]
     members = [m[np.lexsort((m, distance[m]))] for m in members if m.size]  # nearest the centroid first
