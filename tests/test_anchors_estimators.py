@@ -15,7 +15,7 @@ import pytest
 from fitness.anchors import AnchorSelector, AnchorSet
 from fitness.errors import FitnessError
 from fitness.estimators import (ESTIMATORS, CandidateAnswers, EstimationContext, get_estimator, gpirt_lambda)
-from fitness.irt import IRTFitSettings, IRTParams, fit_irt
+from fitness.irt import IRTParams, fit_irt
 from fitness.report_math import (item_reduction_factor, mean_absolute_error_points, spearman_rank_correlation,
                                  summarise_errors, worst_error_points)
 from irt_simulation import draw_abilities, make_bench, merge_abilities
