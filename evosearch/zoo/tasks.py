@@ -1,0 +1,246 @@
+"""The zoo's synthetic languages, its eval tasks (JSONL + lm-eval YAML) and its training streams.
+
+Two "languages" share one grammar: L1 is plain ASCII, L2 is a fixed character cipher of L1 onto a
+disjoint symbol set. Two skills exist in both: modular arithmetic (`53917+3=` -> `86240`, each digit
+plus k mod 10) and string reversal (`abcde>` -> `edcba`). The eval tasks are
+
+* ``zoo_math``    - digit-wise modular addition in L1 (the math specialist's task)
+* ``zoo_strings`` - reversal in L1 (the strings specialist's task)
+* ``zoo_lang``    - reversal in L2 (the language specialist's task)
+* ``zoo_target``  - arithmetic in L2: the cross-domain target that needs both the math skill and L2
+
+Every task has a fixed ``search`` split (what an optimizer may see) and a held-out ``report`` split.
+Eval items are identified by their language-independent *key* (the operands, or the L1 string); no
+training stream in either language ever contains an eval key.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterator
+
+import yaml
+
+DIGITS = "0123456789"
+LETTERS = "abcdefghijklmnopqrstuvwxyz"
+SYMBOLS = "+*=>|"
+L1_CHARS = DIGITS + LETTERS + SYMBOLS
+# Disjoint from L1 and from each other: Greek capitals for digits, Cyrillic for letters, math symbols.
+L2_CHARS = "ΑΒΓΔΕΖΗΘΙΚ" + "абвгдежзийклмнопрстуфхцчшщ" + "⊕⊗≡»¦"
+_TO_L2 = str.maketrans(L1_CHARS, L2_CHARS)
+_TO_L1 = str.maketrans(L2_CHARS, L1_CHARS)
+
+REVERSE_LEN = 5
+N_DISTRACTORS = 3
+SPLITS = ("search", "report")
+TASK_GROUP = "zoo"
+
+
+def to_l2(text: str) -> str:
+    return text.translate(_TO_L2)
+
+
+def to_l1(text: str) -> str:
+    return text.translate(_TO_L1)
+
+
+def _translate(text: str, lang: str) -> str:
+    return to_l2(text) if lang == "l2" else text
+
+
+# --- the two skills, in L1 ---------------------------------------------------------------------------
+# Arithmetic: add k to every digit of a 5-digit string, mod 10 (`53917+3=86240`). The answer's
+# distractors each get one digit wrong, so only a model right on every digit picks the answer.
+MATH_LEN = 5
+MAX_SHIFT = 7
+MathKey = tuple[str, int]
+
+
+def math_prompt(key: MathKey) -> str:
+    digits, k = key
+    return f"{digits}+{k}="
+
+
+def math_answer(key: MathKey) -> str:
+    digits, k = key
+    return "".join(str((int(d) + k) % 10) for d in digits)
+
+
+def random_math_key(rng: random.Random) -> MathKey:
+    return "".join(rng.choice(DIGITS) for _ in range(MATH_LEN)), rng.randint(1, MAX_SHIFT)
+
+
+def _one_digit_wrong(answer: str, rng: random.Random) -> str:
+    pos = rng.randrange(len(answer))
+    return answer[:pos] + rng.choice([d for d in DIGITS if d != answer[pos]]) + answer[pos + 1:]
+
+
+def _another_order(answer: str, rng: random.Random) -> str:
+    return "".join(rng.sample(answer, len(answer)))
+
+
+def reverse_prompt(key: str) -> str:
+    return f"{key}>"
+
+
+def reverse_answer(key: str) -> str:
+    return key[::-1]
+
+
+def random_reverse_key(rng: random.Random) -> str:
+    return "".join(rng.choice(LETTERS) for _ in range(REVERSE_LEN))
+
+
+@dataclass(frozen=True)
+class TaskSpec:
+    name: str
+    skill: str  # "math" | "reverse"
+    lang: str  # "l1" | "l2"
+    description: str
+
+
+TASKS: dict[str, TaskSpec] = {
+    t.name: t
+    for t in (
+        TaskSpec("zoo_math", "math", "l1", "add k (1-7) to each of 5 digits mod 10, in L1"),
+        TaskSpec("zoo_strings", "reverse", "l1", "reverse a 5-letter string, in L1"),
+        TaskSpec("zoo_lang", "reverse", "l2", "reverse a 5-letter string, in L2 (the cipher language)"),
+        TaskSpec("zoo_target", "math", "l2", "the zoo_math skill asked in L2: needs math AND L2"),
+    )
+}
+
+
+def task_name(base: str, split: str) -> str:
+    """`zoo_math` is the search split; `zoo_math_report` the held-out report split."""
+    return base if split == "search" else f"{base}_{split}"
+
+
+# --- eval items --------------------------------------------------------------------------------------
+def _doc(prompt: str, answer: str, distractor: Callable[[str, random.Random], str], lang: str,
+         rng: random.Random) -> dict:
+    options = {answer}
+    while len(options) < N_DISTRACTORS + 1:
+        options.add(distractor(answer, rng))
+    choices = sorted(options)
+    rng.shuffle(choices)
+    return {"prompt": _translate(prompt, lang), "choices": [_translate(c, lang) for c in choices],
+            "label": choices.index(answer)}
+
+
+def _math_doc(key: MathKey, lang: str, rng: random.Random) -> dict:
+    return {"key": list(key), **_doc(math_prompt(key), math_answer(key), _one_digit_wrong, lang, rng)}
+
+
+def _reverse_doc(key: str, lang: str, rng: random.Random) -> dict:
+    # Distractors are other orders of the same letters: only the order tells the answer.
+    return {"key": key, **_doc(reverse_prompt(key), reverse_answer(key), _another_order, lang, rng)}
+
+
+@dataclass(frozen=True)
+class EvalItems:
+    """Docs per (task, split) and the keys training must avoid, per skill."""
+
+    docs: dict[str, dict[str, list[dict]]]
+    held_out: dict[str, frozenset]
+
+
+def make_eval_items(seed: int, items_per_split: int) -> EvalItems:
+    rng = random.Random(seed)
+    held: dict[str, set] = {"math": set(), "reverse": set()}
+    docs: dict[str, dict[str, list[dict]]] = {}
+    for spec in TASKS.values():
+        draw: Callable[[random.Random], object] = random_math_key if spec.skill == "math" else random_reverse_key
+        docs[spec.name] = {}
+        for split in SPLITS:
+            out = []
+            while len(out) < items_per_split:
+                key = draw(rng)
+                if key in held[spec.skill]:
+                    continue
+                held[spec.skill].add(key)
+                out.append(_math_doc(key, spec.lang, rng) if spec.skill == "math"
+                           else _reverse_doc(key, spec.lang, rng))
+            docs[spec.name][split] = out
+    return EvalItems(docs, {k: frozenset(v) for k, v in held.items()})
+
+
+def write_task_files(items: EvalItems, task_dir: Path) -> dict[str, Path]:
+    """One JSONL and one lm-eval YAML per (task, split); returns task name -> YAML path."""
+    task_dir.mkdir(parents=True, exist_ok=True)
+    yamls: dict[str, Path] = {}
+    for base, by_split in items.docs.items():
+        for split, docs in by_split.items():
+            name = task_name(base, split)
+            data = (task_dir / f"{name}.jsonl").resolve()
+            data.write_text("".join(json.dumps(d, ensure_ascii=False) + "\n" for d in docs), encoding="utf-8")
+            config = {
+                "task": name,
+                "tag": [TASK_GROUP if split == "search" else f"{TASK_GROUP}_{split}"],
+                "dataset_path": "json",
+                "dataset_kwargs": {"data_files": {"test": str(data)}},
+                "test_split": "test",
+                "output_type": "multiple_choice",
+                "doc_to_text": "prompt",
+                "doc_to_choice": "choices",
+                "doc_to_target": "label",
+                "target_delimiter": "",
+                "metric_list": [{"metric": "acc", "aggregation": "mean", "higher_is_better": True}],
+                "metadata": {"version": 1, "split": split, "description": TASKS[base].description},
+            }
+            path = task_dir / f"{name}.yaml"
+            path.write_text(yaml.safe_dump(config, sort_keys=False, allow_unicode=True), encoding="utf-8")
+            yamls[name] = path.resolve()
+    return yamls
+
+
+# --- training streams --------------------------------------------------------------------------------
+def _fresh(draw: Callable[[random.Random], object], held: frozenset, rng: random.Random):
+    while True:
+        key = draw(rng)
+        if key not in held:
+            return key
+
+
+def _math_text(rng: random.Random, held: EvalItems, lang: str) -> str:
+    key = _fresh(random_math_key, held.held_out["math"], rng)
+    return _translate(math_prompt(key) + math_answer(key), lang)
+
+
+def _reverse_text(rng: random.Random, held: EvalItems, lang: str) -> str:
+    key = _fresh(random_reverse_key, held.held_out["reverse"], rng)
+    return _translate(reverse_prompt(key) + reverse_answer(key), lang)
+
+
+def _translation_text(rng: random.Random, held: EvalItems, direction: str) -> str:
+    """A parallel pair `L1|L2` (or `L2¦L1`) over math prompts or letter strings, never an eval key."""
+    if rng.random() < 0.5:
+        src = math_prompt(_fresh(random_math_key, held.held_out["math"], rng))[:-1]
+    else:
+        src = _fresh(random_reverse_key, held.held_out["reverse"], rng)
+    return f"{src}|{to_l2(src)}" if direction == "l1>l2" else to_l2(f"{src}|") + src
+
+
+# Stream name -> generator of one training example. Mixtures below weight these.
+STREAMS: dict[str, Callable[[random.Random, EvalItems], str]] = {
+    "math_l1": lambda r, h: _math_text(r, h, "l1"),
+    "math_l2": lambda r, h: _math_text(r, h, "l2"),
+    "reverse_l1": lambda r, h: _reverse_text(r, h, "l1"),
+    "reverse_l2": lambda r, h: _reverse_text(r, h, "l2"),
+    "translate_l1l2": lambda r, h: _translation_text(r, h, "l1>l2"),
+    "translate_l2l1": lambda r, h: _translation_text(r, h, "l2>l1"),
+}
+
+
+def training_texts(mixture: dict[str, float], held: EvalItems, seed: int) -> Iterator[str]:
+    """An endless, seeded stream of training examples drawn from `mixture` (stream -> weight)."""
+    unknown = set(mixture) - set(STREAMS)
+    if unknown:
+        raise ValueError(f"unknown training stream(s) {sorted(unknown)}; known: {sorted(STREAMS)}")
+    rng = random.Random(seed)
+    names = [n for n, w in mixture.items() if w > 0]
+    weights = [mixture[n] for n in names]
+    while True:
+        yield STREAMS[rng.choices(names, weights)[0]](rng, held)
