@@ -27,3 +27,11 @@ def ray_local():
              logging_level="warning", configure_logging=True, log_to_driver=False)
     yield ray
     ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def tiny_zoo(tmp_path_factory):
+    """The zoo's `tiny` preset (seconds to build), shared by every test of the session: a ZooManifest."""
+    from evosearch.zoo import build_zoo
+
+    return build_zoo(tmp_path_factory.mktemp("zoo"), preset="tiny")
