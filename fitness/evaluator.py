@@ -71,8 +71,7 @@ class LmEvalEvaluator:
                 raise EvaluationError(f"task include path not found: {p}")
         self.batch_size, self.device, self.metric = batch_size, device, metric
         # The built-in task index is slow to build and never needed for the zoo: leave it out by default.
-        self._manager = TaskManager(include_path=[str(p) for p in paths], include_defaults=include_defaults,
-                                    verbosity="ERROR")
+        self._manager = TaskManager(include_path=[str(p) for p in paths], include_defaults=include_defaults)
         self._tasks: dict = {}
         for name in tasks:
             self._tasks[name] = self._load(name)
@@ -125,12 +124,13 @@ class LmEvalEvaluator:
             samples = {n: sorted(set(samples[n])) for n in names if n in samples}
 
         model.eval()
-        lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=self.batch_size, device=self.device)
+        # lm-eval warns on every call that the model came in as an object, which is how we use it.
+        quiet = logging.getLogger("lm_eval").level
+        logging.getLogger("lm_eval").setLevel(logging.ERROR)
         timer = _ForwardTimer()
         hooks = timer.attach(model)
-        quiet = logging.getLogger("lm_eval").level
-        logging.getLogger("lm_eval").setLevel(logging.WARNING)
         try:
+            lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=self.batch_size, device=self.device)
             with torch.inference_mode():
                 out = lm_eval.evaluator.evaluate(
                     lm, {"tasks": chosen, "groups": {}, "group_map": {}}, samples=samples or None,

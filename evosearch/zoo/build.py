@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
+from transformers.utils import logging as hf_logging
 
 from evosearch.zoo.tasks import TASKS, make_eval_items, task_name, training_texts, write_task_files
 from evosearch.zoo.tokenizer import build_tokenizer
@@ -141,6 +142,7 @@ def build_zoo(out_dir: Path, preset: str = "full", force: bool = False) -> ZooMa
         return hit
 
     started = time.perf_counter()
+    hf_logging.disable_progress_bar()  # one bar per saved shard is noise in a build log
     (root / MANIFEST_NAME).unlink(missing_ok=True)  # a half-built zoo must never look complete
     for sub in ("models", "tasks"):
         shutil.rmtree(root / sub, ignore_errors=True)

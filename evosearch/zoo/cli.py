@@ -1,0 +1,86 @@
+"""`evosearch zoo build DIR` and `evosearch zoo report DIR`."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from pathlib import Path
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+zoo_app = typer.Typer(help="The tiny offline model zoo: build it, score it, see how well it merges.",
+                      no_args_is_help=True)
+
+
+def _offline() -> None:
+    for var in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_DATASETS_OFFLINE"):
+        os.environ.setdefault(var, "1")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+@zoo_app.command("build")
+def build_command(
+    out_dir: Path = typer.Argument(..., help="Directory for the zoo (models/, tasks/, zoo.json)."),
+    preset: str = typer.Option("full", help="full (README figures, a few minutes) or tiny (tests)."),
+    force: bool = typer.Option(False, "--force", help="Rebuild even if zoo.json matches the preset."),
+) -> None:
+    """Train the base and the specialists (CPU, deterministic) and write the lm-eval tasks."""
+    _offline()
+    from evosearch.zoo.build import ZooError, build_zoo
+
+    try:
+        manifest = build_zoo(out_dir, preset=preset, force=force)
+    except ZooError as e:
+        raise typer.BadParameter(str(e)) from None
+    typer.echo(f"zoo {manifest.preset} ({manifest.settings_hash}) at {manifest.root}: "
+               f"{len(manifest.models)} models, {len(manifest.tasks)} tasks, built in {manifest.build_seconds}s")
+
+
+def _pct(x: float) -> str:
+    return "-" if x is None or math.isnan(x) else f"{100 * x:.1f}"
+
+
+@zoo_app.command("report")
+def report_command(
+    zoo_dir: Path = typer.Argument(..., help="A directory written by `evosearch zoo build`."),
+    as_json: bool = typer.Option(False, "--json", help="Print the report as JSON."),
+    split: str = typer.Option("report", help="Which split to score: report (held out) or search."),
+) -> None:
+    """Score every model and the reference merges on every zoo task, and print the mergeability figures."""
+    _offline()
+    import torch
+
+    from evosearch.zoo.build import ZooError, ZooManifest
+    from evosearch.zoo.report import zoo_report
+    from evosearch.zoo.tasks import TASKS
+
+    torch.set_num_threads(1)  # tiny models: more threads only contend
+    try:
+        manifest = ZooManifest.load(zoo_dir)
+    except ZooError as e:
+        raise typer.BadParameter(str(e)) from None
+    report = zoo_report(manifest, split=split)
+    if as_json:
+        typer.echo(json.dumps(report.to_json(), indent=2))
+        return
+
+    console = Console()
+    table = Table(title=f"zoo accuracy (%), {split} split, lm-eval acc")
+    table.add_column("model")
+    for t in TASKS:
+        table.add_column(t, justify="right")
+    for model, scores in report.accuracy.items():
+        table.add_row(model, *(_pct(scores.get(t)) if t in scores else "" for t in TASKS))
+    console.print(table)
+    console.print("[bold]1. specialist gain over base on its own task[/] (points): " + ", ".join(
+        f"{s} {100 * g:+.1f}" for s, g in report.gains.items()))
+    for w, kept in report.retention.items():
+        console.print(f"[bold]2. math+strings task arithmetic ({w} each, normalize false) keeps[/]: " + ", ".join(
+            f"{s} {_pct(k)}% of its gain" for s, k in kept.items()))
+    b = report.best_target
+    console.print(f"[bold]3. target[/]: best math+lang task arithmetic (w_math,w_lang = {b['weights (math,lang)']}) "
+                  f"{_pct(b['accuracy'])}%, {100 * b['minus_math']:+.1f} vs math, "
+                  f"{100 * b['minus_lang']:+.1f} vs lang")
