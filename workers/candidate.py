@@ -1,0 +1,228 @@
+"""One search worker: the source models resident, the lm-eval tasks built, candidates built and scored.
+
+A `CandidateWorker` is a plain class (run in-process, or as a Ray actor through `workers.pool.WorkerPool`).
+Its constructor pays every fixed cost once: reading each source's safetensors onto the worker's device as
+a ready causal-LM module (whose parameter tensors double as the resident tensors the PS merge reads), and
+building the lm-eval task objects. `run` then only merges (PS), wires layers (DFS, no weight copies),
+evaluates the asked doc ids and frees the candidate.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional, Union
+
+import torch
+
+from evosearch.merge.dfs_model import build_dfs_model
+from evosearch.merge.ps import build_merged_model, build_model
+from evosearch.merge.sources import SourceError, SourceModel
+from evosearch.recipe import DFSRecipe, PSRecipe, parse_recipe
+from fitness.evaluator import LmEvalEvaluator
+
+_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+
+
+class CandidateError(RuntimeError):
+    """A candidate that could not be built or scored; the message is one line naming its key and the cause."""
+
+
+@dataclass
+class CandidateTask:
+    key: str  # e.g. "job3/g2/i5" or "calib/random-07", for logs and errors
+    recipe: dict  # PSRecipe / DFSRecipe as a dict (parse_recipe reads it)
+    samples: Optional[dict[str, list[int]]]  # task -> doc ids (anchors); None = every doc of `tasks`
+    tasks: Optional[list[str]] = None  # default: every task the worker loaded
+
+
+@dataclass
+class CandidateResult:
+    key: str
+    correct: dict[str, dict[int, int]]  # task -> doc id -> 0/1
+    accuracy: dict[str, float]  # task -> mean over the evaluated docs
+    build_seconds: float
+    eval_seconds: float  # inside the model's forward passes
+    overhead_seconds: float  # the rest of the call: recipe parsing, lm-eval's request building, freeing
+    worker: str  # "host:pid[:cuda:N]"
+
+
+def resolve_device(device: str) -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+def recipe_source_paths(recipe: Union[PSRecipe, DFSRecipe]) -> list[str]:
+    """Every model directory a recipe reads weights from (a PS+DFS recipe's PS part included)."""
+    if isinstance(recipe, PSRecipe):
+        return recipe.source_paths()
+    paths: list[str] = []
+    for source in recipe.sources:
+        paths += source.source_paths() if isinstance(source, PSRecipe) else [source]
+    return list(dict.fromkeys(paths))
+
+
+def _one_line(exc: BaseException) -> str:
+    lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
+    return f"{type(exc).__name__}: {lines[0]}" if lines else type(exc).__name__
+
+
+def _source_key(path: str) -> str:
+    """Recipes may spell a source path differently (relative, trailing slash) from the worker's list."""
+    return str(Path(path).expanduser().resolve())
+
+
+@dataclass
+class _FiniteLogits:
+    """Forward hook noting whether every logit the model produced was finite (checked once, at the end,
+    so a GPU is not synchronised after every batch)."""
+
+    flags: list
+
+    def __call__(self, module, args, output) -> None:
+        logits = getattr(output, "logits", None)
+        if logits is None and isinstance(output, tuple):
+            logits = output[0]
+        if isinstance(logits, torch.Tensor):
+            self.flags.append(torch.isfinite(logits).all())
+
+    def all_finite(self) -> bool:
+        return bool(torch.stack(self.flags).all()) if self.flags else True
+
+
+class CandidateWorker:
+    """Loads every source once; `run(task)` builds one candidate in memory, evaluates it and frees it."""
+
+    def __init__(self, sources: list[str], include_path: Union[str, list[str]], tasks: list[str],
+                 batch_size: int = 64, device: str = "auto", dtype: Optional[str] = None,
+                 allow_pickle: bool = False) -> None:
+        if not sources:
+            raise SourceError("worker: no source models given")
+        if dtype is not None and dtype not in _DTYPES:
+            raise SourceError(f"worker: dtype {dtype!r} is not one of {', '.join(_DTYPES)}")
+        self.device = resolve_device(device)
+        self.dtype = _DTYPES[dtype] if dtype else None
+        self._modules: dict[str, torch.nn.Module] = {}  # resolved path -> the source as a model
+        self._tensors: dict[str, dict[str, torch.Tensor]] = {}  # resolved path -> its tensors (the module's)
+        self._configs = {}
+        self._tokenizers: dict[str, object] = {}
+        for path in sources:
+            self._load_source(path, allow_pickle)
+        self.evaluator = LmEvalEvaluator(include_path, tasks, batch_size=batch_size, device=str(self.device))
+        suffix = ""
+        if self.device.type == "cuda":
+            suffix = f":cuda:{self.device.index if self.device.index is not None else torch.cuda.current_device()}"
+        self.name = f"{socket.gethostname()}:{os.getpid()}{suffix}"
+
+    # --- sources ------------------------------------------------------------------------------------
+    def _load_source(self, path: str, allow_pickle: bool) -> None:
+        key = _source_key(path)
+        if key in self._modules:
+            return
+        source = SourceModel.open(path, allow_pickle=allow_pickle)
+        names = source.tensor_names()
+        module = build_model(source.config, {n: self._place(source.read(n)) for n in names})
+        # The module's own parameters serve as the resident tensors, so each source is held once.
+        module_state = module.state_dict(keep_vars=False)
+        self._tensors[key] = {n: module_state[n] for n in names}
+        self._modules[key] = module
+        self._configs[key] = source.config
+        self._tokenizers[key] = self._load_tokenizer(path)
+
+    def _place(self, tensor: torch.Tensor) -> torch.Tensor:
+        if self.dtype is not None and tensor.is_floating_point():
+            return tensor.to(self.device, self.dtype)
+        return tensor.to(self.device)
+
+    @staticmethod
+    def _load_tokenizer(path: str):
+        from transformers import AutoTokenizer
+
+        try:
+            return AutoTokenizer.from_pretrained(path, local_files_only=True, trust_remote_code=False)
+        except Exception as exc:  # transformers raises many types for a missing or bad tokenizer
+            raise SourceError(f"model {path}: cannot load its tokenizer ({_one_line(exc)})") from None
+
+    @property
+    def source_paths(self) -> list[str]:
+        return list(self._modules)
+
+    def _resident(self, paths: list[str]) -> dict[str, dict[str, torch.Tensor]]:
+        """The resident tensors of `paths`, keyed by the recipe's own spelling of each path."""
+        unknown = [p for p in paths if _source_key(p) not in self._tensors]
+        if unknown:
+            raise SourceError(f"model {unknown[0]} is not among this worker's sources "
+                              f"({', '.join(self._modules)})")
+        return {p: self._tensors[_source_key(p)] for p in paths}
+
+    def _tokenizer(self, path: str):
+        key = _source_key(path)
+        if key not in self._tokenizers:
+            self._tokenizers[key] = self._load_tokenizer(path)
+        return self._tokenizers[key]
+
+    # --- building -----------------------------------------------------------------------------------
+    def _build_ps(self, recipe: PSRecipe) -> torch.nn.Module:
+        resident = self._resident(recipe.source_paths())
+        reference = recipe.base_model or recipe.models[0].model
+        return build_merged_model(recipe, resident, config=self._configs[_source_key(reference)])
+
+    def _build(self, recipe: Union[PSRecipe, DFSRecipe]) -> torch.nn.Module:
+        if isinstance(recipe, PSRecipe):
+            return self._build_ps(recipe)
+        layers = []
+        for source in recipe.sources:
+            if isinstance(source, PSRecipe):
+                layers.append(self._build_ps(source))
+            else:
+                self._resident([source])
+                layers.append(self._modules[_source_key(source)])
+        return build_dfs_model(recipe, layers)
+
+    def _tokenizer_for(self, recipe: Union[PSRecipe, DFSRecipe]):
+        if recipe.tokenizer_source:
+            return self._tokenizer(recipe.tokenizer_source)
+        if isinstance(recipe, DFSRecipe):
+            embed = recipe.sources[recipe.embed_source]
+            return self._tokenizer_for(embed) if isinstance(embed, PSRecipe) else self._tokenizer(embed)
+        return self._tokenizer(recipe.base_model or recipe.models[0].model)
+
+    # --- one candidate --------------------------------------------------------------------------------
+    def run(self, task: CandidateTask) -> CandidateResult:
+        started = time.perf_counter()
+        try:
+            recipe = parse_recipe(task.recipe, source=f"recipe of {task.key}")
+            self._resident(recipe_source_paths(recipe))
+            tokenizer = self._tokenizer_for(recipe)
+            model = self._build(recipe)
+        except Exception as exc:  # any cause (bad recipe, unknown source, shape or memory error) fails this one
+            raise CandidateError(f"candidate {task.key}: build failed: {_one_line(exc)}") from None
+        built = time.perf_counter()
+
+        finite = _FiniteLogits([])
+        hook = model.register_forward_hook(finite)
+        try:
+            result = self.evaluator.evaluate(model, tokenizer, tasks=task.tasks, samples=task.samples)
+            ok = finite.all_finite()
+        except Exception as exc:
+            raise CandidateError(f"candidate {task.key}: evaluation failed: {_one_line(exc)}") from None
+        finally:
+            hook.remove()
+            del model, finite
+            if self.device.type == "cuda":
+                torch.cuda.empty_cache()
+        if not ok:
+            raise CandidateError(f"candidate {task.key}: the model produced NaN or infinite logits")
+        for name, value in result.accuracy.items():
+            if value != value or not result.correct.get(name):
+                raise CandidateError(f"candidate {task.key}: task {name} gave no score (NaN or no items)")
+
+        build_seconds = built - started
+        wall = time.perf_counter() - started
+        return CandidateResult(key=task.key, correct=result.correct, accuracy=result.accuracy,
+                               build_seconds=build_seconds, eval_seconds=result.model_seconds,
+                               overhead_seconds=wall - build_seconds - result.model_seconds, worker=self.name)
