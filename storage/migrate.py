@@ -1,0 +1,29 @@
+"""Bring a database to the newest schema with the migrations shipped inside this package."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from alembic import command
+from alembic.config import Config
+from sqlalchemy import Connection, Engine, text
+
+MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
+# Any constant: PostgreSQL advisory lock that serialises concurrent `upgrade head` runs (two jobs opening at once).
+_MIGRATION_LOCK_KEY = 0x65766F73
+
+
+def alembic_config(connection: Connection | None = None) -> Config:
+    config = Config()
+    config.set_main_option("script_location", str(MIGRATIONS_DIR).replace("%", "%%"))
+    config.attributes["connection"] = connection
+    return config
+
+
+def upgrade_to_head(engine: Engine) -> None:
+    """One transaction: on SQLite the writer lock is taken at BEGIN (see `storage.engine`), on PostgreSQL an
+    advisory lock, so a second process waits and then finds the schema already at head."""
+    with engine.begin() as connection:
+        if connection.dialect.name == "postgresql":
+            connection.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _MIGRATION_LOCK_KEY})
+        command.upgrade(alembic_config(connection), "head")

@@ -1,0 +1,98 @@
+"""Plain records that cross the `Store` boundary: what callers read and write, free of any ORM session."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+JOB_STATUSES = ("created", "running", "stopped", "failed", "finished")
+CANDIDATE_STATUSES = ("done", "failed")
+SCORE_SPLITS = ("search", "report")
+CALIBRATION_MODEL_ROLES = ("source", "base", "random", "heldout")
+
+
+@dataclass
+class JobRecord:
+    id: int
+    name: str
+    spec: dict[str, Any]
+    seed: int
+    status: str
+    message: str | None
+    output_dir: str
+    created_at: datetime
+    updated_at: datetime
+
+
+@dataclass
+class ScoreRecord:
+    objective: str
+    split: str  # "search" | "report"
+    estimated: float | None = None
+    anchor_accuracy: float | None = None
+    full: float | None = None
+
+
+@dataclass
+class CandidateRecord:
+    job_id: int
+    generation: int
+    index: int
+    genome: list[float]
+    recipe: dict[str, Any]
+    recipe_hash: str
+    status: str  # "done" | "failed"
+    worker: str | None = None
+    attempts: int = 1
+    build_seconds: float | None = None
+    eval_seconds: float | None = None
+    overhead_seconds: float | None = None
+    error: str | None = None
+    scores: list[ScoreRecord] = field(default_factory=list)
+    id: int | None = None
+    cached_from: int | None = None  # id of the done candidate whose scores this one reuses
+
+
+@dataclass
+class GenerationRecord:
+    job_id: int
+    generation: int
+    optimizer_state: bytes
+    front_candidate_ids: list[int]
+    hypervolume: float | None
+    committed_at: datetime
+
+
+@dataclass
+class CalibrationModelRecord:
+    label: str
+    role: str  # "source" | "base" | "random" | "heldout"
+    recipe: dict[str, Any] | None
+    responses: dict[str, dict[int, int]]  # task -> doc_id -> 0/1
+    accuracy: dict[str, float]
+    seconds: float | None = None
+
+
+@dataclass
+class CalibrationRecord:
+    name: str
+    tasks: list[str]
+    spec: dict[str, Any]
+    id: int | None = None
+    created_at: datetime | None = None
+    models: list[CalibrationModelRecord] = field(default_factory=list)
+    irt_params: dict[str, Any] | None = None
+    fit_version: int = 0
+
+
+@dataclass
+class JobProgress:
+    job_id: int
+    status: str
+    generation: int | None  # highest committed generation; None before the first commit
+    done: int
+    failed: int
+    best: dict[str, float]  # objective -> best search-split estimate over done candidates
+    elapsed_seconds: float
+    candidates_per_minute: float
