@@ -13,7 +13,6 @@ import os
 import socket
 import time
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Optional, Union
 
 import torch
@@ -23,6 +22,7 @@ from evosearch.merge.ps import build_merged_model, build_model
 from evosearch.merge.sources import SourceError, SourceModel
 from evosearch.recipe import DFSRecipe, PSRecipe, parse_recipe
 from fitness.evaluator import LmEvalEvaluator
+from fitness.reduced import recipe_source_paths, source_key
 
 _DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
@@ -56,24 +56,9 @@ def resolve_device(device: str) -> torch.device:
     return torch.device(device)
 
 
-def recipe_source_paths(recipe: Union[PSRecipe, DFSRecipe]) -> list[str]:
-    """Every model directory a recipe reads weights from (a PS+DFS recipe's PS part included)."""
-    if isinstance(recipe, PSRecipe):
-        return recipe.source_paths()
-    paths: list[str] = []
-    for source in recipe.sources:
-        paths += source.source_paths() if isinstance(source, PSRecipe) else [source]
-    return list(dict.fromkeys(paths))
-
-
 def _one_line(exc: BaseException) -> str:
     lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
     return f"{type(exc).__name__}: {lines[0]}" if lines else type(exc).__name__
-
-
-def _source_key(path: str) -> str:
-    """Recipes may spell a source path differently (relative, trailing slash) from the worker's list."""
-    return str(Path(path).expanduser().resolve())
 
 
 @dataclass
@@ -120,7 +105,7 @@ class CandidateWorker:
 
     # --- sources ------------------------------------------------------------------------------------
     def _load_source(self, path: str, allow_pickle: bool) -> None:
-        key = _source_key(path)
+        key = source_key(path)
         if key in self._modules:
             return
         source = SourceModel.open(path, allow_pickle=allow_pickle)
@@ -153,14 +138,14 @@ class CandidateWorker:
 
     def _resident(self, paths: list[str]) -> dict[str, dict[str, torch.Tensor]]:
         """The resident tensors of `paths`, keyed by the recipe's own spelling of each path."""
-        unknown = [p for p in paths if _source_key(p) not in self._tensors]
+        unknown = [p for p in paths if source_key(p) not in self._tensors]
         if unknown:
             raise SourceError(f"model {unknown[0]} is not among this worker's sources "
                               f"({', '.join(self._modules)})")
-        return {p: self._tensors[_source_key(p)] for p in paths}
+        return {p: self._tensors[source_key(p)] for p in paths}
 
     def _tokenizer(self, path: str):
-        key = _source_key(path)
+        key = source_key(path)
         if key not in self._tokenizers:
             self._tokenizers[key] = self._load_tokenizer(path)
         return self._tokenizers[key]
@@ -169,7 +154,7 @@ class CandidateWorker:
     def _build_ps(self, recipe: PSRecipe) -> torch.nn.Module:
         resident = self._resident(recipe.source_paths())
         reference = recipe.base_model or recipe.models[0].model
-        return build_merged_model(recipe, resident, config=self._configs[_source_key(reference)])
+        return build_merged_model(recipe, resident, config=self._configs[source_key(reference)])
 
     def _build(self, recipe: Union[PSRecipe, DFSRecipe]) -> torch.nn.Module:
         if isinstance(recipe, PSRecipe):
@@ -180,7 +165,7 @@ class CandidateWorker:
                 layers.append(self._build_ps(source))
             else:
                 self._resident([source])
-                layers.append(self._modules[_source_key(source)])
+                layers.append(self._modules[source_key(source)])
         return build_dfs_model(recipe, layers)
 
     def _tokenizer_for(self, recipe: Union[PSRecipe, DFSRecipe]):
