@@ -249,13 +249,13 @@ class Store:
             job = _job(session, job_id)
             generation = session.scalar(select(func.max(Generation.generation)).where(Generation.job_id == job_id))
             counts = dict(session.execute(select(Candidate.status, func.count()).where(
-                Candidate.job_id == job_id).group_by(Candidate.status)).tuples().all())
+                Candidate.job_id == job_id).group_by(Candidate.status)).all())
             extremes = session.execute(
                 select(Score.objective, func.max(Score.estimated), func.min(Score.estimated))
                 .join(Candidate, Score.candidate_id == Candidate.id)
                 .where(Candidate.job_id == job_id, Candidate.status == "done", Score.split == "search",
                        Score.estimated.is_not(None))
-                .group_by(Score.objective)).tuples().all()
+                .group_by(Score.objective)).all()
             minimised = _minimised_objectives(job.spec)
             best = {objective: lowest if objective in minimised else highest
                     for objective, highest, lowest in extremes}

@@ -6,6 +6,7 @@ import os
 from pathlib import Path
 
 import pytest
+from pg import pg_server, pg_url  # noqa: F401  (session PostgreSQL for the store tests)
 
 TESTS_DIR = Path(__file__).resolve().parent
 
