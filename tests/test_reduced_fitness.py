@@ -34,20 +34,26 @@ def _linear(weights) -> dict:
             "models": [{"model": p, "parameters": {"weight": float(w)}} for p, w in zip(SOURCE_PATHS, weights)]}
 
 
-@pytest.fixture(scope="module")
-def world():
-    rng = np.random.default_rng(5)
+def simulated_calibration(seed: int = 5, n_heldout: int = 12) -> dict:
+    """A calibration of sources, random models and held-out merges of the sources (recipes naming
+    SOURCE_PATHS), with answers drawn from a known 2PL on two tasks of ITEMS items."""
+    rng = np.random.default_rng(seed)
     bench = make_bench(rng, n_tasks=2, items_per_task=ITEMS)
     abilities = draw_abilities(rng, N_SOURCES + N_RANDOM, 2)
     answers = bench.answer(abilities, rng)
     models = [_as_model(bench, f"src{i}", "source", answers[i], identity_recipe(SOURCE_PATHS[i]))
               for i in range(N_SOURCES)]
     models += [_as_model(bench, f"random-{i:03d}", "random", answers[N_SOURCES + i], None) for i in range(N_RANDOM)]
-    merged, weights = merge_abilities(rng, abilities[:N_SOURCES], 12)
+    merged, weights = merge_abilities(rng, abilities[:N_SOURCES], n_heldout)
     heldout = [_as_model(bench, f"heldout-{i:03d}", "heldout", row, _linear(w))
                for i, (row, w) in enumerate(zip(bench.answer(merged, rng), weights))]
     calibration = Calibration(tasks=list(bench.tasks), models=models + heldout, name="sim")
     return dict(bench=bench, calibration=calibration, heldout=heldout)
+
+
+@pytest.fixture(scope="module")
+def world():
+    return simulated_calibration()
 
 
 @pytest.fixture(scope="module")
