@@ -1,0 +1,423 @@
+"""The search driver: ask a generation, evaluate it on a Ray worker pool, record, tell, commit; resume.
+
+One generation:
+1. `optimizer.ask()` -> genomes -> recipes (the space decodes and repairs) -> recipe hashes.
+2. A candidate already recorded for this generation (an interrupted run) is reused as it is; a recipe the
+   job already evaluated is copied from the store's cache (`find_by_hash`); a recipe that appears twice in
+   the generation is evaluated once. Only the rest go to the workers.
+3. Each candidate is recorded as soon as it finishes (its own transaction), so a crash loses nothing
+   evaluated. A failure is recorded `failed` with its one-line error; the optimizer gets NaN objectives for
+   it, which it turns into its penalty.
+4. `optimizer.tell`, then one `commit_generation`: the optimizer's state, the job's Pareto front so far
+   (over every done candidate) and its hypervolume.
+
+Resume restores the optimizer from the last committed generation; asking again must give the genomes that
+were recorded for the generation in progress, and the driver checks that it does before reusing them.
+The front is re-scored in full on each objective's report split (never seen by the search) after every
+generation or at the end, as the job says.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Optional
+
+import numpy as np
+
+from evosearch.job import JobSpec, TaskObjective, population_size
+from evosearch.optimizers import Optimizer, ParetoFront, make_optimizer
+from evosearch.recipe import recipe_hash
+from evosearch.spaces import SearchSpace, build_space
+
+log = logging.getLogger(__name__)
+
+# Genomes recorded by an interrupted run and the optimizer's ask after restore must agree this closely
+# (they went through the store as JSON floats).
+GENOME_ATOL = 1e-9
+
+
+class DriverError(RuntimeError):
+    """A job that cannot start or continue; the message is one line."""
+
+
+@dataclass
+class RunEvent:
+    """What the progress view shows; sent after every change."""
+
+    job: str
+    generation: int
+    max_generations: int
+    in_generation: int  # candidates in the current generation
+    done: int  # done candidates of the job so far (cache hits included)
+    failed: int
+    running: int
+    cached: int  # candidates served from the recipe cache this run
+    best: dict[str, float]  # objective -> best search-split value so far
+    elapsed_seconds: float
+    evaluated: int  # candidates the workers actually evaluated this run
+    phase: str = "search"  # search | report | finished | stopped
+
+
+@dataclass
+class RunSummary:
+    job_id: int
+    status: str  # finished | stopped
+    generations: int  # committed generations
+    candidates: int
+    evaluated: int  # evaluated by workers in this run (not served from a cache or an earlier run)
+    front_ids: list[int]
+    hypervolume: Optional[float]
+    seconds: float
+
+
+@dataclass
+class _Pending:
+    """A candidate of the current generation, before it is recorded."""
+
+    index: int
+    genome: list[float]
+    recipe: dict
+    recipe_hash: str
+    duplicates: list[int] = field(default_factory=list)  # later indices with the same recipe
+
+
+def ensure_ray(num_cpus: Optional[float] = None) -> None:
+    """Join the cluster named by RAY_ADDRESS, or start a local Ray on 127.0.0.1 if none is running."""
+    import ray
+
+    if ray.is_initialized():
+        return
+    env = {k: os.environ.get(k, "1") for k in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_DATASETS_OFFLINE")}
+    env["TOKENIZERS_PARALLELISM"] = "false"
+    if os.environ.get("RAY_ADDRESS"):
+        ray.init(address=os.environ["RAY_ADDRESS"], runtime_env={"env_vars": env}, log_to_driver=False)
+    else:
+        ray.init(num_cpus=num_cpus, _node_ip_address="127.0.0.1", include_dashboard=False,
+                 runtime_env={"env_vars": env}, logging_level="warning", log_to_driver=False)
+
+
+def spec_of_job(job) -> JobSpec:
+    """The validated spec a job was created with (paths already resolved)."""
+    return JobSpec.model_validate(job.spec)
+
+
+def cost_value(name: str, recipe: dict) -> float:
+    """A cost term read off the recipe."""
+    if name == "path_length":
+        return float(sum(bool(x) for x in recipe["indicator"]))
+    raise DriverError(f"unknown cost term {name!r}")
+
+
+def hypervolume_reference(spec: JobSpec) -> list[float]:
+    """A fixed reference point, so hypervolumes compare across generations: the worst possible value of
+    each objective (accuracy 0 when maximised, 1 when minimised; a path as long as all the slots)."""
+    ref = []
+    for obj in spec.objectives:
+        if isinstance(obj, TaskObjective):
+            ref.append(0.0 if obj.direction == "max" else 1.0)
+        else:
+            space = spec.search_space
+            dfs = getattr(space, "dfs", space)
+            slots = len(dfs.sources) * dfs.num_layers * dfs.repeats
+            ref.append(slots + 1.0 if obj.direction == "min" else 0.0)
+    return ref
+
+
+class SearchDriver:
+    """Runs one job against one store; `run()` drives it to the end (or `stop_after` generations)."""
+
+    def __init__(self, spec: JobSpec, store, job, *, on_event: Optional[Callable[[RunEvent], None]] = None):
+        self.spec, self.store, self.job = spec, store, job
+        self.space: SearchSpace = build_space(spec.search_space)
+        self.optimizer: Optimizer = make_optimizer(spec.optimizer, self.space.dim, spec.directions, spec.seed)
+        self.on_event = on_event
+        self.fitness = self._fitness()
+        self._pool = None
+        self._started = time.monotonic()
+        self._evaluated = self._cached = self._running = 0
+        self._gen_size = 0
+
+    # --- fitness: what a worker is asked, and how its answer becomes scores ------------------------
+    def _fitness(self):
+        if self.spec.fitness.mode == "full":
+            return None
+        from fitness.reduced import ReducedFitness
+
+        f = self.spec.fitness
+        calibration = self.store.get_calibration(f.calibration)
+        missing = [t for t in self.spec.search_tasks if t not in calibration.tasks]
+        if missing:
+            raise DriverError(f"calibration {f.calibration!r} does not cover task {missing[0]!r} "
+                              f"(it has {', '.join(calibration.tasks)})")
+        return ReducedFitness.from_calibration(calibration, estimator=f.estimator, k=f.k, strategy=f.strategy,
+                                               seed=self.spec.seed)
+
+    def _limited(self, tasks: list[str]) -> Optional[dict[str, list[int]]]:
+        limit = self.spec.fitness.limit
+        return None if limit is None else {t: list(range(limit)) for t in tasks}
+
+    def _search_task(self, key: str, recipe: dict):
+        from workers.candidate import CandidateTask
+
+        tasks = self.spec.search_tasks
+        if self.fitness is not None:
+            return CandidateTask(key=key, recipe=recipe, samples={t: self.fitness.samples[t] for t in tasks},
+                                 tasks=tasks)
+        return CandidateTask(key=key, recipe=recipe, samples=self._limited(tasks), tasks=tasks)
+
+    def _search_scores(self, result, recipe: dict) -> list:
+        from storage import ScoreRecord
+
+        if self.fitness is not None:
+            from fitness.reduced import recipe_sources
+
+            models, weights = recipe_sources(recipe)
+            estimated = self.fitness.estimate(result.correct, source_models=models, source_weights=weights)
+            anchor = self.fitness.anchor_accuracy(result.correct)
+        scores = []
+        for obj in self.spec.objectives:
+            if isinstance(obj, TaskObjective):
+                if self.fitness is not None:
+                    scores.append(ScoreRecord(objective=obj.objective, split="search",
+                                              estimated=float(estimated[obj.task]),
+                                              anchor_accuracy=float(anchor[obj.task])))
+                else:
+                    acc = float(result.accuracy[obj.task])
+                    # Full mode measures the score itself: the "estimate" the optimizer sees is exact.
+                    scores.append(ScoreRecord(objective=obj.objective, split="search", estimated=acc, full=acc))
+            else:
+                value = cost_value(obj.cost, recipe)
+                scores.append(ScoreRecord(objective=obj.objective, split="search", estimated=value, full=value))
+        return scores
+
+    def objective_row(self, cand) -> list[float]:
+        if cand.status != "done":
+            return [np.nan] * len(self.spec.objectives)
+        by_name = {s.objective: s.estimated for s in cand.scores if s.split == "search"}
+        return [float(by_name[n]) if by_name.get(n) is not None else np.nan for n in self.spec.objective_names]
+
+    # --- workers --------------------------------------------------------------------------------
+    def _workers(self):
+        if self._pool is None:
+            from workers.candidate import CandidateWorker
+            from workers.pool import ActorOptions, WorkerPool
+
+            w = self.spec.workers
+            ensure_ray(num_cpus=max(os.cpu_count() or 1, w.count * w.num_cpus))
+            tasks = self.spec.search_tasks + self.spec.report_tasks
+            self._pool = WorkerPool(
+                CandidateWorker,
+                (self.spec.source_paths, self.spec.tasks.include_path, tasks, w.batch_size, w.device, w.dtype),
+                num_workers=w.count, options=ActorOptions(num_cpus=w.num_cpus, num_gpus=w.num_gpus),
+                call="run", max_retries=w.max_retries).start()
+        return self._pool
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown()
+            self._pool = None
+
+    # --- one generation ------------------------------------------------------------------------
+    def _emit(self, generation: int, phase: str = "search") -> None:
+        if self.on_event is None:
+            return
+        done = self.store.candidates(self.job.id, status="done")
+        failed = self.store.candidates(self.job.id, status="failed")
+        self.on_event(RunEvent(
+            job=self.spec.name, generation=generation, max_generations=self.spec.optimizer.max_generations,
+            in_generation=self._gen_size, done=len(done), failed=len(failed), running=self._running,
+            cached=self._cached, best=self._best(done), elapsed_seconds=time.monotonic() - self._started,
+            evaluated=self._evaluated, phase=phase))
+
+    def _best(self, done: list) -> dict[str, float]:
+        best: dict[str, float] = {}
+        for name, direction in zip(self.spec.objective_names, self.spec.directions):
+            values = [s.estimated for c in done for s in c.scores
+                      if s.objective == name and s.split == "search" and s.estimated is not None]
+            if values:
+                best[name] = max(values) if direction == "max" else min(values)
+        return best
+
+    def _record(self, rec) -> object:
+        rec.id = self.store.record_candidate(rec)
+        return rec
+
+    def run_generation(self, generation: int) -> None:
+        from storage import CandidateRecord
+
+        genomes = self.optimizer.ask()
+        self._gen_size = len(genomes)
+        recorded = {c.index: c for c in self.store.candidates(self.job.id, generation=generation)}
+        for i, cand in recorded.items():
+            if i >= len(genomes) or not np.allclose(cand.genome, genomes[i], rtol=0, atol=GENOME_ATOL):
+                raise DriverError(f"job {self.spec.name}: generation {generation} candidate {i} was recorded "
+                                  "with another genome than the restored optimizer asks for; cannot resume")
+        final: dict[int, object] = dict(recorded)
+        primaries: dict[str, _Pending] = {}
+        for i, genome in enumerate(genomes):
+            if i in final:
+                continue
+            decoded = self.space.decode(genome)
+            recipe, h = decoded.model_dump(mode="json"), recipe_hash(decoded)
+            base = dict(job_id=self.job.id, generation=generation, index=i, genome=[float(x) for x in genome],
+                        recipe=recipe, recipe_hash=h)
+            if h in primaries:
+                primaries[h].duplicates.append(i)
+                continue
+            cached = self.store.find_by_hash(self.job.id, h)
+            if cached is not None:
+                final[i] = self._record(CandidateRecord(**base, status="done", worker=cached.worker, attempts=0,
+                                                        scores=_search_only(cached.scores),
+                                                        cached_from=cached.id))
+                self._cached += 1
+                continue
+            primaries[h] = _Pending(index=i, genome=base["genome"], recipe=recipe, recipe_hash=h)
+        if primaries:
+            self._running = len(primaries)
+            self._emit(generation)
+            for pending, outcome in self._evaluate(generation, list(primaries.values())):
+                self._running -= 1
+                self._evaluated += 1
+                rec = self._record(self._candidate(generation, pending, outcome))
+                final[pending.index] = rec
+                for j in pending.duplicates:
+                    final[j] = self._record(CandidateRecord(
+                        job_id=self.job.id, generation=generation, index=j, genome=[float(x) for x in genomes[j]],
+                        recipe=pending.recipe, recipe_hash=pending.recipe_hash, status=rec.status, worker=rec.worker,
+                        attempts=0, error=rec.error, scores=_search_only(rec.scores),
+                        cached_from=rec.id if rec.status == "done" else None))
+                    self._cached += rec.status == "done"
+                self._emit(generation)
+        objectives = np.array([self.objective_row(final[i]) for i in range(len(genomes))], dtype=float)
+        self.optimizer.tell(genomes, objectives)
+        front_ids, hv = self.front()
+        self.store.commit_generation(self.job.id, generation, self.optimizer.state_dict(), front_ids, hv)
+
+    def _evaluate(self, generation: int, pending: list[_Pending]):
+        """Yields (pending, PoolOutcome) as the workers finish."""
+        tasks = {p.index: self._search_task(f"{self.spec.name}/g{generation}/i{p.index}", p.recipe) for p in pending}
+        by_index = {p.index: p for p in pending}
+        for outcome in self._workers().map_unordered([p.index for p in pending], lambda i: (tasks[i],)):
+            yield by_index[outcome.item], outcome
+
+    def _candidate(self, generation: int, pending: _Pending, outcome):
+        from storage import CandidateRecord
+
+        common = dict(job_id=self.job.id, generation=generation, index=pending.index, genome=pending.genome,
+                      recipe=pending.recipe, recipe_hash=pending.recipe_hash, attempts=outcome.attempts)
+        if not outcome.ok:
+            return CandidateRecord(**common, status="failed", worker=outcome.worker, error=outcome.error)
+        result = outcome.value
+        try:
+            scores = self._search_scores(result, pending.recipe)
+        except Exception as e:  # noqa: BLE001 - an estimator failing on one candidate fails that candidate
+            return CandidateRecord(**common, status="failed", worker=result.worker,
+                                   error=f"{type(e).__name__}: {e}".splitlines()[0])
+        return CandidateRecord(**common, status="done", worker=result.worker, build_seconds=result.build_seconds,
+                               eval_seconds=result.eval_seconds, overhead_seconds=result.overhead_seconds,
+                               scores=scores)
+
+    # --- front and report split ------------------------------------------------------------------
+    def front(self) -> tuple[list[int], Optional[float]]:
+        """The Pareto front over every done candidate of the job (cache copies left out: same recipe)."""
+        done = [c for c in self.store.candidates(self.job.id, status="done") if c.cached_from is None]
+        if not done:
+            return [], None
+        f = np.array([self.objective_row(c) for c in done], dtype=float)
+        front = ParetoFront.from_objectives(f, self.spec.directions)
+        ids = [done[i].id for i in front.indices]
+        return ids, front.hypervolume(hypervolume_reference(self.spec))
+
+    def report_front(self, generation: int) -> None:
+        """Scores the front's candidates in full on each objective's report split (once per candidate)."""
+        from storage import ScoreRecord
+        from workers.candidate import CandidateTask
+
+        tasks = self.spec.report_tasks
+        todo = [c for c in self.store.front(self.job.id)
+                if not any(s.split == "report" for s in c.scores)]
+        if not todo:
+            return
+        self._running = len(todo)
+        self._emit(generation, phase="report")
+        by_id = {c.id: c for c in todo}
+        items = {c.id: CandidateTask(key=f"{self.spec.name}/report/c{c.id}", recipe=c.recipe,
+                                     samples=self._limited(tasks), tasks=tasks) for c in todo}
+        for outcome in self._workers().map_unordered(list(by_id), lambda cid: (items[cid],)):
+            self._running -= 1
+            if not outcome.ok:
+                log.warning("report split of candidate %s failed: %s", outcome.item, outcome.error)
+                continue
+            acc = outcome.value.accuracy
+            self.store.add_scores(outcome.item, [
+                ScoreRecord(objective=o.objective, split="report", full=float(acc[o.report]))
+                for o in self.spec.task_objectives])
+            self._emit(generation, phase="report")
+
+    # --- the whole job ----------------------------------------------------------------------------
+    def run(self, stop_after: Optional[int] = None) -> RunSummary:
+        """Runs generations until the optimizer is done, the budget would be passed, or `stop_after`
+        generations are committed (counted from 0: the job then stops, resumable)."""
+        last = self.store.last_generation(self.job.id)
+        if last is not None:
+            self.optimizer.load_state(last.optimizer_state)
+        per_generation = population_size(self.spec)
+        status = "finished"
+        self.store.set_job_status(self.job.id, "running")
+        try:
+            while not self.optimizer.done():
+                generation = self.optimizer.generation
+                if stop_after is not None and generation >= stop_after:
+                    status = "stopped"
+                    break
+                so_far = generation * per_generation
+                if self.spec.budget is not None and so_far + per_generation > self.spec.budget:
+                    break
+                self.run_generation(generation)
+                if self.spec.report.when == "every_generation":
+                    self.report_front(generation)
+                self._emit(generation)
+            if status == "finished" and self.spec.report.when != "never":
+                self.report_front(self.optimizer.generation - 1)
+        except BaseException as e:
+            message = "interrupted" if isinstance(e, KeyboardInterrupt) else f"{type(e).__name__}: {e}".splitlines()[0]
+            self.store.set_job_status(self.job.id, "stopped" if isinstance(e, KeyboardInterrupt) else "failed",
+                                      message)
+            raise
+        finally:
+            self.close()
+        self.store.set_job_status(self.job.id, status)
+        self._emit(self.optimizer.generation - 1, phase=status)
+        committed = self.store.last_generation(self.job.id)
+        return RunSummary(job_id=self.job.id, status=status,
+                          generations=0 if committed is None else committed.generation + 1,
+                          candidates=len(self.store.candidates(self.job.id)), evaluated=self._evaluated,
+                          front_ids=[] if committed is None else list(committed.front_candidate_ids),
+                          hypervolume=None if committed is None else committed.hypervolume,
+                          seconds=time.monotonic() - self._started)
+
+
+def _search_only(scores: list) -> list:
+    from storage import ScoreRecord
+
+    return [ScoreRecord(objective=s.objective, split=s.split, estimated=s.estimated,
+                        anchor_accuracy=s.anchor_accuracy, full=s.full) for s in scores if s.split == "search"]
+
+
+def run_job(spec: JobSpec, store, resume: bool = False, *, stop_after: Optional[int] = None,
+            on_event: Optional[Callable[[RunEvent], None]] = None) -> RunSummary:
+    """Runs a job from its spec (`resume=False`: a new job of that name) or continues the stored job of
+    that name (`resume=True`) from its last committed generation."""
+    from storage import StoreError
+
+    if resume:
+        job = store.get_job(spec.name)
+    else:
+        try:
+            job = store.create_job(spec.name, spec.to_dict(), spec.seed, spec.output_dir)
+        except StoreError as e:
+            raise DriverError(f"{e} (continue it with `evosearch resume {spec.name}`)") from None
+    return SearchDriver(spec, store, job, on_event=on_event).run(stop_after=stop_after)
