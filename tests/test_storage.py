@@ -8,6 +8,8 @@ import logging
 import pickle
 import re
 import sqlite3
+import subprocess
+import sys
 import threading
 import time
 import uuid
@@ -330,6 +332,7 @@ def test_url_for_display_masks_the_password(pg_url):
 
 # faults
 
+@pytest.mark.timeout(60)
 def test_postgres_restart_between_two_writes(pg_server, caplog):
     url = pg_server.create_database(f"t_{uuid.uuid4().hex[:12]}")
     retry = RetryPolicy(attempts=8, first_delay_s=0.2, max_delay_s=1.0)
@@ -350,6 +353,7 @@ def test_postgres_restart_between_two_writes(pg_server, caplog):
     assert PG_PASSWORD not in caplog.text
 
 
+@pytest.mark.timeout(60)
 def test_postgres_down_too_long_raises_a_resumable_store_error(pg_server, caplog):
     url = pg_server.create_database(f"t_{uuid.uuid4().hex[:12]}")
     with Store.open(url, retry=FAST_RETRY) as store, caplog.at_level(logging.DEBUG):
@@ -371,10 +375,30 @@ def test_postgres_down_too_long_raises_a_resumable_store_error(pg_server, caplog
     assert PG_PASSWORD not in caplog.text
 
 
+def open_at_once(url: str, count: int) -> list[Store]:
+    """Several processes starting on a fresh database all run `upgrade head`; none may trip over another."""
+    opened: list[Store | BaseException] = [None] * count
+
+    def open_one(slot: int) -> None:
+        try:
+            opened[slot] = Store.open(url)
+        except BaseException as exc:  # surfaced by the caller's assert
+            opened[slot] = exc
+
+    threads = [threading.Thread(target=open_one, args=(slot,)) for slot in range(count)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert all(isinstance(store, Store) for store in opened), opened
+    return opened
+
+
+@pytest.mark.timeout(60)
 def test_two_jobs_write_at_once_without_cross_talk(store_url):
     """Two stores (as two job drivers would hold), one thread each, interleaving short transactions."""
     errors: list[BaseException] = []
-    stores = [Store.open(store_url), Store.open(store_url)]
+    stores = open_at_once(store_url, 2)
     job_ids = [store.create_job(f"job-{n}", {"n": n}, n, f"/runs/{n}").id for n, store in enumerate(stores)]
 
     def drive(store: Store, job_id: int, n: int) -> None:
@@ -405,3 +429,44 @@ def test_two_jobs_write_at_once_without_cross_talk(store_url):
     finally:
         for store in stores:
             store.close()
+
+
+CRASHING_WRITER = """
+import sys
+from storage import CandidateRecord, ScoreRecord, Store
+store = Store.open(sys.argv[1])
+job = store.create_job("crash", {}, 0, "/runs/crash")
+ids = []
+for n in range(100000):
+    scores = [ScoreRecord(f"t{k}", "search", estimated=n + k / 10) for k in range(3)]
+    ids.append(store.record_candidate(CandidateRecord(job.id, n // 5, n % 5, [0.5] * 64, {"n": n}, f"h{n}", "done",
+                                                      scores=scores)))
+    if n % 5 == 4:
+        store.commit_generation(job.id, n // 5, b"state-%d" % (n // 5), ids[-5:-2])
+    print(n, flush=True)
+"""
+
+
+@pytest.mark.timeout(60)
+def test_writer_killed_mid_write_leaves_no_half_written_rows(store_url):
+    writer = subprocess.Popen([sys.executable, "-c", CRASHING_WRITER, store_url], stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True)
+    try:
+        for _ in range(40):  # let it get well into its stride, then kill it wherever it is
+            assert writer.stdout.readline(), writer.stderr.read()
+        writer.kill()
+    finally:
+        writer.kill()
+        writer.wait()
+    with Store.open(store_url) as store:
+        job = store.get_job("crash")
+        rows = store.candidates(job.id)
+        assert len(rows) >= 40
+        for row in rows:
+            n = row.recipe["n"]
+            assert (row.generation, row.index, row.genome) == (n // 5, n % 5, [0.5] * 64)
+            assert [score.estimated for score in row.scores] == [n, n + 0.1, n + 0.2]
+        last = store.last_generation(job.id)
+        assert last.optimizer_state == b"state-%d" % last.generation
+        assert [rec.index for rec in store.front(job.id)] == [0, 1, 2]
+        assert last.generation >= len(rows) // 5 - 1
