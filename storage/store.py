@@ -4,6 +4,7 @@ backoff when the connection drops, so a crash or an outage between two calls nev
 from __future__ import annotations
 
 import logging
+import math
 import time
 from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
@@ -90,8 +91,16 @@ class Store:
         if not isinstance(name, str) or not name.strip():
             raise StoreError(f"job name {name!r} is empty")
 
+        tries = 0
+
         def write(session: Session) -> JobRecord:
-            if session.scalar(select(Job.id).where(Job.name == name)) is not None:
+            nonlocal tries
+            tries += 1
+            existing = session.scalar(select(Job).where(Job.name == name))
+            if existing is not None and tries > 1 and existing.status == "created" and (
+                    existing.spec, existing.seed, existing.output_dir) == (spec, int(seed), str(output_dir)):
+                return _job_record(existing)  # our previous try committed, but the connection dropped before the ack
+            if existing is not None:
                 raise StoreError(f"job name {name!r} is taken in store {self.url_for_display}: "
                                  f"choose another name or resume that job")
             now = utcnow()
@@ -126,6 +135,9 @@ class Store:
         """Insert, or update the row with the same (job_id, generation, index) and replace its scores, so a
         candidate recorded again (after a resume, or a retried write) is still one row."""
         _check_choice("candidate status", rec.status, CANDIDATE_STATUSES)
+        if not all(math.isfinite(gene) for gene in rec.genome):
+            raise StoreError(f"candidate job {rec.job_id} g{rec.generation} i{rec.index} has a genome that is not "
+                             f"finite: {list(rec.genome)}")
         for score in rec.scores:
             _check_choice("score split", score.split, SCORE_SPLITS)
 
@@ -140,8 +152,8 @@ class Store:
             row.genome = [float(gene) for gene in rec.genome]
             row.recipe, row.recipe_hash, row.status = rec.recipe, rec.recipe_hash, rec.status
             row.worker, row.attempts, row.error, row.cached_from = rec.worker, rec.attempts, rec.error, rec.cached_from
-            row.build_seconds, row.eval_seconds = rec.build_seconds, rec.eval_seconds
-            row.overhead_seconds, row.recorded_at = rec.overhead_seconds, utcnow()
+            row.build_seconds, row.eval_seconds = _number(rec.build_seconds), _number(rec.eval_seconds)
+            row.overhead_seconds, row.recorded_at = _number(rec.overhead_seconds), utcnow()
             row.scores.clear()
             session.flush()  # the old scores' deletes go first: the new ones share their unique keys
             row.scores.extend(_score_row(score) for score in rec.scores)
@@ -190,7 +202,7 @@ class Store:
                     row.scores.append(_score_row(score))
                 else:
                     target.estimated, target.anchor_accuracy, target.full = (
-                        score.estimated, score.anchor_accuracy, score.full)
+                        _number(score.estimated), _number(score.anchor_accuracy), _number(score.full))
 
         self._transaction(f"adding scores to candidate {candidate_id}", write)
 
@@ -215,7 +227,7 @@ class Store:
                 row = Generation(job_id=job_id, generation=generation)
                 session.add(row)
             row.optimizer_state, row.front_candidate_ids = bytes(optimizer_state), front_ids
-            row.hypervolume = None if hypervolume is None else float(hypervolume)
+            row.hypervolume = _number(hypervolume)
             row.committed_at = job.updated_at = utcnow()
 
         self._transaction(f"committing job {job_id} generation {generation}", write)
@@ -431,9 +443,15 @@ def _job_record(job: Job) -> JobRecord:
                      updated_at=job.updated_at)
 
 
+def _number(value: float | None) -> float | None:
+    """NaN (a candidate whose logits blew up) is stored as no value: SQLite cannot keep it apart from NULL, and
+    both backends must answer alike."""
+    return None if value is None or math.isnan(value) else float(value)
+
+
 def _score_row(score: ScoreRecord) -> Score:
-    return Score(objective=score.objective, split=score.split, estimated=score.estimated,
-                 anchor_accuracy=score.anchor_accuracy, full=score.full)
+    return Score(objective=score.objective, split=score.split, estimated=_number(score.estimated),
+                 anchor_accuracy=_number(score.anchor_accuracy), full=_number(score.full))
 
 
 def _candidate_record(row: Candidate) -> CandidateRecord:

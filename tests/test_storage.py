@@ -124,6 +124,24 @@ def test_candidate_round_trip_and_recording_again_updates_the_row(store):
     assert store.candidates(job.id, generation=1) == []
     with pytest.raises(StoreError, match="candidate status 'running' is not one of done, failed"):
         store.record_candidate(candidate(job.id, 0, 5, status="running"))
+    broken = candidate(job.id, 0, 5)
+    broken.genome[1] = float("nan")
+    with pytest.raises(StoreError, match=r"candidate job \d+ g0 i5 has a genome that is not finite"):
+        store.record_candidate(broken)
+
+
+def test_nan_scores_and_timings_are_stored_as_no_value(store):
+    """Alike on both backends (SQLite turns NaN into NULL by itself)."""
+    job = store.create_job("alpha", {}, 0, "/runs/alpha")
+    rec = candidate(job.id, 0, 0, build_seconds=float("nan"))
+    rec.scores = [ScoreRecord("l1", "search", estimated=float("nan"), anchor_accuracy=float("inf"))]
+    candidate_id = store.record_candidate(rec)
+    store.add_scores(candidate_id, [ScoreRecord("l1", "report", full=float("nan"))])
+    [stored] = store.candidates(job.id)
+    assert stored.build_seconds is None
+    assert stored.scores == [ScoreRecord("l1", "search", estimated=None, anchor_accuracy=float("inf")),
+                             ScoreRecord("l1", "report")]
+    assert store.progress(job.id).best == {}
 
 
 def test_find_by_hash_returns_a_done_candidate_of_that_job(store):
