@@ -57,8 +57,11 @@ def _sqlite_engine(url: URL, busy_timeout_s: float) -> Engine:
         engine = create_engine(url, hide_parameters=True, poolclass=StaticPool,
                                connect_args={"check_same_thread": False})
     else:
+        folder = Path(url.database).expanduser().resolve().parent
         try:
-            Path(url.database).expanduser().resolve().parent.mkdir(parents=True, exist_ok=True)
+            folder.mkdir(parents=True, exist_ok=True)
+        except FileExistsError:
+            raise StoreError(f"store {display(url)} cannot be created: {folder} is not a directory") from None
         except OSError as exc:
             raise StoreError(f"store {display(url)} cannot be created: {exc.strerror or exc}") from None
         engine = create_engine(url, hide_parameters=True, connect_args={"timeout": busy_timeout_s})

@@ -307,6 +307,24 @@ def test_sqlite_uses_wal_foreign_keys_and_a_busy_timeout(tmp_path):
         assert raw.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
 
 
+def test_sqlite_store_that_cannot_be_opened_is_one_line(tmp_path):
+    (tmp_path / "a-file").write_text("not a directory")
+    with pytest.raises(StoreError, match="store sqlite:///.*/a-file/store.db cannot be created: .*/a-file is not a directory"):
+        Store.open(f"sqlite:///{tmp_path}/a-file/store.db")
+    with pytest.raises(StoreError, match="store sqlite:///.* is unreachable: unable to open database file"):
+        Store.open(f"sqlite:///{tmp_path}")  # a directory
+
+
+def test_database_from_a_newer_schema_is_refused(tmp_path):
+    path = tmp_path / "store.db"
+    Store.open(f"sqlite:///{path}").close()
+    with sqlite3.connect(path) as raw:
+        raw.execute("UPDATE alembic_version SET version_num = '9999'")
+    with pytest.raises(StoreError, match=r"store sqlite:///.* cannot be migrated: .*9999") as error:
+        Store.open(f"sqlite:///{path}")
+    assert_one_line_without_password(error)
+
+
 # URLs and connection failures
 
 @pytest.mark.parametrize("url, expected", [
