@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import re
+import sqlite3
+import time
 from pathlib import Path
 
 from sqlalchemy import Engine, create_engine, event
@@ -71,11 +73,11 @@ def _sqlite_engine(url: URL, busy_timeout_s: float) -> Engine:
         # Let SQLAlchemy, not the sqlite3 module, decide where transactions begin (see `_begin`).
         dbapi_connection.isolation_level = None
         cursor = dbapi_connection.cursor()
-        if not in_memory:
-            cursor.execute("PRAGMA journal_mode=WAL")  # readers (a status view) never block the writer
-            cursor.execute("PRAGMA synchronous=NORMAL")  # WAL keeps commits atomic and durable across crashes
-        cursor.execute("PRAGMA foreign_keys=ON")
         cursor.execute(f"PRAGMA busy_timeout={int(busy_timeout_s * 1000)}")
+        cursor.execute("PRAGMA foreign_keys=ON")
+        if not in_memory:
+            _use_wal(cursor, busy_timeout_s)  # readers (a status view) never block the writer
+            cursor.execute("PRAGMA synchronous=NORMAL")  # WAL keeps commits atomic and durable across crashes
         cursor.close()
 
     @event.listens_for(engine, "begin")
@@ -86,3 +88,19 @@ def _sqlite_engine(url: URL, busy_timeout_s: float) -> Engine:
         connection.exec_driver_sql("BEGIN" if read_only else "BEGIN IMMEDIATE")
 
     return engine
+
+
+def _use_wal(cursor, busy_timeout_s: float) -> None:
+    """WAL is a property of the file, set once. Switching needs the file to itself and SQLite reports a busy
+    file at once instead of waiting, so when several processes open a fresh store together, poll until one of
+    them has switched it."""
+    deadline = time.monotonic() + busy_timeout_s
+    while True:
+        try:
+            if cursor.execute("PRAGMA journal_mode").fetchone()[0] == "wal":
+                return
+            cursor.execute("PRAGMA journal_mode=WAL")
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() > deadline:
+                raise
+            time.sleep(0.02)

@@ -467,6 +467,25 @@ def test_two_jobs_write_at_once_without_cross_talk(store_url):
             store.close()
 
 
+@pytest.mark.timeout(60)
+def test_processes_opening_a_fresh_store_at_once_all_succeed(store_url):
+    """Each runs `upgrade head` on the empty database; the database's lock lets one create the schema."""
+    # Imports first, then all open on the same signal: process start-up alone would stagger them past the race.
+    opener = ("import sys; import storage.migrate; from storage import Store; print('ready', flush=True); "
+              "sys.stdin.readline(); Store.open(sys.argv[1]).create_job(sys.argv[2], {}, 0, '.')")
+    processes = [subprocess.Popen([sys.executable, "-c", opener, store_url, f"job-{n}"], stdin=subprocess.PIPE,
+                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for n in range(3)]
+    for process in processes:
+        assert process.stdout.readline() == "ready\n", process.stderr.read()
+    for process in processes:
+        process.stdin.write("go\n")
+        process.stdin.flush()
+    failures = [process.stderr.read() for process in processes if process.wait() != 0]
+    assert failures == []
+    with Store.open(store_url) as store:
+        assert sorted(job.name for job in store.list_jobs()) == ["job-0", "job-1", "job-2"]
+
+
 CRASHING_WRITER = """
 import sys
 from storage import CandidateRecord, ScoreRecord, Store
