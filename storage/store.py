@@ -101,8 +101,7 @@ class Store:
                     existing.spec, existing.seed, existing.output_dir) == (spec, int(seed), str(output_dir)):
                 return _job_record(existing)  # our previous try committed, but the connection dropped before the ack
             if existing is not None:
-                raise StoreError(f"job name {name!r} is taken in store {self.url_for_display}: "
-                                 f"choose another name or resume that job")
+                raise StoreError(f"job name {name!r} is taken in store {self.url_for_display}")
             now = utcnow()
             job = Job(name=name, spec=spec, seed=int(seed), status="created", message=None,
                       output_dir=str(output_dir), created_at=now, updated_at=now)
