@@ -309,7 +309,8 @@ def test_sqlite_uses_wal_foreign_keys_and_a_busy_timeout(tmp_path):
 
 def test_sqlite_store_that_cannot_be_opened_is_one_line(tmp_path):
     (tmp_path / "a-file").write_text("not a directory")
-    with pytest.raises(StoreError, match="store sqlite:///.*/a-file/store.db cannot be created: .*/a-file is not a directory"):
+    with pytest.raises(StoreError, match="store sqlite:///.*/a-file/store.db cannot be created: "
+                                         ".*/a-file is not a directory"):
         Store.open(f"sqlite:///{tmp_path}/a-file/store.db")
     with pytest.raises(StoreError, match="store sqlite:///.* is unreachable: unable to open database file"):
         Store.open(f"sqlite:///{tmp_path}")  # a directory
@@ -412,7 +413,7 @@ def test_postgres_down_too_long_raises_a_resumable_store_error(pg_server, caplog
 
 
 def open_at_once(url: str, count: int) -> list[Store]:
-    """Several processes starting on a fresh database all run `upgrade head`; none may trip over another."""
+    """`count` stores opened by as many threads at once on a fresh database: each runs `upgrade head`."""
     opened: list[Store | BaseException] = [None] * count
 
     def open_one(slot: int) -> None:
