@@ -144,6 +144,10 @@ def test_calibration_on_ray_stored_model_by_model_then_fitness_and_report(ray_lo
         estimate = fitness.estimate(model.responses)
         assert all(abs(estimate[t] - model.accuracy[t]) < 0.15 for t in tasks)
 
+    # The fitness ships to Ray workers: estimates made there are the driver's.
+    remote_estimate = ray_local.remote(lambda f, answers: f.estimate(answers))
+    assert ray_local.get(remote_estimate.remote(fitness, heldout[0].responses)) == fitness.estimate(heldout[0].responses)
+
     rows = fitness_report([m for m in record.models if m.role != "heldout"], heldout,
                           estimators=["weighted_anchor", "pirt", "mgpirt"], ks=(5, 20),
                           strategies=("random", "irt_clustering"), seed=0, tasks=tasks)

@@ -113,6 +113,8 @@ def test_nan_logits_and_bad_doc_ids_are_failures(worker, zoo_paths):
     with pytest.raises(CandidateError, match=r"^candidate c1: evaluation failed: .*out of range") as info:
         worker.run(CandidateTask(key="c1", recipe=_identity(zoo_paths["math"]), samples={"zoo_math": [500]}))
     assert "\n" not in str(info.value)
+    with pytest.raises(CandidateError, match=r"^candidate c3: samples name no doc id"):
+        worker.run(CandidateTask(key="c3", recipe=_identity(zoo_paths["math"]), samples={"zoo_math": []}))
     with pytest.raises(CandidateError, match="not loaded by this evaluator"):
         worker.run(CandidateTask(key="c2", recipe=_identity(zoo_paths["math"]), samples=None, tasks=["zoo_target"]))
 

@@ -179,6 +179,8 @@ class CandidateWorker:
     # --- one candidate --------------------------------------------------------------------------------
     def run(self, task: CandidateTask) -> CandidateResult:
         started = time.perf_counter()
+        if task.samples is not None and not any(task.samples.values()):
+            raise CandidateError(f"candidate {task.key}: samples name no doc id (None means every doc)")
         try:
             recipe = parse_recipe(task.recipe, source=f"recipe of {task.key}")
             self._resident(recipe_source_paths(recipe))
@@ -211,3 +213,6 @@ class CandidateWorker:
         return CandidateResult(key=task.key, correct=result.correct, accuracy=result.accuracy,
                                build_seconds=build_seconds, eval_seconds=result.model_seconds,
                                overhead_seconds=wall - build_seconds - result.model_seconds, worker=self.name)
+
+    # INTERFACES.md's driver section calls the method `evaluate`; WorkerPool calls `run` by default.
+    evaluate = run
