@@ -70,15 +70,17 @@ def _short_labels(paths: list[str]) -> list[str]:
 def _random_merges(space: PSSpace, n: int, rng: np.random.Generator, seen: set[str], what: str) -> list[dict]:
     """`n` distinct recipes from uniform genomes (a duplicate of an earlier recipe is drawn again)."""
     out: list[dict] = []
-    for _ in range(100 * max(n, 1)):
-        if len(out) == n:
-            return out
+    for _ in range(100 * n):
         recipe = space.decode(rng.random(space.dim))
         digest = recipe_hash(recipe)
         if digest not in seen:
             seen.add(digest)
             out.append(recipe.model_dump(mode="json"))
-    raise FitnessError(f"the search space yields fewer than {n} distinct {what} merges")
+            if len(out) == n:
+                break
+    if len(out) < n:
+        raise FitnessError(f"the search space yields fewer than {n} distinct {what} merges")
+    return out
 
 
 def calibration_population(space: Union[PSSpace, PSSpaceConfig, dict], n_random: int, seed: int = 0,

@@ -71,10 +71,15 @@ def recipe_sources(recipe: Union[dict, PSRecipe, DFSRecipe]) -> tuple[list[str],
         return paths, ([1.0 - t, t] if _is_number(t) else None)
     if recipe.merge_method == "model_stock":
         return paths, None
-    weights = {m.model: m.parameters.get("weight", recipe.parameters.get("weight", 1.0)) for m in recipe.models}
+
+    def weight_of(path: str) -> Any:
+        listed = next((m for m in recipe.models if m.model == path), None)
+        return (listed.parameters if listed else {}).get("weight", recipe.parameters.get("weight", 1.0))
+
+    weights = {p: weight_of(p) for p in paths}
     if not all(_is_number(w) for w in weights.values()):
         return paths, None
-    if recipe.base_model is None:
+    if recipe.merge_method == "linear":
         return paths, [float(weights[p]) for p in paths]
     others = [p for p in paths if p != recipe.base_model]
     return paths, [1.0 - sum(float(weights[p]) for p in others)] + [float(weights[p]) for p in others]

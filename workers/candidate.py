@@ -23,6 +23,7 @@ from evosearch.merge.sources import SourceError, SourceModel
 from evosearch.recipe import DFSRecipe, PSRecipe, parse_recipe
 from fitness.evaluator import LmEvalEvaluator
 from fitness.reduced import recipe_source_paths, source_key
+from workers.pool import one_line
 
 _DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
@@ -54,11 +55,6 @@ def resolve_device(device: str) -> torch.device:
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return torch.device(device)
-
-
-def _one_line(exc: BaseException) -> str:
-    lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
-    return f"{type(exc).__name__}: {lines[0]}" if lines else type(exc).__name__
 
 
 @dataclass
@@ -93,7 +89,7 @@ class CandidateWorker:
         self.dtype = _DTYPES[dtype] if dtype else None
         self._modules: dict[str, torch.nn.Module] = {}  # resolved path -> the source as a model
         self._tensors: dict[str, dict[str, torch.Tensor]] = {}  # resolved path -> its tensors (the module's)
-        self._configs = {}
+        self._configs: dict[str, object] = {}  # resolved path -> its transformers config
         self._tokenizers: dict[str, object] = {}
         for path in sources:
             self._load_source(path, allow_pickle)
@@ -130,7 +126,7 @@ class CandidateWorker:
         try:
             return AutoTokenizer.from_pretrained(path, local_files_only=True, trust_remote_code=False)
         except Exception as exc:  # transformers raises many types for a missing or bad tokenizer
-            raise SourceError(f"model {path}: cannot load its tokenizer ({_one_line(exc)})") from None
+            raise SourceError(f"model {path}: cannot load its tokenizer ({one_line(exc)})") from None
 
     @property
     def source_paths(self) -> list[str]:
@@ -157,6 +153,7 @@ class CandidateWorker:
         return build_merged_model(recipe, resident, config=self._configs[source_key(reference)])
 
     def _build(self, recipe: Union[PSRecipe, DFSRecipe]) -> torch.nn.Module:
+        """The candidate on the worker's device; every source path was checked to be resident."""
         if isinstance(recipe, PSRecipe):
             return self._build_ps(recipe)
         layers = []
@@ -164,7 +161,6 @@ class CandidateWorker:
             if isinstance(source, PSRecipe):
                 layers.append(self._build_ps(source))
             else:
-                self._resident([source])
                 layers.append(self._modules[source_key(source)])
         return build_dfs_model(recipe, layers)
 
@@ -187,7 +183,7 @@ class CandidateWorker:
             tokenizer = self._tokenizer_for(recipe)
             model = self._build(recipe)
         except Exception as exc:  # any cause (bad recipe, unknown source, shape or memory error) fails this one
-            raise CandidateError(f"candidate {task.key}: build failed: {_one_line(exc)}") from None
+            raise CandidateError(f"candidate {task.key}: build failed: {one_line(exc)}") from None
         built = time.perf_counter()
 
         finite = _FiniteLogits([])
@@ -196,7 +192,7 @@ class CandidateWorker:
             result = self.evaluator.evaluate(model, tokenizer, tasks=task.tasks, samples=task.samples)
             ok = finite.all_finite()
         except Exception as exc:
-            raise CandidateError(f"candidate {task.key}: evaluation failed: {_one_line(exc)}") from None
+            raise CandidateError(f"candidate {task.key}: evaluation failed: {one_line(exc)}") from None
         finally:
             hook.remove()
             del model, finite
