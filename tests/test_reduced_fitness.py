@@ -158,6 +158,9 @@ def test_recipe_sources_reads_merge_weights():
     per_layer = {**ta, "models": [{"model": "/m/a", "parameters": {"weight": [{"filter": "mlp", "value": 0.1},
                                                                            {"value": 0.3}]}}]}
     assert recipe_sources(per_layer) == (["/m/base", "/m/a"], None)
+    linear = {"kind": "ps", "merge_method": "linear", "base_model": "/m/base", "parameters": {"weight": 0.5},
+              "models": [{"model": "/m/a", "parameters": {"weight": 2.0}}]}
+    assert recipe_sources(linear) == (["/m/base", "/m/a"], [0.5, 2.0])
     dfs = {"kind": "dfs", "sources": [ta, "/m/c"], "num_layers": 1, "indicator": [True, True], "scales": [[1, 1], [1, 1]]}
     assert recipe_sources(dfs) == (["/m/base", "/m/a", "/m/b", "/m/c"], None)
 
