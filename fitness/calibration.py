@@ -109,8 +109,9 @@ def calibration_population(space: Union[PSSpace, PSSpaceConfig, dict], n_random:
 def run_calibration(members: Sequence[CalibrationMember], runner: Any, tasks: Optional[list[str]] = None,
                     on_model: Optional[Callable[[CalibratedModel], None]] = None,
                     key_prefix: str = "calib") -> list[CalibratedModel]:
-    """Score every member on every doc of `tasks` (default: all the worker's tasks) with `runner`, a
-    `CandidateWorker` (in this process, one after another) or a started `WorkerPool` of them. Each
+    """Score every member on every doc of `tasks` (default: all the worker's tasks) with `runner`: a
+    `CandidateWorker` or a factory making one (in this process, one after another), or a `WorkerPool` of
+    them. Each
     finished model goes to `on_model` at once. Members that fail are reported together at the end
     (one line, the first failure named) after every other member has been scored and handed over."""
     from workers.candidate import CandidateTask
@@ -122,6 +123,8 @@ def run_calibration(members: Sequence[CalibrationMember], runner: Any, tasks: Op
     by_key = {f"{key_prefix}/{m.label}": m for m in members}
     jobs = [CandidateTask(key=key, recipe=m.recipe, samples=None, tasks=tasks) for key, m in by_key.items()]
 
+    if not isinstance(runner, WorkerPool) and not hasattr(runner, "run"):
+        runner = runner()
     if isinstance(runner, WorkerPool):
         outcomes = ((o.item, o.value, o.error) for o in runner.map_unordered(jobs, lambda job: (job,)))
     else:

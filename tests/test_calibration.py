@@ -3,6 +3,7 @@ store) and the honesty report, on a simulated 2PL population and on the tiny zoo
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 
@@ -93,13 +94,14 @@ def zoo_paths(tiny_zoo):
 
 def test_failed_members_are_reported_after_the_others_are_handed_over(tiny_zoo, zoo_paths):
     torch.set_num_threads(1)
-    worker = CandidateWorker([zoo_paths["base"], zoo_paths["math"]], str(tiny_zoo.include_path), ["zoo_math"])
+    factory = functools.partial(CandidateWorker, [zoo_paths["base"], zoo_paths["math"]], str(tiny_zoo.include_path),
+                                ["zoo_math"])
     members = [CalibrationMember("broken", "random", identity_recipe("/not/loaded")),
                CalibrationMember("base", "base", identity_recipe(zoo_paths["base"]))]
     seen = []
     with pytest.raises(FitnessError, match=r"^1 of 2 calibration models failed; first: broken: CandidateError: "
                                            r"candidate calib/broken: build failed: SourceError: model /not/loaded"):
-        run_calibration(members, worker, on_model=seen.append)
+        run_calibration(members, factory, on_model=seen.append)
     assert [m.label for m in seen] == ["base"]
     assert len(seen[0].responses["zoo_math"]) == 500 and seen[0].seconds > 0
 
