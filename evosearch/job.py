@@ -13,10 +13,11 @@ from __future__ import annotations
 import copy
 import re
 from pathlib import Path
-from typing import Any, Literal, Optional, Union
+from typing import Annotated, Any, Literal, Optional, Union
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, ValidationError, field_validator, \
+    model_validator
 
 from evosearch.optimizers import AnyOptimizerConfig, OptimizerError, parse_optimizer_config
 from evosearch.spaces import PS_SOURCE, SpaceConfig, SpaceError, parse_space_config
@@ -82,7 +83,13 @@ class CostObjective(_Section):
         return self.name
 
 
-Objective = Union[TaskObjective, CostObjective]
+def _objective_kind(value: Any) -> str:
+    is_cost = isinstance(value, CostObjective) or (isinstance(value, dict) and "cost" in value)
+    return "CostObjective" if is_cost else "TaskObjective"
+
+
+Objective = Annotated[Union[Annotated[TaskObjective, Tag("TaskObjective")], Annotated[CostObjective, Tag("CostObjective")]],
+                      Discriminator(_objective_kind)]
 
 
 class FitnessSpec(_Section):
@@ -214,18 +221,24 @@ class JobSpec(_Section):
         return self.model_dump(mode="json")
 
 
+_UNION_TAGS = {"ps", "dfs", "ps+dfs", "cmaes", "nsga2", "ga", "random"}
+
+
 def _first_error(e: ValidationError) -> tuple[str, str]:
     err = e.errors()[0]
-    # Union members show up in the location as their tag or class name; they are not fields.
-    loc = [str(x) for x in err["loc"] if not (isinstance(x, str) and (x[:1].isupper() or x in
-                                                                          ("ps", "dfs", "ps+dfs", "cmaes", "nsga2",
-                                                                           "ga", "random")))]
+    loc = ""
+    for part in err["loc"]:
+        if isinstance(part, int):
+            loc += f"[{part}]"
+        # Union members show up in the location as their tag or class name; they are not fields.
+        elif not (part[:1].isupper() or part in _UNION_TAGS or part.startswith("function-")):
+            loc += f".{part}" if loc else part
     msg = err["msg"].removeprefix("Value error, ")
     if err["type"] == "missing":
         msg = "required field is missing"
     elif err["type"] == "extra_forbidden":
         msg = "unknown field"
-    return ".".join(loc), msg.splitlines()[0]
+    return loc, msg.splitlines()[0]
 
 
 def _resolve_models(raw: dict, where: str) -> None:

@@ -1,0 +1,153 @@
+"""Job files: a good one parses with paths resolved; every bad one stops with one line naming the field."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import pytest
+import yaml
+
+from evosearch.job import JobError, load_job, parse_job, population_size
+
+
+def zoo_job(zoo, name: str = "job", **overrides) -> dict:
+    """A small PS task-arithmetic CMA-ES job over the tiny zoo, full fitness on 12 docs per task."""
+    job = {
+        "name": name,
+        "seed": 3,
+        "sources": {k: str(v) for k, v in zoo.models.items()},
+        "base_model": "base",
+        "search_space": {"kind": "ps", "sources": ["math", "lang"], "methods": "task_arithmetic",
+                         "bounds": {"weight": [0.0, 1.0]}, "fixed_per_model": {"density": 1.0}},
+        "optimizer": {"name": "cmaes", "popsize": 4},
+        "generations": 2,
+        "objectives": [{"task": "zoo_target", "direction": "max"}],
+        "fitness": {"mode": "full", "limit": 12},
+        "tasks": {"include_path": str(zoo.include_path)},
+    }
+    for key, value in overrides.items():
+        if value is None:
+            job.pop(key, None)
+        else:
+            job[key] = value
+    return job
+
+
+def write_job(tmp_path: Path, job: dict, name: str = "job.yaml") -> Path:
+    path = tmp_path / name
+    path.write_text(yaml.safe_dump(job, sort_keys=False))
+    return path
+
+
+def test_good_job_resolves_names_paths_and_defaults(tiny_zoo, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    spec = load_job(write_job(tmp_path, zoo_job(tiny_zoo)))
+    math, lang, base = (str(tiny_zoo.models[k]) for k in ("math", "lang", "base"))
+    assert spec.search_space.sources == [math, lang]
+    assert spec.search_space.base_model == base == spec.base_model
+    assert spec.output_dir == str(tmp_path / "runs" / "job")
+    assert spec.store == f"sqlite:///{tmp_path / 'runs' / 'job' / 'evosearch.db'}"
+    assert spec.optimizer.max_generations == 2 and population_size(spec) == 4
+    assert spec.objective_names == ["zoo_target"] and spec.report_tasks == ["zoo_target_report"]
+    assert spec.source_paths[0] == base and set(spec.source_paths) == set(map(str, tiny_zoo.models.values()))
+    assert spec.report.when == "end" and spec.workers.count == 1
+    # The stored form validates back to the same spec (resume reads it from the store).
+    assert type(spec).model_validate(spec.to_dict()) == spec
+
+
+def test_nsga2_with_a_cost_objective_on_a_dfs_space(tiny_zoo):
+    job = zoo_job(tiny_zoo, search_space={"kind": "dfs", "sources": ["math", "lang"], "num_layers": 2},
+                  optimizer={"name": "nsga2", "pop_size": 6},
+                  objectives=[{"task": "zoo_target", "direction": "max"},
+                              {"cost": "path_length", "direction": "min"}])
+    spec = parse_job(job)
+    assert spec.objective_names == ["zoo_target", "path_length"] and spec.directions == ["max", "min"]
+    assert population_size(spec) == 6
+
+
+def _set(path: str, value):
+    """An edit of the good job: set (or, with value ..., delete) a dotted field."""
+    def edit(job: dict) -> dict:
+        job = copy.deepcopy(job)
+        *parents, last = path.split(".")
+        node = job
+        for p in parents:
+            node = node[int(p)] if isinstance(node, list) else node[p]
+        if value is ...:
+            del node[last]
+        elif isinstance(node, list):
+            node[int(last)] = value
+        else:
+            node[last] = value
+        return job
+    return edit
+
+
+BAD_JOBS = [
+    ("missing name", _set("name", ...), "name: required field is missing"),
+    ("unsafe name", _set("name", "../evil"), "name: job name '../evil' must be"),
+    ("slash in name", _set("name", "a/b"), "(no '/' or '..')"),
+    ("missing source dir", _set("sources.math", "/nonexistent/model"), "sources.math: no model at /nonexistent/model"),
+    ("unknown source name in space", _set("search_space.sources", ["math", "nope"]),
+     "search_space.sources: 'nope' is not one of sources"),
+    ("unknown base", _set("base_model", "nope"), "base_model: 'nope' is not one of sources"),
+    ("unknown merge method", _set("search_space.methods", "magic"), "search_space.methods: unknown merge method 'magic'"),
+    ("inverted bounds", _set("search_space.bounds", {"weight": [1.0, 0.0]}),
+     "search_space.bounds.weight: range needs finite low < high, got [1.0, 0.0]"),
+    ("unknown optimizer", _set("optimizer", {"name": "sgd"}), "optimizer: Input tag 'sgd' found using 'name'"),
+    ("bad optimizer field", _set("optimizer.sigma0", -1), "optimizer.sigma0: Input should be greater than 0"),
+    ("objective without direction", _set("objectives", [{"task": "zoo_target"}]),
+     "objectives[0].direction: required (max or min)"),
+    ("objective with a bad direction", _set("objectives", [{"task": "zoo_target", "direction": "up"}]),
+     "objectives[0].direction: Input should be 'max' or 'min'"),
+    ("unknown task", _set("objectives", [{"task": "zoo_nope", "direction": "max"}]),
+     "objectives[0].task: task 'zoo_nope' is not defined under tasks.include_path"),
+    ("cost on a PS space", _set("objectives", [{"task": "zoo_target", "direction": "max"},
+                                               {"cost": "path_length", "direction": "min"}]),
+     "objectives[1].cost: 'path_length' needs a dfs or ps+dfs search space, not 'ps'"),
+    ("unknown cost", _set("objectives", [{"cost": "flops", "direction": "min"}]), "unknown cost term 'flops'"),
+    ("unknown estimator", _set("fitness", {"mode": "reduced", "calibration": "c", "estimator": "magic"}),
+     "fitness.estimator: unknown estimator 'magic'"),
+    ("unknown strategy", _set("fitness", {"mode": "reduced", "calibration": "c", "strategy": "magic"}),
+     "fitness.strategy: unknown anchor strategy 'magic'"),
+    ("reduced without calibration", _set("fitness", {"mode": "reduced"}), "fitness: mode 'reduced' needs a calibration"),
+    ("unknown fitness mode", _set("fitness", {"mode": "half"}), "fitness.mode: Input should be 'reduced' or 'full'"),
+    ("missing include path", _set("tasks.include_path", "/nonexistent/tasks"),
+     "tasks.include_path[0]: not found: /nonexistent/tasks"),
+    ("unknown top-level field", _set("colour", "red"), "colour: unknown field"),
+    ("generations twice", _set("optimizer.max_generations", 3), "generations: give either generations or"),
+    ("budget below one generation", _set("budget", 2), "budget: 2 candidates is less than one generation (4)"),
+    ("two objectives for cmaes without weights", _set("objectives", [{"task": "zoo_target", "direction": "max"},
+                                                                    {"task": "zoo_math", "direction": "max"}]),
+     "optimizer.weights: cmaes with 2 objectives needs one weight per objective"),
+    ("bad worker count", _set("workers", {"count": 0}), "workers.count: Input should be greater than 0"),
+]
+
+
+@pytest.mark.parametrize("edit,expected", [(e, m) for _, e, m in BAD_JOBS], ids=[n for n, _, _ in BAD_JOBS])
+def test_bad_job_files_fail_with_one_line_naming_the_field(tiny_zoo, tmp_path, edit, expected):
+    path = write_job(tmp_path, edit(zoo_job(tiny_zoo)))
+    with pytest.raises(JobError) as info:
+        load_job(path)
+    message = str(info.value)
+    assert "\n" not in message
+    assert message.startswith(f"{path}: ")
+    assert expected in message
+
+
+@pytest.mark.parametrize("text,expected", [
+    ("name: [unclosed", "not valid YAML at line 1"),
+    ("- just\n- a list\n", "a job file is a YAML mapping of fields, got list"),
+    ("", "a job file is a YAML mapping of fields, got NoneType"),
+])
+def test_unreadable_job_files(tmp_path, text, expected):
+    path = tmp_path / "job.yaml"
+    path.write_text(text)
+    with pytest.raises(JobError, match=expected):
+        load_job(path)
+
+
+def test_missing_job_file(tmp_path):
+    with pytest.raises(JobError, match="job file not found"):
+        load_job(tmp_path / "nope.yaml")
