@@ -1,0 +1,73 @@
+"""Terminal views of a search: the live view of `evosearch run` and the tables of `status` and `front`."""
+
+from __future__ import annotations
+
+from typing import Optional
+
+from rich.console import Console
+from rich.live import Live
+from rich.table import Table
+
+from evosearch.driver import RunEvent
+
+
+def _duration(seconds: float) -> str:
+    minutes, secs = divmod(int(seconds), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}:{minutes:02d}:{secs:02d}" if hours else f"{minutes}:{secs:02d}"
+
+
+def _best(best: dict[str, float]) -> str:
+    return ", ".join(f"{name} {value:.4g}" for name, value in best.items()) or "-"
+
+
+def event_table(event: RunEvent) -> Table:
+    table = Table(title=f"evosearch · {event.job}", show_header=False, title_justify="left")
+    table.add_column(style="bold")
+    table.add_column()
+    per_minute = event.evaluated * 60.0 / event.elapsed_seconds if event.elapsed_seconds > 0 else 0.0
+    table.add_row("generation", f"{event.generation + 1} / {event.max_generations} ({event.phase})")
+    table.add_row("candidates", f"{event.done} done · {event.failed} failed · {event.running} running · "
+                                f"{event.cached} from cache")
+    table.add_row("best (search split)", _best(event.best))
+    table.add_row("elapsed", _duration(event.elapsed_seconds))
+    table.add_row("throughput", f"{per_minute:.1f} evaluated / min")
+    return table
+
+
+class LiveProgress:
+    """`with LiveProgress() as view: run_job(..., on_event=view.update)`; quiet when stdout is no terminal."""
+
+    def __init__(self, console: Optional[Console] = None):
+        self.console = console or Console()
+        self._live: Optional[Live] = None
+        self.last: Optional[RunEvent] = None
+
+    def __enter__(self) -> "LiveProgress":
+        if self.console.is_terminal:
+            self._live = Live(console=self.console, refresh_per_second=4, transient=False)
+            self._live.__enter__()
+        return self
+
+    def update(self, event: RunEvent) -> None:
+        self.last = event
+        if self._live is not None:
+            self._live.update(event_table(event))
+
+    def __exit__(self, *exc) -> None:
+        if self._live is not None:
+            self._live.__exit__(*exc)
+        elif self.last is not None:
+            self.console.print(event_table(self.last))
+
+
+def status_table(jobs_progress: list[tuple]) -> Table:
+    """One row per (JobRecord, JobProgress)."""
+    table = Table(title="evosearch jobs", title_justify="left")
+    for column in ("job", "status", "generation", "done", "failed", "best (search split)", "elapsed", "per min"):
+        table.add_column(column)
+    for job, progress in jobs_progress:
+        table.add_row(job.name, progress.status, "-" if progress.generation is None else str(progress.generation),
+                      str(progress.done), str(progress.failed), _best(progress.best),
+                      _duration(progress.elapsed_seconds), f"{progress.candidates_per_minute:.1f}")
+    return table
