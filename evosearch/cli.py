@@ -5,6 +5,7 @@ from __future__ import annotations
 import typer
 
 from evosearch.merge.cli import merge_command
+from evosearch.run_cli import register as register_search_commands
 from evosearch.zoo.cli import zoo_app
 
 app = typer.Typer(
@@ -15,6 +16,7 @@ app = typer.Typer(
 )
 app.add_typer(zoo_app, name="zoo")
 app.command("merge")(merge_command)
+register_search_commands(app)
 
 
 def main() -> None:

@@ -12,18 +12,18 @@ from evosearch.job import JobError, load_job, parse_job, population_size
 
 
 def zoo_job(zoo, name: str = "job", **overrides) -> dict:
-    """A small PS task-arithmetic CMA-ES job over the tiny zoo, full fitness on 12 docs per task."""
+    """A small PS task-arithmetic CMA-ES job over the tiny zoo, full fitness on 100 docs per task (coarser scores go flat and stop CMA-ES)."""
     job = {
         "name": name,
         "seed": 3,
         "sources": {k: str(v) for k, v in zoo.models.items()},
         "base_model": "base",
         "search_space": {"kind": "ps", "sources": ["math", "lang"], "methods": "task_arithmetic",
-                         "bounds": {"weight": [0.0, 1.0]}, "fixed_per_model": {"density": 1.0}},
+                         "bounds": {"weight": [0.0, 3.0]}, "fixed_per_model": {"density": 1.0}},
         "optimizer": {"name": "cmaes", "popsize": 4},
         "generations": 2,
         "objectives": [{"task": "zoo_target", "direction": "max"}],
-        "fitness": {"mode": "full", "limit": 12},
+        "fitness": {"mode": "full", "limit": 100},
         "tasks": {"include_path": str(zoo.include_path)},
     }
     for key, value in overrides.items():
@@ -151,3 +151,21 @@ def test_unreadable_job_files(tmp_path, text, expected):
 def test_missing_job_file(tmp_path):
     with pytest.raises(JobError, match="job file not found"):
         load_job(tmp_path / "nope.yaml")
+
+
+EXAMPLES = sorted((Path(__file__).resolve().parents[1] / "examples").glob("job_*.yaml"))
+
+
+@pytest.mark.parametrize("example", EXAMPLES, ids=[p.stem for p in EXAMPLES])
+def test_example_jobs_load_against_the_zoo(tiny_zoo, tmp_path, monkeypatch, example):
+    (tmp_path / "runs").mkdir()
+    (tmp_path / "runs" / "zoo").symlink_to(tiny_zoo.root)
+    monkeypatch.chdir(tmp_path)
+    spec = load_job(example)
+    assert spec.output_dir == str(tmp_path / "runs" / spec.name)
+    assert all(Path(p).is_dir() for p in spec.source_paths)
+    assert population_size(spec) > 1
+
+
+def test_the_three_example_jobs_exist():
+    assert [p.name for p in EXAMPLES] == ["job_dfs.yaml", "job_ps_cmaes.yaml", "job_psdfs_nsga2.yaml"]

@@ -1,0 +1,189 @@
+"""`evosearch run | resume | front | status`: the search verbs.
+
+Exit codes: 0 ok, 2 usage (a bad job file, an unknown job or store), 1 a failure while running. Errors are
+one line on stderr, never a traceback.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from evosearch.job import JobError, JobSpec, load_job
+
+USAGE, FAILURE = 2, 1
+_err = Console(stderr=True)
+
+
+def _fail(message: str, code: int) -> None:
+    _err.print(f"error: {message}", markup=False, highlight=False, soft_wrap=True)
+    raise typer.Exit(code)
+
+
+def _default_store(name: str) -> str:
+    return f"sqlite:///{(Path('runs') / name / 'evosearch.db').resolve()}"
+
+
+def _open_store(url: str, must_exist: bool):
+    from storage import Store, StoreError
+
+    if must_exist and url.startswith("sqlite:///") and not Path(url.removeprefix("sqlite:///")).is_file():
+        _fail(f"no store at {url.removeprefix('sqlite:///')} (pass --store URL)", USAGE)
+    try:
+        return Store.open(url)
+    except StoreError as e:
+        _fail(str(e), USAGE)
+
+
+def _locate(job: str, store_url: Optional[str]):
+    """(store, JobRecord) for a job given by name or by its job file."""
+    from storage import StoreError
+
+    name, url = job, store_url
+    if job.endswith((".yaml", ".yml")) or Path(job).is_file():
+        try:
+            spec = load_job(job)
+        except JobError as e:
+            _fail(str(e), USAGE)
+        name, url = spec.name, store_url or spec.store
+    store = _open_store(url or _default_store(name), must_exist=True)
+    try:
+        return store, store.get_job(name)
+    except StoreError as e:
+        _fail(str(e), USAGE)
+
+
+def _drive(spec: JobSpec, store, resume: bool) -> None:
+    from evosearch.driver import DriverError, run_job
+    from evosearch.progress import LiveProgress
+    from storage import StoreError
+
+    try:
+        with LiveProgress() as view:
+            summary = run_job(spec, store, resume=resume, on_event=view.update)
+    except KeyboardInterrupt:
+        _fail(f"interrupted; continue with `evosearch resume {spec.name}`", FAILURE)
+    except (DriverError, StoreError) as e:
+        _fail(str(e), FAILURE)
+    except Exception as e:  # noqa: BLE001 - a worker or optimizer failure: one line, the store keeps the rest
+        _fail(f"{type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''} "
+              f"(continue with `evosearch resume {spec.name}`)", FAILURE)
+    typer.echo(f"{spec.name}: {summary.status} after {summary.generations} generation(s), "
+               f"{summary.candidates} candidates ({summary.evaluated} evaluated this run), "
+               f"front of {len(summary.front_ids)}; store {store.url_for_display}")
+
+
+def run_command(job_file: Path = typer.Argument(..., help="the job YAML")) -> None:
+    """Run a job on a local Ray (started if none is running), with a live progress view."""
+    try:
+        spec = load_job(job_file)
+    except JobError as e:
+        _fail(str(e), USAGE)
+    Path(spec.output_dir).mkdir(parents=True, exist_ok=True)
+    if spec.store.startswith("sqlite:///"):
+        Path(spec.store.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+    _drive(spec, _open_store(spec.store, must_exist=False), resume=False)
+
+
+def resume_command(job: str = typer.Argument(..., help="job name or job file"),
+                   store: Optional[str] = typer.Option(None, "--store", help="store URL (default: the job's)")) -> None:
+    """Continue a stopped or killed job from its last committed generation."""
+    from evosearch.driver import spec_of_job
+
+    opened, record = _locate(job, store)
+    _drive(spec_of_job(record), opened, resume=True)
+
+
+def _scores(candidate, split: str) -> dict[str, Optional[float]]:
+    out = {}
+    for s in candidate.scores:
+        if s.split == split:
+            out[s.objective] = s.estimated if split == "search" else s.full
+    return out
+
+
+def front_command(job: str = typer.Argument(..., help="job name or job file"),
+                  as_json: bool = typer.Option(False, "--json", help="print JSON"),
+                  generation: Optional[int] = typer.Option(None, "--generation", help="default: the last"),
+                  by: str = typer.Option("search", "--by", help="rank by the search or the report split"),
+                  store: Optional[str] = typer.Option(None, "--store", help="store URL (default: the job's)")) -> None:
+    """The Pareto front of a job, with search-split and report-split scores side by side."""
+    from evosearch.driver import spec_of_job
+    from storage import StoreError
+
+    if by not in ("search", "report"):
+        _fail(f"--by must be 'search' or 'report', not {by!r}", USAGE)
+    opened, record = _locate(job, store)
+    spec = spec_of_job(record)
+    try:
+        front = opened.front(record.id, generation)
+    except StoreError as e:
+        _fail(str(e), USAGE)
+    first, direction = spec.objective_names[0], spec.directions[0]
+
+    def key(c) -> float:
+        value = _scores(c, by).get(first)
+        if value is None:
+            return math.inf
+        return -value if direction == "max" else value
+
+    front = sorted(front, key=key)
+    rows = [{"id": c.id, "generation": c.generation, "index": c.index, "recipe_hash": c.recipe_hash,
+             "search": _scores(c, "search"), "report": _scores(c, "report"), "recipe": c.recipe} for c in front]
+    if as_json:
+        typer.echo(json.dumps({"job": spec.name, "generation": generation, "ranked_by": by,
+                               "objectives": dict(zip(spec.objective_names, spec.directions)), "front": rows},
+                              indent=2))
+        return
+    table = Table(title=f"{spec.name}: front ({len(rows)}), ranked by {first} on the {by} split",
+                  title_justify="left")
+    for column in ("id", "gen", "#"):
+        table.add_column(column, justify="right")
+    for name in spec.objective_names:
+        table.add_column(f"{name} (search)", justify="right")
+        if name in {o.objective for o in spec.task_objectives}:
+            table.add_column(f"{name} (report)", justify="right")
+    task_names = {o.objective for o in spec.task_objectives}
+    for row in rows:
+        cells = [str(row["id"]), str(row["generation"]), str(row["index"])]
+        for name in spec.objective_names:
+            cells.append(_fmt(row["search"].get(name)))
+            if name in task_names:
+                cells.append(_fmt(row["report"].get(name)))
+        table.add_row(*cells)
+    Console().print(table)
+
+
+def _fmt(value: Optional[float]) -> str:
+    return "-" if value is None else f"{value:.4f}"
+
+
+def status_command(job: Optional[str] = typer.Argument(None, help="job name or job file (default: every job)"),
+                   store: Optional[str] = typer.Option(None, "--store", help="store URL (default: runs/*/)")) -> None:
+    """Progress of one job, or of every job in the store (or under runs/)."""
+    from evosearch.progress import status_table
+
+    if job is not None:
+        opened, record = _locate(job, store)
+        rows = [(record, opened.progress(record.id))]
+    else:
+        stores = [_open_store(store, must_exist=True)] if store else [
+            _open_store(f"sqlite:///{p.resolve()}", must_exist=True) for p in sorted(Path("runs").glob("*/evosearch.db"))]
+        rows = [(r, s.progress(r.id)) for s in stores for r in s.list_jobs()]
+        if not rows:
+            typer.echo("no jobs (pass --store URL, or run from the directory holding runs/)")
+            return
+    Console().print(status_table(rows))
+
+
+def register(app: typer.Typer) -> None:
+    app.command("run")(run_command)
+    app.command("resume")(resume_command)
+    app.command("front")(front_command)
+    app.command("status")(status_command)

@@ -1,0 +1,242 @@
+"""The search driver end to end: real Ray workers, a real SQLite store, real lm-eval on the tiny zoo."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+
+from evosearch.driver import DriverError, run_job
+from evosearch.job import parse_job
+from evosearch.optimizers.pareto import non_dominated_mask
+from storage import Store
+from test_job import zoo_job
+
+pytestmark = pytest.mark.slow
+
+
+def _store(tmp_path: Path) -> Store:
+    return Store.open(f"sqlite:///{tmp_path / 'evosearch.db'}")
+
+
+def _spec(zoo, tmp_path: Path, **overrides):
+    return parse_job({**zoo_job(zoo, **overrides), "output_dir": str(tmp_path / overrides.get("name", "job"))})
+
+
+def _front_view(store: Store, job_id: int) -> list[tuple]:
+    """The front as (recipe hash, scores) with candidate ids left out, to compare two jobs."""
+    return sorted((c.recipe_hash, tuple(sorted((s.objective, s.split, s.estimated, s.full) for s in c.scores)))
+                  for c in store.front(job_id))
+
+
+def test_ps_cmaes_full_fitness_records_every_candidate_once_and_a_front(ray_local, tiny_zoo, tmp_path):
+    store = _store(tmp_path)
+    events = []
+    summary = run_job(_spec(tiny_zoo, tmp_path), store, on_event=events.append)
+
+    cands = store.candidates(summary.job_id)
+    assert summary.status == "finished" and summary.generations == 2 and summary.candidates == 8
+    assert Counter((c.generation, c.index) for c in cands) == {(g, i): 1 for g in range(2) for i in range(4)}
+    assert all(c.status == "done" for c in cands)
+    # A candidate is evaluated by a worker or copied from an identical recipe, never both.
+    copies = [c for c in cands if c.cached_from is not None]
+    assert summary.evaluated + len(copies) == 8
+    assert len({c.recipe_hash for c in cands}) == summary.evaluated
+    for c in cands:
+        search = [s for s in c.scores if s.split == "search"]
+        assert [s.objective for s in search] == ["zoo_target"]
+        assert 0.0 <= search[0].full <= 1.0 and search[0].estimated == search[0].full
+        if c.cached_from is None:
+            assert c.worker and c.build_seconds is not None and c.eval_seconds is not None
+
+    for generation in range(2):
+        assert store.front(summary.job_id, generation), f"no front committed for generation {generation}"
+    front = store.front(summary.job_id)
+    best = max(s.estimated for c in cands for s in c.scores if s.split == "search")
+    assert {c.id for c in front} == set(summary.front_ids)
+    assert all(s.estimated == best for c in front for s in c.scores if s.split == "search")
+    # Report split, scored in full once the search is over, for every front member.
+    assert all(any(s.split == "report" and s.full is not None for s in c.scores) for c in front)
+    assert summary.hypervolume == pytest.approx(best)
+    assert store.get_job("job").status == "finished"
+    assert events[-1].phase == "finished" and events[-1].done == 8 and events[-1].best["zoo_target"] == best
+
+
+def test_nsga2_two_objectives_on_a_dfs_space(ray_local, tiny_zoo, tmp_path):
+    store = _store(tmp_path)
+    spec = _spec(tiny_zoo, tmp_path, name="dfs",
+                 search_space={"kind": "dfs", "sources": ["math", "lang"], "num_layers": 2, "max_path": 3},
+                 optimizer={"name": "nsga2", "pop_size": 4},
+                 objectives=[{"task": "zoo_target", "direction": "max"},
+                             {"cost": "path_length", "direction": "min"}],
+                 report={"when": "every_generation"})
+    summary = run_job(spec, store)
+    assert summary.status == "finished" and summary.candidates == 8
+
+    done = [c for c in store.candidates(summary.job_id, status="done") if c.cached_from is None]
+    table = np.array([[next(s.estimated for s in c.scores if s.objective == o and s.split == "search")
+                       for o in ("zoo_target", "path_length")] for c in done])
+    expected = {done[i].id for i in np.flatnonzero(non_dominated_mask(table, ["max", "min"]))}
+    assert set(summary.front_ids) == expected
+    for c in done:
+        assert next(s.full for s in c.scores if s.objective == "path_length") == sum(c.recipe["indicator"])
+    for generation in range(2):
+        front = store.front(summary.job_id, generation)
+        assert front and all(any(s.split == "report" for s in c.scores) for c in front)
+
+
+class _Killed(Exception):
+    """Stands in for the driver process dying mid-generation."""
+
+
+def test_interrupted_and_resumed_run_ends_with_the_same_front(ray_local, tiny_zoo, tmp_path):
+    store = _store(tmp_path)
+    whole = run_job(_spec(tiny_zoo, tmp_path, name="whole", generations=3), store)
+
+    # Stop after the first committed generation, then die in the middle of the second one.
+    spec = _spec(tiny_zoo, tmp_path, name="cut", generations=3)
+    first = run_job(spec, store, stop_after=1)
+    assert first.status == "stopped" and first.generations == 1
+    assert store.get_job("cut").status == "stopped"
+
+    def die_after_two(event):
+        if event.generation == 1 and event.evaluated >= 2:
+            raise _Killed("driver killed")
+
+    with pytest.raises(_Killed):
+        run_job(spec, store, resume=True, on_event=die_after_two)
+    job = store.get_job("cut")
+    assert job.status == "failed" and store.last_generation(job.id).generation == 0
+    partial = store.candidates(job.id, generation=1)
+    assert 0 < len(partial) < 4, "the kill should leave generation 1 part-recorded"
+    evaluated_before = sum(1 for c in store.candidates(job.id) if c.cached_from is None)
+
+    resumed = run_job(spec, store, resume=True)
+    assert resumed.status == "finished" and resumed.generations == 3
+    cands = store.candidates(job.id)
+    assert Counter((c.generation, c.index) for c in cands) == {(g, i): 1 for g in range(3) for i in range(4)}
+    # Nothing evaluated twice: the two runs together did exactly the uninterrupted run's evaluations.
+    assert evaluated_before + resumed.evaluated == whole.evaluated
+    assert [c.genome for c in cands] == [c.genome for c in store.candidates(whole.job_id)]
+    assert _front_view(store, job.id) == _front_view(store, whole.job_id)
+    assert resumed.hypervolume == whole.hypervolume
+
+    # A finished job resumes to a no-op.
+    again = run_job(spec, store, resume=True)
+    assert again.evaluated == 0 and len(store.candidates(job.id)) == 12
+
+
+def test_a_job_name_is_not_run_twice(ray_local, tiny_zoo, tmp_path):
+    store = _store(tmp_path)
+    spec = _spec(tiny_zoo, tmp_path, generations=1, report={"when": "never"})
+    run_job(spec, store)
+    with pytest.raises(DriverError, match="evosearch resume job"):
+        run_job(spec, store)
+
+
+def _source_with_nan_layer(src: Path, dst: Path, layer: int) -> Path:
+    """A copy of a zoo model whose layer `layer` MLP outputs NaN: any path through it fails its candidate."""
+    shutil.copytree(src, dst)
+    tensors = load_file(dst / "model.safetensors")
+    name = f"model.layers.{layer}.mlp.down_proj.weight"
+    tensors[name] = torch.full_like(tensors[name], float("nan"))
+    save_file(tensors, dst / "model.safetensors", metadata={"format": "pt"})
+    return dst
+
+
+def test_failing_candidates_are_recorded_failed_and_the_job_finishes(ray_local, tiny_zoo, tmp_path):
+    broken = _source_with_nan_layer(tiny_zoo.models["lang"], tmp_path / "broken", layer=1)
+    store = _store(tmp_path)
+    job = zoo_job(tiny_zoo, name="broken", generations=2,
+                  search_space={"kind": "dfs", "sources": ["math", "broken"], "num_layers": 2},
+                  optimizer={"name": "cmaes", "popsize": 6, "sigma0": 0.4})
+    job["sources"]["broken"] = str(broken)
+    spec = parse_job({**job, "output_dir": str(tmp_path / "broken-run")})
+    summary = run_job(spec, store)
+
+    cands = store.candidates(summary.job_id)
+    failed = [c for c in cands if c.status == "failed"]
+    assert summary.status == "finished" and len(cands) == 12
+    assert failed and len(failed) < len(cands), "the seed should give both failing and working paths"
+    for c in failed:
+        assert c.recipe["indicator"][3], "only paths through the NaN layer (slot 3) should fail"
+        assert c.error and "\n" not in c.error and "NaN or infinite logits" in c.error and not c.scores
+    assert all(not c.recipe["indicator"][3] for c in cands if c.status == "done")
+    assert all(c.status == "done" for c in store.front(summary.job_id))
+
+
+def test_cli_run_front_status_resume_and_one_line_errors(ray_local, tiny_zoo, tmp_path, monkeypatch):
+    from typer.testing import CliRunner
+
+    from evosearch.cli import app
+    from test_job import write_job
+
+    monkeypatch.chdir(tmp_path)
+    path = write_job(tmp_path, zoo_job(tiny_zoo, name="cli", generations=1))
+    runner = CliRunner()
+    ran = runner.invoke(app, ["run", str(path)])
+    assert ran.exit_code == 0, ran.output
+    assert "cli: finished after 1 generation(s), 4 candidates" in ran.output
+
+    shown = runner.invoke(app, ["front", "cli", "--json", "--by", "report"])
+    assert shown.exit_code == 0, shown.output
+    front = json.loads(shown.stdout)
+    assert front["objectives"] == {"zoo_target": "max"} and front["ranked_by"] == "report" and front["front"]
+    reports = [row["report"]["zoo_target"] for row in front["front"]]
+    assert reports == sorted(reports, reverse=True)
+    assert all(set(row["search"]) == {"zoo_target"} for row in front["front"])
+    assert runner.invoke(app, ["front", str(path), "--generation", "0"]).exit_code == 0
+
+    for args in (["status", "cli"], ["status"]):
+        status = runner.invoke(app, args)
+        assert status.exit_code == 0 and "cli" in status.stdout and "finished" in status.stdout
+
+    resumed = runner.invoke(app, ["resume", "cli"])
+    assert resumed.exit_code == 0 and "(0 evaluated this run)" in resumed.output
+
+    again = runner.invoke(app, ["run", str(path)])
+    assert again.exit_code == 1 and "evosearch resume cli" in again.output
+
+    bad = write_job(tmp_path, zoo_job(tiny_zoo, name="../up"), "bad.yaml")
+    for args, code in ((["run", str(bad)], 2), (["front", "nojob"], 2), (["status", "nojob"], 2),
+                       (["front", "cli", "--by", "vibes"], 2)):
+        result = runner.invoke(app, args)
+        assert result.exit_code == code, (args, result.output)
+        assert result.output.startswith("error: ") and result.output.count("\n") == 1, result.output
+        assert "Traceback" not in result.output
+
+
+def test_reduced_fitness_scores_anchors_with_a_stored_calibration(ray_local, tiny_zoo, tmp_path):
+    from fitness.calibration import calibration_population, run_calibration
+    from storage import CalibrationModelRecord, CalibrationRecord
+    from workers.candidate import CandidateWorker
+
+    store = _store(tmp_path)
+    spec = _spec(tiny_zoo, tmp_path, name="reduced", generations=1,
+                 fitness={"mode": "reduced", "calibration": "zoo-target", "estimator": "gpirt", "k": 8,
+                          "strategy": "random", "limit": 100})
+    calibration_id = store.save_calibration(CalibrationRecord(name="zoo-target", tasks=["zoo_target"], spec={}))
+    worker = CandidateWorker(spec.source_paths, spec.tasks.include_path, ["zoo_target"])
+    for model in run_calibration(calibration_population(spec.search_space, n_random=5, seed=0), worker):
+        store.add_calibration_model(calibration_id, CalibrationModelRecord(
+            label=model.label, role=model.role, recipe=model.recipe, responses=model.responses,
+            accuracy=model.accuracy, seconds=model.seconds))
+
+    summary = run_job(spec, store)
+    assert summary.status == "finished" and summary.candidates == 4
+    for c in store.candidates(summary.job_id):
+        (search,) = [s for s in c.scores if s.split == "search"]
+        assert 0.0 <= search.estimated <= 1.0 and search.anchor_accuracy is not None and search.full is None
+        # The anchor accuracy is a mean over k = 8 items.
+        assert round(search.anchor_accuracy * 8, 6) == int(round(search.anchor_accuracy * 8))
+    assert all(any(s.split == "report" and s.full is not None for s in c.scores) for c in store.front(summary.job_id))
+    missing = _spec(tiny_zoo, tmp_path, name="uncalibrated", objectives=[{"task": "zoo_math", "direction": "max"}],
+                    fitness={"mode": "reduced", "calibration": "zoo-target"})
+    with pytest.raises(DriverError, match="does not cover task 'zoo_math'"):
+        run_job(missing, store)
