@@ -171,6 +171,8 @@ class JobSpec(_Section):
     tasks: TasksSpec
     workers: WorkersSpec = Field(default_factory=WorkersSpec)
     report: ReportSpec = Field(default_factory=ReportSpec)
+    allow_test_split_fitness: bool = Field(default=False, description="allow searching on a public benchmark's "
+                                                                      "test split (recorded with the job)")
 
     @field_validator("name")
     @classmethod
@@ -285,19 +287,45 @@ def _resolve_models(raw: dict, where: str) -> None:
             ps_part["base_model"] = raw["base_model"]
 
 
-def _known_task_names(include_paths: list[Path]) -> set[str]:
-    """Task names declared by the lm-eval YAMLs under the include paths (read without lm-eval: fast)."""
-    names: set[str] = set()
+# Public benchmarks whose test split must not be optimised on (issue 8): name or dataset prefixes.
+PUBLIC_BENCHMARKS = ("mmlu", "gsm8k", "arc_", "ai2_arc", "hellaswag", "mgsm", "truthfulqa", "winogrande", "piqa",
+                     "boolq", "humaneval", "openai_humaneval", "mbpp", "bbh", "gpqa", "hendrycks_math", "drop",
+                     "lambada", "cais/mmlu", "allenai/ai2_arc", "rowan/hellaswag", "openai/gsm8k", "juletxara/mgsm")
+
+
+def _task_index(include_paths: list[Path]) -> dict[str, dict]:
+    """Task name -> its lm-eval YAML (one level of `include:` merged), read without lm-eval: fast."""
+    def read(f: Path) -> Optional[dict]:
+        try:
+            # lm-eval YAMLs may carry `!function` tags; they do not matter here.
+            data = yaml.load(f.read_text(encoding="utf-8"), Loader=_LenientLoader)
+        except (yaml.YAMLError, OSError, UnicodeDecodeError):
+            return None
+        return data if isinstance(data, dict) else None
+
+    tasks: dict[str, dict] = {}
     for root in include_paths:
-        files = [root] if root.is_file() else sorted(root.rglob("*.yaml"))
-        for f in files:
-            try:
-                data = yaml.safe_load(f.read_text(encoding="utf-8"))
-            except (yaml.YAMLError, OSError, UnicodeDecodeError):
+        for f in [root] if root.is_file() else sorted(root.rglob("*.yaml")):
+            data = read(f)
+            if data is None or not isinstance(data.get("task"), str):
                 continue
-            if isinstance(data, dict) and isinstance(data.get("task"), str):
-                names.add(data["task"])
-    return names
+            if isinstance(data.get("include"), str):
+                data = {**(read(f.parent / data["include"]) or {}), **data}
+            tasks[data["task"]] = data
+    return tasks
+
+
+class _LenientLoader(yaml.SafeLoader):
+    pass
+
+
+_LenientLoader.add_multi_constructor("!", lambda loader, suffix, node: None)
+
+
+def _public_test_split(task: str, config: dict) -> bool:
+    """Whether lm-eval would score `task` on the test split of a known public benchmark."""
+    names = (task.lower(), str(config.get("dataset_path", "")).lower())
+    return bool(config.get("test_split")) and any(n.startswith(PUBLIC_BENCHMARKS) for n in names)
 
 
 def _check_semantics(spec: JobSpec, where: str) -> None:
@@ -306,7 +334,7 @@ def _check_semantics(spec: JobSpec, where: str) -> None:
         if not p.exists():
             raise JobError(f"{where}: tasks.include_path[{i}]: not found: {p}")
     spec.tasks.include_path = [str(p) for p in include]
-    known = _known_task_names(include)
+    known = _task_index(include)
     names = spec.objective_names
     if len(set(names)) != len(names):
         raise JobError(f"{where}: objectives: two objectives share the name {next(n for n in names if names.count(n) > 1)!r}; "
@@ -319,6 +347,10 @@ def _check_semantics(spec: JobSpec, where: str) -> None:
                 if task not in known:
                     raise JobError(f"{where}: objectives[{i}].{field}: task {task!r} is not defined under "
                                    f"tasks.include_path")
+            if _public_test_split(obj.task, known[obj.task]) and not spec.allow_test_split_fitness:
+                raise JobError(f"{where}: objectives[{i}].task: {obj.task!r} scores a public benchmark's test "
+                               "split; searching on it contaminates the result (use another split, or set "
+                               "allow_test_split_fitness: true)")
             if obj.report == obj.task:
                 raise JobError(f"{where}: objectives[{i}].report_task: the report split must differ from "
                                "the search split")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import shutil
 from pathlib import Path
 
 import pytest
@@ -169,3 +170,20 @@ def test_example_jobs_load_against_the_zoo(tiny_zoo, tmp_path, monkeypatch, exam
 
 def test_the_three_example_jobs_exist():
     assert [p.name for p in EXAMPLES] == ["job_dfs.yaml", "job_ps_cmaes.yaml", "job_psdfs_nsga2.yaml"]
+
+
+def test_searching_on_a_public_benchmarks_test_split_is_refused_unless_allowed(tiny_zoo, tmp_path):
+    tasks = tmp_path / "tasks"
+    shutil.copytree(tiny_zoo.include_path, tasks)
+    (tasks / "_gsm8k_base.yaml").write_text("dataset_path: gsm8k\ntest_split: test\noutput_type: multiple_choice\n")
+    (tasks / "gsm8k_mini.yaml").write_text("task: gsm8k_mini\ninclude: _gsm8k_base.yaml\n"
+                                           "doc_to_text: !function utils.doc_to_text\n")
+    (tasks / "gsm8k_mini_report.yaml").write_text("task: gsm8k_mini_report\ndataset_path: gsm8k\n"
+                                                  "validation_split: train\n")
+    job = zoo_job(tiny_zoo, objectives=[{"task": "gsm8k_mini", "direction": "max"}],
+                  tasks={"include_path": str(tasks)})
+    with pytest.raises(JobError, match=r"objectives\[0\].task: 'gsm8k_mini' scores a public benchmark's test split"):
+        parse_job(job)
+    assert parse_job({**job, "allow_test_split_fitness": True}).allow_test_split_fitness
+    # The zoo's own tasks read a file named `test`, but are no public benchmark.
+    assert not parse_job(zoo_job(tiny_zoo)).allow_test_split_fitness
