@@ -14,7 +14,8 @@ from typer.testing import CliRunner
 
 from evosearch.cli import app
 from evosearch.zoo import PRESETS, ZooError, ZooManifest, build_zoo
-from evosearch.zoo.tasks import SPLITS, TASKS, make_eval_items, task_name, to_l1, to_l2, training_texts
+from evosearch.zoo.tasks import (BASE_LETTERS, BASE_MAX_SHIFT, JOIN, SPLITS, STREAMS, TASKS, make_eval_items,
+                                 task_name, to_l1, to_l2, training_texts)
 from fitness.evaluator import EvaluationError, LmEvalEvaluator
 
 
@@ -61,14 +62,37 @@ def test_specialists_are_small_deltas_from_the_base(tiny_zoo):
         assert 0 < moved < 0.5 * sum(v.norm() ** 2 for v in base.values()) ** 0.5
 
 
+def _questions(text: str) -> list[str]:
+    """The question parts (`53917+3=`, `abcde>`) of an L1 text, also inside a target item."""
+    return [part[: part.index("=") + 1] if "=" in part else part[: part.index(">") + 1]
+            for part in text.split(JOIN)]
+
+
+def _questions(text: str) -> list[str]:
+    """The question parts (`53917+3=`, `abcde>`) of an L1 text, also inside a target item."""
+    return [part[: part.index("=") + 1] if "=" in part else part[: part.index(">") + 1]
+            for part in text.split(JOIN)]
+
+
+def _in_base_part(question: str) -> bool:
+    if "+" in question:
+        return int(question[question.index("+") + 1:-1]) <= BASE_MAX_SHIFT
+    return set(question[:-1]) <= set(BASE_LETTERS)
+
+
 def test_eval_items_never_appear_in_training_streams():
     items = make_eval_items(seed=0, items_per_split=500)
-    prompts = {to_l1(d["prompt"]) for t in TASKS for s in SPLITS for d in items.docs[t][s]}
-    stream = training_texts({"math_l1": 1, "reverse_l1": 1, "math_l2": 1, "reverse_l2": 1}, items, seed=3)
-    for _ in range(5000):
-        text = to_l1(next(stream))
-        cut = text.index("=") + 1 if "=" in text else text.index(">") + 1
-        assert text[:cut] not in prompts
+    asked = {q for t in TASKS for s in SPLITS for d in items.docs[t][s]
+             for q in _questions(to_l1(d["prompt"] + d["choices"][d["label"]]))}
+    assert len(asked) == 2 * 500 * (len(TASKS) + 1)  # the target asks two questions per item
+    # Most eval items need what only a specialist learns: shifts above 4 or letters after m.
+    assert 0.2 < sum(_in_base_part(q) for q in asked) / len(asked) < 0.3
+    stream = training_texts({name: 1 for name in STREAMS}, items, seed=3)
+    base_stream = training_texts({name: 1 for name in STREAMS if name.endswith("_base")}, items, seed=3)
+    seen = [q for _ in range(5000) for q in _questions(to_l1(next(stream)))]
+    assert not set(seen) & asked
+    assert not all(_in_base_part(q) for q in seen)
+    assert all(_in_base_part(q) for _ in range(2000) for q in _questions(to_l1(next(base_stream))))
     # the cipher is a bijection between the languages
     assert to_l1(to_l2("53917+3=86240")) == "53917+3=86240" and to_l2("abc") != "abc"
 

@@ -7,7 +7,7 @@ The three mergeability figures:
    the two skill specialists at weight 1.0 each keeps this fraction of each specialist's gain on its
    own task (also shown at 0.5 each);
 3. **cross-domain target** - the best task-arithmetic merge of the math and lang specialists over a
-   weight grid, against both specialists, on the target task (the math skill asked in L2).
+   weight grid, against both specialists, on the target task (an L1 sum, then an L2 reversal).
 
 Every merge goes through the project's merge engine (`evosearch.merge.ps`) with a `PSRecipe`.
 """

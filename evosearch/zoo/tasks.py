@@ -7,7 +7,11 @@ plus k mod 10) and string reversal (`abcde>` -> `edcba`). The eval tasks are
 * ``zoo_math``    - digit-wise modular addition in L1 (the math specialist's task)
 * ``zoo_strings`` - reversal in L1 (the strings specialist's task)
 * ``zoo_lang``    - reversal in L2 (the language specialist's task)
-* ``zoo_target``  - arithmetic in L2: the cross-domain target that needs both the math skill and L2
+* ``zoo_target``  - the cross-domain target: an L1 sum answered, then a string reversed in L2, in one
+  item (`53917+3=86240*` then the L2 reversal). Only a model with the math skill *and* the L2 skill gets
+  both halves right; each specialist brings one (the analogue of Sakana's Japanese-math, where the math
+  and the Japanese come from different models). Arithmetic asked wholly in the cipher language did not
+  work as a target: a 4-layer model never shares the skill across scripts, so no merge could find it.
 
 Every task has a fixed ``search`` split (what an optimizer may see) and a held-out ``report`` split.
 Eval items are identified by their language-independent *key* (the operands, or the L1 string); no
@@ -34,6 +38,12 @@ _TO_L2 = str.maketrans(L1_CHARS, L2_CHARS)
 _TO_L1 = str.maketrans(L2_CHARS, L1_CHARS)
 
 REVERSE_LEN = 5
+# The base is pretrained on every format but only over part of each skill's inputs (shifts 1-4, letters
+# a-m: the "_base" streams); a specialist extends a circuit the base already has to the rest (shifts 5-7,
+# letters n-z). Such extensions live mostly in their own parameters (embedding rows, table entries), which
+# is what makes the specialists mergeable; specialists that had to grow a skill from nothing were not.
+BASE_LETTERS = LETTERS[:13]
+BASE_MAX_SHIFT = 4
 N_DISTRACTORS = 3
 SPLITS = ("search", "report")
 TASK_GROUP = "zoo"
@@ -69,8 +79,9 @@ def math_answer(key: MathKey) -> str:
     return "".join(str((int(d) + k) % 10) for d in digits)
 
 
-def random_math_key(rng: random.Random) -> MathKey:
-    return "".join(rng.choice(DIGITS) for _ in range(MATH_LEN)), rng.randint(1, MAX_SHIFT)
+def random_math_key(rng: random.Random, base_only: bool = False) -> MathKey:
+    return ("".join(rng.choice(DIGITS) for _ in range(MATH_LEN)),
+            rng.randint(1, BASE_MAX_SHIFT if base_only else MAX_SHIFT))
 
 
 def _one_digit_wrong(answer: str, rng: random.Random) -> str:
@@ -90,15 +101,30 @@ def reverse_answer(key: str) -> str:
     return key[::-1]
 
 
-def random_reverse_key(rng: random.Random) -> str:
-    return "".join(rng.choice(LETTERS) for _ in range(REVERSE_LEN))
+def random_reverse_key(rng: random.Random, base_only: bool = False) -> str:
+    # Distinct letters, so every key has enough other orders to draw distractors from.
+    return "".join(rng.sample(BASE_LETTERS if base_only else LETTERS, REVERSE_LEN))
+
+
+# The target joins the two halves with this symbol (never used elsewhere).
+JOIN = "*"
+TargetKey = tuple[MathKey, str]
+
+
+def target_prompt(key: TargetKey) -> str:
+    return math_prompt(key[0])
+
+
+def target_answer(math_ans: str, reversed_l1: str, key: TargetKey) -> str:
+    """The continuation: the sum, the join, then the L2 reversal (its prompt is part of the answer)."""
+    return f"{math_ans}{JOIN}{to_l2(reverse_prompt(key[1]) + reversed_l1)}"
 
 
 @dataclass(frozen=True)
 class TaskSpec:
     name: str
-    skill: str  # "math" | "reverse"
-    lang: str  # "l1" | "l2"
+    skill: str  # "math" | "reverse" | "target"
+    lang: str  # "l1" | "l2" | "l1+l2"
     description: str
 
 
@@ -108,7 +134,8 @@ TASKS: dict[str, TaskSpec] = {
         TaskSpec("zoo_math", "math", "l1", "add k (1-7) to each of 5 digits mod 10, in L1"),
         TaskSpec("zoo_strings", "reverse", "l1", "reverse a 5-letter string, in L1"),
         TaskSpec("zoo_lang", "reverse", "l2", "reverse a 5-letter string, in L2 (the cipher language)"),
-        TaskSpec("zoo_target", "math", "l2", "the zoo_math skill asked in L2: needs math AND L2"),
+        TaskSpec("zoo_target", "target", "l1+l2",
+                 "an L1 sum then an L2 reversal in one item: needs the math AND the L2 skill"),
     )
 }
 
@@ -139,6 +166,22 @@ def _reverse_doc(key: str, lang: str, rng: random.Random) -> dict:
     return {"key": key, **_doc(reverse_prompt(key), reverse_answer(key), _another_order, lang, rng)}
 
 
+def _target_doc(key: TargetKey, rng: random.Random) -> dict:
+    """Three distractors: the sum wrong, the reversal wrong, both wrong. A model with one skill only
+    is left choosing between two options; only both skills single out the answer."""
+    math_ans, rev = math_answer(key[0]), reverse_answer(key[1])
+    math_bad = _one_digit_wrong(math_ans, rng)
+    rev_bad = rev
+    while rev_bad == rev:
+        rev_bad = _another_order(rev, rng)
+    choices = [target_answer(m, r, key) for m, r in ((math_ans, rev), (math_bad, rev), (math_ans, rev_bad),
+                                                      (math_bad, rev_bad))]
+    answer = choices[0]
+    rng.shuffle(choices)
+    return {"key": [list(key[0]), key[1]], "prompt": target_prompt(key), "choices": choices,
+            "label": choices.index(answer)}
+
+
 @dataclass(frozen=True)
 class EvalItems:
     """Docs per (task, split) and the keys training must avoid, per skill."""
@@ -152,11 +195,19 @@ def make_eval_items(seed: int, items_per_split: int) -> EvalItems:
     held: dict[str, set] = {"math": set(), "reverse": set()}
     docs: dict[str, dict[str, list[dict]]] = {}
     for spec in TASKS.values():
-        draw: Callable[[random.Random], object] = random_math_key if spec.skill == "math" else random_reverse_key
         docs[spec.name] = {}
         for split in SPLITS:
             out = []
             while len(out) < items_per_split:
+                if spec.skill == "target":
+                    key = (random_math_key(rng), random_reverse_key(rng))
+                    if key[0] in held["math"] or key[1] in held["reverse"]:
+                        continue
+                    held["math"].add(key[0])
+                    held["reverse"].add(key[1])
+                    out.append(_target_doc(key, rng))
+                    continue
+                draw = random_math_key if spec.skill == "math" else random_reverse_key
                 key = draw(rng)
                 if key in held[spec.skill]:
                     continue
@@ -197,41 +248,47 @@ def write_task_files(items: EvalItems, task_dir: Path) -> dict[str, Path]:
 
 
 # --- training streams --------------------------------------------------------------------------------
-def _fresh(draw: Callable[[random.Random], object], held: frozenset, rng: random.Random):
+def _fresh(draw: Callable[..., object], held: frozenset, rng: random.Random, base_only: bool):
     while True:
-        key = draw(rng)
+        key = draw(rng, base_only)
         if key not in held:
             return key
 
 
-def _math_text(rng: random.Random, held: EvalItems, lang: str) -> str:
-    key = _fresh(random_math_key, held.held_out["math"], rng)
+def _math_text(rng: random.Random, held: EvalItems, lang: str, base_only: bool) -> str:
+    key = _fresh(random_math_key, held.held_out["math"], rng, base_only)
     return _translate(math_prompt(key) + math_answer(key), lang)
 
 
-def _reverse_text(rng: random.Random, held: EvalItems, lang: str) -> str:
-    key = _fresh(random_reverse_key, held.held_out["reverse"], rng)
+def _reverse_text(rng: random.Random, held: EvalItems, lang: str, base_only: bool) -> str:
+    key = _fresh(random_reverse_key, held.held_out["reverse"], rng, base_only)
     return _translate(reverse_prompt(key) + reverse_answer(key), lang)
 
 
-def _translation_text(rng: random.Random, held: EvalItems, direction: str) -> str:
-    """A parallel pair `L1|L2` (or `L2¦L1`) over math prompts or letter strings, never an eval key."""
-    if rng.random() < 0.5:
-        src = math_prompt(_fresh(random_math_key, held.held_out["math"], rng))[:-1]
-    else:
-        src = _fresh(random_reverse_key, held.held_out["reverse"], rng)
-    return f"{src}|{to_l2(src)}" if direction == "l1>l2" else to_l2(f"{src}|") + src
+def _target_text(rng: random.Random, held: EvalItems, base_only: bool) -> str:
+    key = (_fresh(random_math_key, held.held_out["math"], rng, base_only),
+           _fresh(random_reverse_key, held.held_out["reverse"], rng, base_only))
+    return target_prompt(key) + target_answer(math_answer(key[0]), reverse_answer(key[1]), key)
 
 
-# Stream name -> generator of one training example. Mixtures below weight these.
-STREAMS: dict[str, Callable[[random.Random, EvalItems], str]] = {
-    "math_l1": lambda r, h: _math_text(r, h, "l1"),
-    "math_l2": lambda r, h: _math_text(r, h, "l2"),
-    "reverse_l1": lambda r, h: _reverse_text(r, h, "l1"),
-    "reverse_l2": lambda r, h: _reverse_text(r, h, "l2"),
-    "translate_l1l2": lambda r, h: _translation_text(r, h, "l1>l2"),
-    "translate_l2l1": lambda r, h: _translation_text(r, h, "l2>l1"),
-}
+def _task_streams() -> dict[str, Callable[[random.Random, EvalItems], str]]:
+    """Each task format over all inputs (`math_l1`) and over the base's part only (`math_l1_base`)."""
+    formats: dict[str, Callable[[random.Random, EvalItems, bool], str]] = {
+        "math_l1": lambda r, h, n: _math_text(r, h, "l1", n),
+        "math_l2": lambda r, h, n: _math_text(r, h, "l2", n),
+        "reverse_l1": lambda r, h, n: _reverse_text(r, h, "l1", n),
+        "reverse_l2": lambda r, h, n: _reverse_text(r, h, "l2", n),
+        "target": _target_text,
+    }
+    out = {}
+    for name, make in formats.items():
+        out[name] = lambda r, h, make=make: make(r, h, False)
+        out[f"{name}_base"] = lambda r, h, make=make: make(r, h, True)
+    return out
+
+
+# Stream name -> generator of one training example. Mixtures weight these.
+STREAMS: dict[str, Callable[[random.Random, EvalItems], str]] = _task_streams()
 
 
 def training_texts(mixture: dict[str, float], held: EvalItems, seed: int) -> Iterator[str]:
