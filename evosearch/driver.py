@@ -58,6 +58,7 @@ class RunEvent:
     best: dict[str, float]  # objective -> best search-split value so far
     elapsed_seconds: float
     evaluated: int  # candidates the workers actually evaluated this run
+    front_size: int = 0  # candidates on the last committed front
     phase: str = "search"  # search | report | finished | stopped
 
 
@@ -138,7 +139,7 @@ class SearchDriver:
         self._pool = None
         self._started = time.monotonic()
         self._evaluated = self._cached = self._running = 0
-        self._gen_size = 0
+        self._gen_size = self._front_size = 0
 
     # --- fitness: what a worker is asked, and how its answer becomes scores ------------------------
     def _fitness(self):
@@ -230,7 +231,7 @@ class SearchDriver:
             job=self.spec.name, generation=generation, max_generations=self.spec.optimizer.max_generations,
             in_generation=self._gen_size, done=len(done), failed=len(failed), running=self._running,
             cached=self._cached, best=self._best(done), elapsed_seconds=time.monotonic() - self._started,
-            evaluated=self._evaluated, phase=phase))
+            evaluated=self._evaluated, front_size=self._front_size, phase=phase))
 
     def _best(self, done: list) -> dict[str, float]:
         best: dict[str, float] = {}
@@ -294,6 +295,7 @@ class SearchDriver:
         objectives = np.array([self.objective_row(final[i]) for i in range(len(genomes))], dtype=float)
         self.optimizer.tell(genomes, objectives)
         front_ids, hv = self.front()
+        self._front_size = len(front_ids)
         self.store.commit_generation(self.job.id, generation, self.optimizer.state_dict(), front_ids, hv)
 
     def _evaluate(self, generation: int, pending: list[_Pending]):

@@ -30,6 +30,7 @@ def event_table(event: RunEvent) -> Table:
     table.add_row("candidates", f"{event.done} done · {event.failed} failed · {event.running} running · "
                                 f"{event.cached} from cache")
     table.add_row("best (search split)", _best(event.best))
+    table.add_row("front", f"{event.front_size} candidate(s)")
     table.add_row("elapsed", _duration(event.elapsed_seconds))
     table.add_row("throughput", f"{per_minute:.1f} evaluated / min")
     return table

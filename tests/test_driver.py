@@ -3,8 +3,15 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
 from collections import Counter
+from contextlib import closing
 from pathlib import Path
 
 import numpy as np
@@ -66,6 +73,7 @@ def test_ps_cmaes_full_fitness_records_every_candidate_once_and_a_front(ray_loca
     assert summary.hypervolume == pytest.approx(best)
     assert store.get_job("job").status == "finished"
     assert events[-1].phase == "finished" and events[-1].done == 8 and events[-1].best["zoo_target"] == best
+    assert events[-1].front_size == len(front)
 
 
 def test_nsga2_two_objectives_on_a_dfs_space(ray_local, tiny_zoo, tmp_path):
@@ -223,7 +231,7 @@ def test_reduced_fitness_scores_anchors_with_a_stored_calibration(ray_local, tin
                           "strategy": "random", "limit": 100})
     calibration_id = store.save_calibration(CalibrationRecord(name="zoo-target", tasks=["zoo_target"], spec={}))
     worker = CandidateWorker(spec.source_paths, spec.tasks.include_path, ["zoo_target"])
-    for model in run_calibration(calibration_population(spec.search_space, n_random=5, seed=0), worker):
+    for model in run_calibration(calibration_population(spec.search_space, n_random=4, seed=0), worker):
         store.add_calibration_model(calibration_id, CalibrationModelRecord(
             label=model.label, role=model.role, recipe=model.recipe, responses=model.responses,
             accuracy=model.accuracy, seconds=model.seconds))
@@ -240,3 +248,55 @@ def test_reduced_fitness_scores_anchors_with_a_stored_calibration(ray_local, tin
                     fitness={"mode": "reduced", "calibration": "zoo-target"})
     with pytest.raises(DriverError, match="does not cover task 'zoo_math'"):
         run_job(missing, store)
+
+
+def _has_job(db: Path, name: str) -> bool:
+    if not db.is_file():
+        return False
+    try:
+        with closing(sqlite3.connect(db, timeout=1)) as conn:
+            return conn.execute("SELECT count(*) FROM jobs WHERE name = ?", (name,)).fetchone()[0] > 0
+    except sqlite3.Error:
+        return False
+
+
+def test_killed_driver_process_resumes_without_reevaluating(ray_local, tiny_zoo, tmp_path):
+    """The real thing: `evosearch run` in its own process, SIGKILLed in the middle of generation 1."""
+    from test_job import write_job
+
+    job = zoo_job(tiny_zoo, name="killed", generations=2, fitness={"mode": "full"}, report={"when": "never"})
+    job["output_dir"] = str(tmp_path / "killed")
+    path = write_job(tmp_path, job)
+    spec = parse_job(job)
+    env = {**os.environ, "RAY_ADDRESS": ray_local.get_runtime_context().gcs_address,
+           "PYTHONPATH": os.pathsep.join(filter(None, [str(Path(__file__).parent), os.environ.get("PYTHONPATH")]))}
+    cli = Path(sys.executable).parent / "evosearch"
+    proc = subprocess.Popen([str(cli), "run", str(path)], cwd=tmp_path, env=env, start_new_session=True,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    db = tmp_path / "killed" / "evosearch.db"
+    store = None
+    try:
+        deadline = time.monotonic() + 300
+        while time.monotonic() < deadline and proc.poll() is None:
+            # Open the store only once the run has migrated it and made its job: never two migrations at once.
+            if store is None and _has_job(db, "killed"):
+                store = Store.open(f"sqlite:///{db}")
+            if store is not None and store.list_jobs() and store.candidates(store.get_job("killed").id, generation=1):
+                break
+            time.sleep(0.05)
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    assert store is not None and proc.returncode == -signal.SIGKILL, "the run ended before it could be killed"
+    job_id = store.get_job("killed").id
+    assert store.get_job(job_id).status == "running"  # nobody had the chance to say otherwise
+    before = {c.index: c for c in store.candidates(job_id, generation=1)}
+    assert 0 < len(before) < 4
+
+    resumed = run_job(spec, store, resume=True)
+    after = {c.index: c for c in store.candidates(job_id, generation=1)}
+    assert resumed.status == "finished" and resumed.generations == 2 and len(store.candidates(job_id)) == 8
+    assert resumed.evaluated == sum(1 for c in after.values() if c.cached_from is None) - \
+        sum(1 for c in before.values() if c.cached_from is None)
+    for index, c in before.items():
+        assert (after[index].id, after[index].eval_seconds, after[index].genome) == (c.id, c.eval_seconds, c.genome)
