@@ -225,22 +225,12 @@ class SearchDriver:
     def _emit(self, generation: int, phase: str = "search") -> None:
         if self.on_event is None:
             return
-        done = self.store.candidates(self.job.id, status="done")
-        failed = self.store.candidates(self.job.id, status="failed")
+        progress = self.store.progress(self.job.id)  # counts and bests in SQL, not by reading every candidate
         self.on_event(RunEvent(
             job=self.spec.name, generation=generation, max_generations=self.spec.optimizer.max_generations,
-            in_generation=self._gen_size, done=len(done), failed=len(failed), running=self._running,
-            cached=self._cached, best=self._best(done), elapsed_seconds=time.monotonic() - self._started,
+            in_generation=self._gen_size, done=progress.done, failed=progress.failed, running=self._running,
+            cached=self._cached, best=dict(progress.best), elapsed_seconds=time.monotonic() - self._started,
             evaluated=self._evaluated, front_size=self._front_size, phase=phase))
-
-    def _best(self, done: list) -> dict[str, float]:
-        best: dict[str, float] = {}
-        for name, direction in zip(self.spec.objective_names, self.spec.directions):
-            values = [s.estimated for c in done for s in c.scores
-                      if s.objective == name and s.split == "search" and s.estimated is not None]
-            if values:
-                best[name] = max(values) if direction == "max" else min(values)
-        return best
 
     def _record(self, rec) -> object:
         rec.id = self.store.record_candidate(rec)
