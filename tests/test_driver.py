@@ -221,20 +221,23 @@ def test_cli_run_front_status_resume_and_one_line_errors(ray_local, tiny_zoo, tm
 
 
 def test_reduced_fitness_scores_anchors_with_a_stored_calibration(ray_local, tiny_zoo, tmp_path):
-    from fitness.calibration import calibration_population, run_calibration
+    from fitness.calibration import calibration_population
     from storage import CalibrationModelRecord, CalibrationRecord
-    from workers.candidate import CandidateWorker
+    from workers.candidate import CandidateTask, CandidateWorker
 
     store = _store(tmp_path)
     spec = _spec(tiny_zoo, tmp_path, name="reduced", generations=1,
                  fitness={"mode": "reduced", "calibration": "zoo-target", "estimator": "gpirt", "k": 8,
                           "strategy": "random", "limit": 100})
     calibration_id = store.save_calibration(CalibrationRecord(name="zoo-target", tasks=["zoo_target"], spec={}))
+    # Calibrated on the task's first 100 docs (the candidates' anchors come from those): seconds, not minutes.
     worker = CandidateWorker(spec.source_paths, spec.tasks.include_path, ["zoo_target"])
-    for model in run_calibration(calibration_population(spec.search_space, n_random=4, seed=0), worker):
+    for member in calibration_population(spec.search_space, n_random=4, seed=0):
+        result = worker.run(CandidateTask(key=member.label, recipe=member.recipe,
+                                          samples={"zoo_target": list(range(100))}, tasks=["zoo_target"]))
         store.add_calibration_model(calibration_id, CalibrationModelRecord(
-            label=model.label, role=model.role, recipe=model.recipe, responses=model.responses,
-            accuracy=model.accuracy, seconds=model.seconds))
+            label=member.label, role=member.role, recipe=member.recipe, responses=result.correct,
+            accuracy=result.accuracy))
 
     summary = run_job(spec, store)
     assert summary.status == "finished" and summary.candidates == 4
