@@ -72,6 +72,7 @@ class RunSummary:
     front_ids: list[int]
     hypervolume: Optional[float]
     seconds: float
+    reason: Optional[str] = None  # why it ended before max_generations (budget, convergence, stop_after)
 
 
 @dataclass
@@ -357,21 +358,27 @@ class SearchDriver:
         if last is not None:
             self.optimizer.load_state(last.optimizer_state)
         per_generation = population_size(self.spec)
-        status = "finished"
+        status, reason = "finished", None
         self.store.set_job_status(self.job.id, "running")
         try:
             while not self.optimizer.done():
                 generation = self.optimizer.generation
                 if stop_after is not None and generation >= stop_after:
-                    status = "stopped"
+                    status, reason = "stopped", f"stopped after generation {generation - 1} as asked"
                     break
                 so_far = generation * per_generation
                 if self.spec.budget is not None and so_far + per_generation > self.spec.budget:
+                    reason = f"budget of {self.spec.budget} candidates reached after {generation} generation(s)"
                     break
                 self.run_generation(generation)
                 if self.spec.report.when == "every_generation":
                     self.report_front(generation)
                 self._emit(generation)
+            max_generations = self.spec.optimizer.max_generations
+            if reason is None and self.optimizer.generation < max_generations:
+                # e.g. CMA-ES stops on a flat generation, which coarse (anchor) scores make likely: say so.
+                reason = (f"{self.optimizer.name} converged after {self.optimizer.generation} of "
+                          f"{max_generations} generations")
             if status == "finished" and self.spec.report.when != "never":
                 self.report_front(self.optimizer.generation - 1)
         except BaseException as e:
@@ -381,7 +388,7 @@ class SearchDriver:
             raise
         finally:
             self.close()
-        self.store.set_job_status(self.job.id, status)
+        self.store.set_job_status(self.job.id, status, reason)
         self._emit(self.optimizer.generation - 1, phase=status)
         committed = self.store.last_generation(self.job.id)
         return RunSummary(job_id=self.job.id, status=status,
@@ -389,7 +396,7 @@ class SearchDriver:
                           candidates=len(self.store.candidates(self.job.id)), evaluated=self._evaluated,
                           front_ids=[] if committed is None else list(committed.front_candidate_ids),
                           hypervolume=None if committed is None else committed.hypervolume,
-                          seconds=time.monotonic() - self._started)
+                          seconds=time.monotonic() - self._started, reason=reason)
 
 
 def _search_only(scores: list) -> list:

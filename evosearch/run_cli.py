@@ -76,7 +76,8 @@ def _drive(spec: JobSpec, store, resume: bool) -> None:
               f"(continue with `evosearch resume {spec.name}`)", FAILURE)
     typer.echo(f"{spec.name}: {summary.status} after {summary.generations} generation(s), "
                f"{summary.candidates} candidates ({summary.evaluated} evaluated this run), "
-               f"front of {len(summary.front_ids)}; store {store.url_for_display}")
+               f"front of {len(summary.front_ids)}; store {store.url_for_display}"
+               + (f" ({summary.reason})" if summary.reason else ""))
 
 
 def run_command(job_file: Path = typer.Argument(..., help="the job YAML")) -> None:

@@ -140,10 +140,13 @@ def test_interrupted_and_resumed_run_ends_with_the_same_front(ray_local, tiny_zo
     assert again.evaluated == 0 and len(store.candidates(job.id)) == 12
 
 
-def test_a_job_name_is_not_run_twice(ray_local, tiny_zoo, tmp_path):
+def test_budget_ends_a_job_and_a_job_name_is_not_run_twice(ray_local, tiny_zoo, tmp_path):
     store = _store(tmp_path)
-    spec = _spec(tiny_zoo, tmp_path, generations=1, report={"when": "never"})
-    run_job(spec, store)
+    spec = _spec(tiny_zoo, tmp_path, generations=3, budget=6, report={"when": "never"})
+    summary = run_job(spec, store)
+    assert summary.generations == 1 and summary.candidates == 4
+    assert summary.reason == "budget of 6 candidates reached after 1 generation(s)"
+    assert store.get_job("job").message == summary.reason
     with pytest.raises(DriverError, match="evosearch resume job"):
         run_job(spec, store)
 
