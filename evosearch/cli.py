@@ -2,11 +2,18 @@
 
 from __future__ import annotations
 
-import typer
+import os
 
-from evosearch.merge.cli import merge_command
-from evosearch.run_cli import register as register_search_commands
-from evosearch.zoo.cli import zoo_app
+# lm-eval, datasets and transformers draw a tqdm bar per task, split and model load, hundreds per search;
+# evosearch shows its own progress. tqdm reads this once, when it is first imported, hence before the rest.
+os.environ.setdefault("TQDM_DISABLE", "1")
+
+import typer  # noqa: E402
+
+from evosearch.merge.cli import merge_command  # noqa: E402
+from evosearch.run_cli import register as register_search_commands  # noqa: E402
+from evosearch.zoo.cli import zoo_app  # noqa: E402
+from fitness.cli import register as register_fitness_commands  # noqa: E402
 
 app = typer.Typer(
     name="evosearch",
@@ -17,6 +24,7 @@ app = typer.Typer(
 app.add_typer(zoo_app, name="zoo")
 app.command("merge")(merge_command)
 register_search_commands(app)
+register_fitness_commands(app)
 
 
 def main() -> None:

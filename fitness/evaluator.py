@@ -7,6 +7,7 @@ only builds requests for the asked doc ids and runs the model through lm-eval's 
 
 from __future__ import annotations
 
+import functools
 import logging
 import time
 from dataclasses import dataclass, field
@@ -50,6 +51,24 @@ class _ForwardTimer:
 
     def _post(self, *_):
         self.total += time.perf_counter() - self._start
+
+
+@functools.cache
+def _quiet_hflm():
+    """lm-eval's HF wrapper without its per-call progress bars (two per task for every candidate)."""
+    from lm_eval.models.huggingface import HFLM
+
+    class QuietHFLM(HFLM):
+        def loglikelihood(self, requests, disable_tqdm: bool = True):
+            return super().loglikelihood(requests, disable_tqdm=True)
+
+        def loglikelihood_rolling(self, requests, disable_tqdm: bool = True):
+            return super().loglikelihood_rolling(requests, disable_tqdm=True)
+
+        def generate_until(self, requests, disable_tqdm: bool = True):
+            return super().generate_until(requests, disable_tqdm=True)
+
+    return QuietHFLM
 
 
 def _one_line(e: BaseException) -> str:
@@ -110,7 +129,6 @@ class LmEvalEvaluator:
                  samples: dict[str, list[int]] | None = None) -> EvalResult:
         """Score `model` on `tasks` (default: all loaded), restricted to `samples[task]` doc ids if given."""
         import lm_eval.evaluator
-        from lm_eval.models.huggingface import HFLM
 
         started = time.perf_counter()
         names = list(tasks) if tasks is not None else (list(samples) if samples else self.task_names)
@@ -130,7 +148,7 @@ class LmEvalEvaluator:
         timer = _ForwardTimer()
         hooks = timer.attach(model)
         try:
-            lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=self.batch_size, device=self.device)
+            lm = _quiet_hflm()(pretrained=model, tokenizer=tokenizer, batch_size=self.batch_size, device=self.device)
             with torch.inference_mode():
                 out = lm_eval.evaluator.evaluate(
                     lm, {"tasks": chosen, "groups": {}, "group_map": {}}, samples=samples or None,

@@ -63,7 +63,7 @@ PRESETS: dict[str, ZooSettings] = {
     "full": ZooSettings(
         shape=ModelShape(hidden_size=128, num_hidden_layers=4, num_attention_heads=4, intermediate_size=384),
         base=TrainSettings(steps=1000, lr=1e-3, warmup_steps=50),
-        specialist=TrainSettings(steps=200, lr=5e-4),
+        specialist=TrainSettings(steps=100, lr=5e-4),
     ),
     # Same structure, quality not required: for tests.
     "tiny": ZooSettings(
