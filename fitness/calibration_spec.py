@@ -1,0 +1,200 @@
+"""The calibration file read by `evosearch calibrate`: which models, which tasks, how to fit and report.
+
+`load_calibration_spec(path)` validates everything before Ray or a model starts; every error is ONE line
+`FILE: field.path: message`. Models are named once under `sources` (name -> directory) as in a job file,
+and the PS search space that draws the random merges may refer to them by name. Relative paths are
+resolved against the current directory and kept absolute, so stored recipes carry real paths.
+"""
+
+from __future__ import annotations
+
+import copy
+import re
+from pathlib import Path
+from typing import Any, Optional
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+# The job file's model naming, error locations and task index: one spelling of each rule for both files.
+from evosearch.job import JobError, WorkersSpec, _first_error, _resolve_models, _task_index
+from evosearch.spaces import PSSpaceConfig, SpaceError, parse_space_config
+from fitness.anchors import ANCHOR_STRATEGIES
+from fitness.calibration import DEFAULT_STRATEGIES
+from fitness.estimators import ESTIMATORS
+from fitness.irt import ABILITY_SCOPES, IRTFitSettings
+
+_SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
+
+
+class CalibrationSpecError(ValueError):
+    """A calibration file that cannot run; the message is one line naming the file and the field."""
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class IRTSpec(_Section):
+    """2PL by default; `dims` > 1 is the multidimensional model, `ability_scope: shared` one ability for
+    every task (tinyBenchmarks' choice) instead of one per task."""
+
+    dims: int = Field(default=1, ge=1)
+    ability_scope: str = "per_task"
+
+    @field_validator("ability_scope")
+    @classmethod
+    def _known_scope(cls, v: str) -> str:
+        if v not in ABILITY_SCOPES:
+            raise ValueError(f"unknown ability scope {v!r}; known: {', '.join(ABILITY_SCOPES)}")
+        return v
+
+    def settings(self, seed: int) -> IRTFitSettings:
+        return IRTFitSettings(dims=self.dims, ability_scope=self.ability_scope, seed=seed)
+
+
+class ReportSettings(_Section):
+    """What `evosearch fitness report` measures on the held-out members: every estimator x strategy x k."""
+
+    estimators: list[str] = Field(default_factory=lambda: list(ESTIMATORS), min_length=1)
+    strategies: list[str] = Field(default_factory=lambda: list(DEFAULT_STRATEGIES), min_length=1)
+    ks: list[int] = Field(default_factory=lambda: [10, 30, 100], min_length=1)
+
+    @field_validator("estimators")
+    @classmethod
+    def _known_estimators(cls, v: list[str]) -> list[str]:
+        for name in v:
+            if name not in ESTIMATORS:
+                raise ValueError(f"unknown estimator {name!r}; known: {', '.join(ESTIMATORS)}")
+        return v
+
+    @field_validator("strategies")
+    @classmethod
+    def _known_strategies(cls, v: list[str]) -> list[str]:
+        for name in v:
+            if name not in ANCHOR_STRATEGIES:
+                raise ValueError(f"unknown anchor strategy {name!r}; known: {', '.join(ANCHOR_STRATEGIES)}")
+        return v
+
+    @field_validator("ks")
+    @classmethod
+    def _positive(cls, v: list[int]) -> list[int]:
+        bad = [k for k in v if k < 1]
+        if bad:
+            raise ValueError(f"anchor sizes must be >= 1, got {bad[0]}")
+        return v
+
+
+class CalibrationSpec(_Section):
+    name: str
+    store: Optional[str] = None
+    sources: dict[str, str] = Field(min_length=1, description="model name -> HF directory")
+    base_model: Optional[str] = None
+    search_space: PSSpaceConfig
+    n_random: int = Field(default=48, ge=0, description="random merges in the fit")
+    n_heldout: int = Field(default=16, ge=0, description="merges scored for the report only, never fitted")
+    seed: int = 0
+    tasks: list[str] = Field(min_length=1, description="lm-eval task names, scored on every doc")
+    include_path: list[str] = Field(min_length=1)
+    workers: WorkersSpec = Field(default_factory=WorkersSpec)
+    irt: IRTSpec = Field(default_factory=IRTSpec)
+    report: ReportSettings = Field(default_factory=ReportSettings)
+
+    @field_validator("name")
+    @classmethod
+    def _safe_name(cls, v: str) -> str:
+        if not _SAFE_NAME.match(v) or ".." in v:
+            raise ValueError(f"calibration name {v!r} must be letters, digits, '.', '_' or '-' (no '/' or '..')")
+        return v
+
+    @field_validator("include_path", mode="before")
+    @classmethod
+    def _one_or_many(cls, v):
+        return [v] if isinstance(v, str) else v
+
+    @field_validator("tasks")
+    @classmethod
+    def _distinct(cls, v: list[str]) -> list[str]:
+        if len(set(v)) != len(v):
+            raise ValueError(f"task {next(t for t in v if v.count(t) > 1)!r} is listed twice")
+        return v
+
+    @model_validator(mode="after")
+    def _defaults(self) -> "CalibrationSpec":
+        if self.store is None:
+            self.store = f"sqlite:///{(Path('runs') / self.name / 'evosearch.db').resolve()}"
+        return self
+
+    @property
+    def source_paths(self) -> list[str]:
+        """Every model directory the workers load: the named sources, then the base if it is another."""
+        paths = list(dict.fromkeys(self.sources.values()))
+        if self.base_model and self.base_model not in paths:
+            paths.append(self.base_model)
+        return paths
+
+    @property
+    def irt_settings(self) -> IRTFitSettings:
+        return self.irt.settings(self.seed)
+
+    def to_dict(self) -> dict:
+        return self.model_dump(mode="json")
+
+
+def parse_calibration_spec(raw: Any, where: str = "calibration") -> CalibrationSpec:
+    """Validate an already-loaded calibration mapping; `where` prefixes every error (the file name)."""
+    if not isinstance(raw, dict):
+        raise CalibrationSpecError(f"{where}: a calibration file is a YAML mapping of fields, "
+                                   f"got {type(raw).__name__}")
+    raw = copy.deepcopy(raw)
+    for field in ("name", "sources", "search_space", "tasks", "include_path"):
+        if field not in raw:
+            raise CalibrationSpecError(f"{where}: {field}: required field is missing")
+    try:
+        _resolve_models(raw, where)
+    except JobError as e:
+        raise CalibrationSpecError(str(e)) from None
+    space = raw["search_space"]
+    if isinstance(space, dict) and space.get("kind", "ps") != "ps":
+        raise CalibrationSpecError(f"{where}: search_space.kind: random calibration merges are drawn from a PS "
+                                   f"space, not {space.get('kind')!r}")
+    try:
+        raw["search_space"] = parse_space_config(space)
+    except SpaceError as e:
+        raise CalibrationSpecError(f"{where}: {e}") from None
+    try:
+        spec = CalibrationSpec.model_validate(raw)
+    except ValidationError as e:
+        loc, msg = _first_error(e)
+        raise CalibrationSpecError(f"{where}: {loc + ': ' if loc else ''}{msg}") from None
+    _check_tasks(spec, where)
+    return spec
+
+
+def _check_tasks(spec: CalibrationSpec, where: str) -> None:
+    include = [Path(p).expanduser().resolve() for p in spec.include_path]
+    for i, p in enumerate(include):
+        if not p.exists():
+            raise CalibrationSpecError(f"{where}: include_path[{i}]: not found: {p}")
+    spec.include_path = [str(p) for p in include]
+    known = _task_index(include)
+    for i, task in enumerate(spec.tasks):
+        if task not in known:
+            raise CalibrationSpecError(f"{where}: tasks[{i}]: task {task!r} is not defined under include_path")
+
+
+def load_calibration_spec(path: str | Path) -> CalibrationSpec:
+    """Read and validate a calibration YAML; raises CalibrationSpecError (one line naming file and field)."""
+    p = Path(path)
+    if not p.is_file():
+        raise CalibrationSpecError(f"{p}: calibration file not found")
+    try:
+        raw = yaml.safe_load(p.read_text(encoding="utf-8"))
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        at = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        raise CalibrationSpecError(f"{p}: not valid YAML{at}: {getattr(e, 'problem', None) or type(e).__name__}") \
+            from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise CalibrationSpecError(f"{p}: unreadable calibration file ({type(e).__name__})") from None
+    return parse_calibration_spec(raw, where=str(p))
