@@ -62,6 +62,15 @@ def test_cmaes_converges_on_a_quadratic_in_the_box():
     np.testing.assert_allclose(x[0], 0.3, atol=1e-3)
 
 
+def test_cmaes_survives_a_flat_generation_and_stops_on_a_flat_history():
+    # Coarse anchor accuracies often tie a whole generation; that alone must not end the search.
+    flat = lambda x: np.zeros((len(x), 1))
+    opt = make_optimizer(CMAESConfig(popsize=6, max_generations=30), 3, ["max"], seed=0)
+    assert 5 < len(run(opt, flat)) < 30
+    eager = make_optimizer(CMAESConfig(popsize=6, max_generations=30, tolfun=1e-11), 3, ["max"], seed=0)
+    assert len(run(eager, flat)) == 1
+
+
 def test_cmaes_respects_the_box_when_the_optimum_is_outside():
     opt = make_optimizer(CMAESConfig(popsize=8, max_generations=40), 3, ["max"], seed=0)
     for x in run(opt, lambda x: x.sum(axis=1, keepdims=True)):

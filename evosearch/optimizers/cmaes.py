@@ -17,7 +17,8 @@ class CMAESConfig(ScalarisingConfig):
     popsize: Optional[int] = Field(default=None, ge=2, description="default: cma's 4 + 3 ln(d)")
     sigma0: float = Field(default=0.25, gt=0, description="initial step size, in units of the [0, 1] box")
     x0: Union[float, list[float]] = Field(default=0.5, description="initial mean: one value or one per gene")
-    tolfun: Optional[float] = Field(default=None, gt=0, description="stop when the f-range falls below this")
+    tolfun: Optional[float] = Field(default=None, gt=0,
+                                    description="stop when one generation's f-range falls below this (default off)")
     tolx: Optional[float] = Field(default=None, gt=0, description="stop when steps fall below this")
 
     @field_validator("x0")
@@ -45,6 +46,10 @@ class CMAESOptimizer(Optimizer):
         opts: dict[str, Any] = {
             "bounds": [0.0, 1.0], "maxiter": config.max_generations, "verbose": -9, "verb_log": 0,
             "verb_disp": 0, "verb_filenameprefix": "",
+            # cma's defaults (tolfun, tolflatfitness=1) end the search after one generation whose scores
+            # all tie. Accuracies on a few dozen anchor items tie often, so only ~10 flat generations
+            # stop it (tolflatfitness, cma's tolfunhist) unless the job sets tolfun.
+            "tolfun": config.tolfun or 0.0, "tolflatfitness": 10,
             # NaN: cma leaves numpy's global RNG alone; `numpy_global_rng` hands it our own stream instead.
             "seed": float("nan"),
             # cma's default, `np.random.randn`, is a bound method of numpy's global RandomState and would
@@ -53,8 +58,6 @@ class CMAESOptimizer(Optimizer):
         }
         if config.popsize is not None:
             opts["popsize"] = config.popsize
-        if config.tolfun is not None:
-            opts["tolfun"] = config.tolfun
         if config.tolx is not None:
             opts["tolx"] = config.tolx
         self._rng = {"state": np.random.RandomState(seed).get_state()}
