@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import platform
+import sys
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Optional
@@ -285,7 +286,8 @@ def report_command(
     if as_json:
         typer.echo(json.dumps(report, indent=2, allow_nan=False))
         return
-    Console().print(_table(name, rows))
+    # Piped output keeps whole rows (rich would squeeze the table to 80 columns).
+    Console(width=None if sys.stdout.isatty() else 160).print(_table(name, rows))
     passing = [r for r in rows if r["meets_bar"]]
     if passing:
         best = min(passing, key=lambda r: r["mae_points"])
