@@ -4,7 +4,14 @@ file; a table of bad calibration files and their one-line errors."""
 from __future__ import annotations
 
 import json
+import os
 import re
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from contextlib import closing
 from pathlib import Path
 
 import pytest
@@ -159,3 +166,46 @@ def test_calibrate_resumes_then_reports(ray_local, tiny_zoo, tmp_path):
 
     unknown = runner.invoke(app, ["fitness", "report", "other", "--store", url])
     assert unknown.exit_code == 2 and "unknown calibration 'other'" in unknown.stderr
+
+
+def _stored_models(db: Path, name: str) -> int:
+    """Models stored so far, read with plain sqlite3 so the test never migrates the store the run is making."""
+    if not db.is_file():
+        return 0
+    try:
+        with closing(sqlite3.connect(db, timeout=1)) as conn:
+            return conn.execute("SELECT count(*) FROM calibration_models m JOIN calibrations c "
+                                "ON m.calibration_id = c.id WHERE c.name = ?", (name,)).fetchone()[0]
+    except sqlite3.Error:
+        return 0
+
+
+@pytest.mark.slow
+def test_killed_calibration_keeps_what_it_scored_and_resumes(ray_local, tiny_zoo, tmp_path):
+    """`evosearch calibrate` in its own process, SIGKILLed after a few models: they stay, and are not redone."""
+    from storage import Store
+
+    path = write(tmp_path, calibration(tiny_zoo, tmp_path))
+    db = tmp_path / "calib.db"
+    env = {**os.environ, "RAY_ADDRESS": ray_local.get_runtime_context().gcs_address}
+    proc = subprocess.Popen([str(Path(sys.executable).parent / "evosearch"), "calibrate", str(path)], cwd=tmp_path,
+                            env=env, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 300
+        while time.monotonic() < deadline and proc.poll() is None and _stored_models(db, "tiny-calib") < 2:
+            time.sleep(0.05)
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    assert proc.returncode == -signal.SIGKILL, "the calibration ended before it could be killed"
+    before = {m.label: m for m in Store.open(f"sqlite:///{db}").get_calibration("tiny-calib").models}
+    assert 2 <= len(before) < 13
+
+    resumed = CliRunner().invoke(app, ["calibrate", str(path)])
+    assert resumed.exit_code == 0, resumed.output
+    assert f"{len(before)} already stored, {13 - len(before)} to score" in resumed.stdout
+    after = Store.open(f"sqlite:///{db}").get_calibration("tiny-calib")
+    assert len(after.models) == 13 and after.fit_version == 1
+    for model in after.models:
+        if model.label in before:  # untouched: not scored again
+            assert (model.seconds, model.responses) == (before[model.label].seconds, before[model.label].responses)
