@@ -148,6 +148,10 @@ def calibrate_command(calibration_file: Path = typer.Argument(..., help="the cal
                                          n_heldout=spec.n_heldout)
     except (CalibrationSpecError, FitnessError) as e:
         _fail(str(e), USAGE)
+    fitted = sum(1 for m in members if m.role != "heldout")
+    if fitted < 2:
+        _fail(f"{calibration_file}: n_random: {fitted} model(s) to fit IRT on (sources, base and random merges); "
+              "at least 2 are needed, many more for a stable fit", USAGE)
     store = _open_store(spec.store, must_exist=False)
     try:
         record = _calibration_row(store, spec)

@@ -80,6 +80,9 @@ BAD_FILES = [
      r"search_space\.methods: unknown merge method 'blend'"),
     ("unknown field", lambda s: {**s, "n_randoms": 4}, r"n_randoms: unknown field"),
     ("bad name", lambda s: {**s, "name": "../up"}, r"name: calibration name '\.\./up' must be"),
+    ("too few to fit", lambda s: {**s, "sources": {"math": s["sources"]["math"]}, "base_model": None, "n_random": 0,
+                                  "search_space": {"kind": "ps", "sources": ["math"], "methods": "linear"}},
+     r"n_random: 1 model\(s\) to fit IRT on \(sources, base and random merges\); at least 2 are needed"),
     ("not a mapping", lambda s: ["name"], r"a calibration file is a YAML mapping of fields, got list"),
 ]
 
