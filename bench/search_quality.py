@@ -316,6 +316,8 @@ def parse_args(argv=None) -> argparse.Namespace:
         args.budget, args.seeds, args.popsize, args.workers, args.limit = 8, 1, 4, 1, args.limit or 50
         args.out = args.out or str(Path(tempfile.gettempdir()) / "evosearch_search_quality_smoke")
     args.out = args.out or str(RESULTS)
+    if args.seeds < 1:
+        p.error("--seeds must be at least 1")
     if args.budget < args.popsize:
         p.error(f"--budget {args.budget} is less than one generation (--popsize {args.popsize})")
     return args
