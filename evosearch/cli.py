@@ -10,8 +10,10 @@ os.environ.setdefault("TQDM_DISABLE", "1")
 
 import typer  # noqa: E402
 
+from evosearch.export_cli import register as register_export_commands  # noqa: E402
 from evosearch.merge.cli import merge_command  # noqa: E402
 from evosearch.run_cli import register as register_search_commands  # noqa: E402
+from evosearch.submit_cli import register as register_submit_commands  # noqa: E402
 from evosearch.zoo.cli import zoo_app  # noqa: E402
 from fitness.cli import register as register_fitness_commands  # noqa: E402
 
@@ -24,6 +26,8 @@ app = typer.Typer(
 app.add_typer(zoo_app, name="zoo")
 app.command("merge")(merge_command)
 register_search_commands(app)
+register_submit_commands(app)
+register_export_commands(app)
 register_fitness_commands(app)
 
 
