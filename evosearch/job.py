@@ -19,6 +19,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, ValidationError, field_validator, \
     model_validator
 
+from evosearch.config_file import read_yaml_file
 from evosearch.optimizers import AnyOptimizerConfig, OptimizerError, parse_optimizer_config
 from evosearch.spaces import PS_SOURCE, SpaceConfig, SpaceError, parse_space_config
 
@@ -425,16 +426,4 @@ def parse_job(raw: Any, where: str = "job") -> JobSpec:
 
 def load_job(path: str | Path) -> JobSpec:
     """Read and validate a job YAML; raises JobError (one line naming the file and field)."""
-    p = Path(path)
-    if not p.is_file():
-        raise JobError(f"{p}: job file not found")
-    try:
-        raw = yaml.safe_load(p.read_text(encoding="utf-8"))
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        at = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        problem = getattr(e, "problem", None) or type(e).__name__
-        raise JobError(f"{p}: not valid YAML{at}: {problem}") from None
-    except (OSError, UnicodeDecodeError) as e:
-        raise JobError(f"{p}: unreadable job file ({type(e).__name__})") from None
-    return parse_job(raw, where=str(p))
+    return parse_job(read_yaml_file(path, "job", JobError), where=str(Path(path)))

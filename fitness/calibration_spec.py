@@ -13,10 +13,10 @@ import re
 from pathlib import Path
 from typing import Any, Optional
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 # The job file's model naming, error locations and task index: one spelling of each rule for both files.
+from evosearch.config_file import read_yaml_file
 from evosearch.job import JobError, WorkersSpec, _first_error, _resolve_models, _task_index
 from evosearch.spaces import PSSpaceConfig, SpaceError, parse_space_config
 from fitness.anchors import ANCHOR_STRATEGIES
@@ -185,16 +185,4 @@ def _check_tasks(spec: CalibrationSpec, where: str) -> None:
 
 def load_calibration_spec(path: str | Path) -> CalibrationSpec:
     """Read and validate a calibration YAML; raises CalibrationSpecError (one line naming file and field)."""
-    p = Path(path)
-    if not p.is_file():
-        raise CalibrationSpecError(f"{p}: calibration file not found")
-    try:
-        raw = yaml.safe_load(p.read_text(encoding="utf-8"))
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        at = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        raise CalibrationSpecError(f"{p}: not valid YAML{at}: {getattr(e, 'problem', None) or type(e).__name__}") \
-            from None
-    except (OSError, UnicodeDecodeError) as e:
-        raise CalibrationSpecError(f"{p}: unreadable calibration file ({type(e).__name__})") from None
-    return parse_calibration_spec(raw, where=str(p))
+    return parse_calibration_spec(read_yaml_file(path, "calibration", CalibrationSpecError), where=str(Path(path)))

@@ -1,0 +1,24 @@
+"""Reading a user's YAML file (job, calibration) with one-line errors that name the file."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+
+def read_yaml_file(path: str | Path, what: str, error: type[Exception]) -> Any:
+    """The parsed YAML of `path`; `error` (one line: file, line and column, problem) when it cannot be."""
+    p = Path(path)
+    if not p.is_file():
+        raise error(f"{p}: {what} file not found")
+    try:
+        return yaml.safe_load(p.read_text(encoding="utf-8"))
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        at = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(e, "problem", None) or type(e).__name__
+        raise error(f"{p}: not valid YAML{at}: {problem}") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise error(f"{p}: unreadable {what} file ({type(e).__name__})") from None
