@@ -22,16 +22,18 @@ _FINISHED: dict[str, str] = {}  # job name -> store URL, shared with test_plot (
 
 
 def finished_job(zoo, root: Path, name: str) -> str:
-    """Run (once per session) a small job and return its store URL: `ps` (one objective, PS CMA-ES) or
-    `dfs` (zoo_target and path length, NSGA-II on a DFS space, report split scored every generation)."""
+    """Run (once per session) a small job and return its store URL: `ps` (one objective, PS CMA-ES),
+    `dfs` (zoo_target and path length, NSGA-II on a DFS space, report split scored every generation) or
+    `dfs3` (the same with zoo_math as a third objective)."""
     if name not in _FINISHED:
         from evosearch.driver import run_job
 
+        objectives = [{"task": "zoo_target", "direction": "max"}, {"cost": "path_length", "direction": "min"}]
+        if name == "dfs3":
+            objectives.insert(1, {"task": "zoo_math", "direction": "max"})
         overrides = {} if name == "ps" else dict(
             search_space={"kind": "dfs", "sources": ["math", "lang"], "num_layers": 2, "max_path": 3},
-            optimizer={"name": "nsga2", "pop_size": 4},
-            objectives=[{"task": "zoo_target", "direction": "max"}, {"cost": "path_length", "direction": "min"}],
-            report={"when": "every_generation"})
+            optimizer={"name": "nsga2", "pop_size": 4}, objectives=objectives, report={"when": "every_generation"})
         url = f"sqlite:///{root / name / 'evosearch.db'}"
         (root / name).mkdir(parents=True, exist_ok=True)
         with Store.open(url) as store:
