@@ -166,10 +166,20 @@ def _fmt(value: Optional[float]) -> str:
 
 
 def status_command(job: Optional[str] = typer.Argument(None, help="job name or job file (default: every job)"),
-                   store: Optional[str] = typer.Option(None, "--store", help="store URL (default: runs/*/)")) -> None:
-    """Progress of one job, or of every job in the store (or under runs/)."""
+                   store: Optional[str] = typer.Option(None, "--store", help="store URL (default: runs/*/)"),
+                   address: Optional[str] = typer.Option(None, "--address", help="a Ray head's dashboard "
+                                                         "(http://HEAD:8265): show the submitted job's Ray state too")) -> None:
+    """Progress of one job, or of every job in the store (or under runs/); with --address, the Ray state of
+    a job submitted with `evosearch submit` as well."""
     from evosearch.progress import status_table
 
+    if address is not None:
+        from evosearch.submit_cli import print_cluster_status
+
+        if job is None:
+            _fail("--address needs a job (name or job file)", USAGE)
+        print_cluster_status(job, address, store)
+        return
     if job is not None:
         opened, record = _locate(job, store)
         rows = [(record, opened.progress(record.id))]

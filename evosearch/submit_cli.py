@@ -1,0 +1,152 @@
+"""`evosearch submit | logs | stop`, and the cluster half of `evosearch status JOB --address`.
+
+Exit codes as for the other verbs: 0 ok, 2 usage (a bad job file, checked before any network call),
+1 a failure (cluster unreachable, authentication refused, no such submission). Errors are one line.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from evosearch import submit as cluster
+from evosearch.job import JobError, load_job
+from evosearch.run_cli import FAILURE, USAGE, _fail
+
+ADDRESS_HELP = "the Ray dashboard of the head, e.g. http://HEAD:8265 (default: $RAY_ADDRESS)"
+
+
+def _address(address: Optional[str]) -> str:
+    import os
+
+    address = address or os.environ.get("RAY_ADDRESS")
+    if not address:
+        _fail("no cluster address: pass --address http://HEAD:8265 or set RAY_ADDRESS", USAGE)
+    return address
+
+
+def _job_name(job: str) -> str:
+    """A job given by its file is named by the file (validated); otherwise it is a name or submission id."""
+    if job.endswith((".yaml", ".yml")) or Path(job).is_file():
+        try:
+            return load_job(job).name
+        except JobError as e:
+            _fail(str(e), USAGE)
+    return job
+
+
+def _find(job: str, address: Optional[str]):
+    name = _job_name(job)
+    try:
+        ray_client = cluster.client(_address(address))
+        return ray_client, cluster.find(ray_client, name)
+    except cluster.SubmitError as e:
+        _fail(str(e), FAILURE)
+
+
+def submit_command(
+        job_file: Path = typer.Argument(..., help="the job YAML"),
+        address: Optional[str] = typer.Option(None, "--address", help=ADDRESS_HELP),
+        resume: bool = typer.Option(False, "--resume", help="continue the stored job of this name "
+                                                           "(after `evosearch stop`) instead of starting it")) -> None:
+    """Submit a job to a Ray cluster through the Ray Jobs API; prints the submission id and returns.
+
+    The job file and its local task YAML directories travel with the job; model directories must exist at
+    the same paths on the cluster. Use a PostgreSQL store URL for a remote cluster: a SQLite path is opened
+    on the head node.
+
+    Example: evosearch submit examples/ps_cmaes.yaml --address http://127.0.0.1:8265
+    """
+    try:
+        spec = load_job(job_file)
+    except JobError as e:
+        _fail(str(e), USAGE)
+    address = _address(address)
+    try:
+        submission_id = cluster.submit(spec, job_file, address, resume=resume)
+    except cluster.SubmitError as e:
+        _fail(str(e), FAILURE)
+    typer.echo(submission_id)
+
+
+def logs_command(job: str = typer.Argument(..., help="job name, job file or submission id"),
+                 address: Optional[str] = typer.Option(None, "--address", help=ADDRESS_HELP),
+                 follow: bool = typer.Option(False, "--follow", "-f", help="keep printing until the job ends")) -> None:
+    """The log of a job's latest submission.
+
+    Example: evosearch logs my-job --address http://127.0.0.1:8265 --follow
+    """
+    ray_client, found = _find(job, address)
+    try:
+        if follow:
+            for chunk in cluster.follow_logs(ray_client, found.submission_id):
+                typer.echo(chunk, nl=False)
+        else:
+            typer.echo(cluster.logs(ray_client, found.submission_id), nl=False)
+    except cluster.SubmitError as e:
+        _fail(str(e), FAILURE)
+
+
+def stop_command(job: str = typer.Argument(..., help="job name, job file or submission id"),
+                 address: Optional[str] = typer.Option(None, "--address", help=ADDRESS_HELP)) -> None:
+    """Stop a job's latest submission; its store keeps every committed generation.
+
+    Example: evosearch stop my-job --address http://127.0.0.1:8265
+    (continue later with: evosearch submit my-job.yaml --address ... --resume)
+    """
+    ray_client, found = _find(job, address)
+    try:
+        stopped = cluster.stop(ray_client, found.submission_id)
+    except cluster.SubmitError as e:
+        _fail(str(e), FAILURE)
+    if stopped:
+        typer.echo(f"{found.submission_id}: stop requested; continue later with "
+                   f"`evosearch submit <job file> --resume`")
+    else:
+        typer.echo(f"{found.submission_id}: already {found.status}")
+
+
+def _when(ms: Optional[int]) -> str:
+    return "-" if not ms else dt.datetime.fromtimestamp(ms / 1000, dt.timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
+
+
+def print_cluster_status(job: str, address: Optional[str], store_url: Optional[str]) -> None:
+    """`status JOB --address`: the Ray state of the job's latest submission, then the store's progress
+    when the store can be opened from here (a SQLite store lives on the head)."""
+    from evosearch.progress import status_table
+    from storage import Store, StoreError
+
+    _, found = _find(job, address)
+    table = Table(title=f"{found.job_name} on the cluster", title_justify="left")
+    for column in ("submission", "ray state", "started", "ended", "message"):
+        table.add_column(column)
+    table.add_row(found.submission_id, found.status, _when(found.start_time), _when(found.end_time),
+                  found.message.splitlines()[0] if found.message else "")
+    console = Console()
+    console.print(table)
+
+    is_file = job.endswith((".yaml", ".yml")) or Path(job).is_file()
+    url = store_url or (load_job(job).store if is_file else None)
+    if url is None:
+        default = Path("runs") / found.job_name / "evosearch.db"
+        url = f"sqlite:///{default.resolve()}" if default.is_file() else None
+    if url is None or (url.startswith("sqlite:///") and not Path(url.removeprefix("sqlite:///")).is_file()):
+        console.print("progress: the store is not reachable from here (pass --store URL or the job file)")
+        return
+    try:
+        store = Store.open(url)
+        record = store.get_job(found.job_name)
+        console.print(status_table([(record, store.progress(record.id))]))
+    except StoreError as e:
+        console.print(f"progress: {e}", markup=False, highlight=False)
+
+
+def register(app: typer.Typer) -> None:
+    app.command("submit")(submit_command)
+    app.command("logs")(logs_command)
+    app.command("stop")(stop_command)

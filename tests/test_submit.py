@@ -1,0 +1,201 @@
+"""`evosearch submit | status | logs | stop` against a real Ray head on 127.0.0.1 in token-auth mode.
+
+The head is this module's own: its own temp dir, HOME (so its token never touches ~/.ray) and ports; it is
+torn down by killing its own process group, never with `ray stop` (that would end every Ray on the machine,
+including the local clusters of tests running beside this one).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from contextlib import ExitStack, closing
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+from storage import Store
+from test_job import write_job, zoo_job
+
+pytestmark = pytest.mark.slow
+
+BIN = Path(sys.executable).parent
+EVOSEARCH = str(BIN / "evosearch")
+
+
+@dataclass
+class Head:
+    address: str
+    token: str = field(repr=False)  # pytest prints a failing test's locals
+    env: dict  # for client commands: HOME holds the token file; RAY_AUTH_MODE is left unset on purpose
+    outputs: list  # every CLI output of the module, to check that the token never shows
+
+
+def _free_ports(n: int) -> list[int]:
+    with ExitStack() as stack:
+        socks = [stack.enter_context(closing(socket.socket())) for _ in range(n)]
+        for s in socks:
+            s.bind(("127.0.0.1", 0))
+        return [s.getsockname()[1] for s in socks]
+
+
+def _base_env(home: Path) -> dict:
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith("RAY_") and k not in ("PYTEST_CURRENT_TEST",)}
+    env.update(HOME=str(home), PATH=f"{BIN}{os.pathsep}{env.get('PATH', '')}", HF_HUB_OFFLINE="1",
+               TRANSFORMERS_OFFLINE="1", HF_DATASETS_OFFLINE="1", TOKENIZERS_PARALLELISM="false")
+    return env
+
+
+def _api(head: Head, path: str) -> dict:
+    request = urllib.request.Request(f"{head.address}{path}", headers={"Authorization": f"Bearer {head.token}"})
+    with urllib.request.urlopen(request, timeout=10) as response:
+        return json.loads(response.read())
+
+
+@pytest.fixture(scope="module")
+def ray_head():
+    # Short: Ray's unix sockets live under the temp dir and their paths must stay under ~107 characters.
+    root = Path(tempfile.mkdtemp(prefix="esh", dir="/tmp"))
+    home = root / "home"
+    home.mkdir()
+    env = _base_env(home)
+    head_env = {**env, "RAY_AUTH_MODE": "token"}
+    subprocess.run([str(BIN / "ray"), "get-auth-token", "--generate"], env=head_env, check=True,
+                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    token = (home / ".ray" / "auth_token").read_text().strip()
+    (gcs, dashboard, agent_listen, agent_grpc, runtime_env, metrics, node_manager, object_manager,
+     client_server) = _free_ports(9)
+    log = open(root / "head.log", "wb")
+    proc = subprocess.Popen(
+        [str(BIN / "ray"), "start", "--head", "--block", "--disable-usage-stats", "--num-cpus=2",
+         "--node-ip-address=127.0.0.1", f"--port={gcs}", "--dashboard-host=127.0.0.1",
+         f"--dashboard-port={dashboard}", f"--dashboard-agent-listen-port={agent_listen}",
+         f"--dashboard-agent-grpc-port={agent_grpc}", f"--runtime-env-agent-port={runtime_env}",
+         f"--metrics-export-port={metrics}", f"--node-manager-port={node_manager}",
+         f"--object-manager-port={object_manager}", f"--ray-client-server-port={client_server}",
+         f"--temp-dir={root / 'ray'}"],
+        env=head_env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    head = Head(address=f"http://127.0.0.1:{dashboard}", token=token, env=env, outputs=[])
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            assert proc.poll() is None, f"ray start exited: {(root / 'head.log').read_text()[-2000:]}"
+            try:
+                _api(head, "/api/jobs/")
+                break
+            except (urllib.error.URLError, ConnectionError, OSError):
+                assert time.monotonic() < deadline, "the Ray dashboard did not come up in 120 s"
+                time.sleep(1)
+        yield head
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=45)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+        log.close()
+        shutil.rmtree(root, ignore_errors=True)
+    assert all(head.token not in out for out in head.outputs), "the auth token appeared in an output"
+
+
+def _cli(head: Head, *args: str, env: dict | None = None, cwd: Path | None = None,
+         timeout: float = 180) -> subprocess.CompletedProcess:
+    done = subprocess.run([EVOSEARCH, *args], env=env or head.env, cwd=cwd, capture_output=True, text=True,
+                          timeout=timeout)
+    head.outputs += [done.stdout, done.stderr]
+    return done
+
+
+def _wait_for(head: Head, submission_id: str, states: tuple[str, ...], timeout: float = 420) -> dict:
+    deadline = time.monotonic() + timeout
+    while True:
+        info = _api(head, f"/api/jobs/{submission_id}")
+        if info["status"] in states:
+            return info
+        assert info["status"] not in ("SUCCEEDED", "FAILED", "STOPPED"), \
+            f"{submission_id} ended {info['status']}: {info.get('message')}"
+        assert time.monotonic() < deadline, f"{submission_id} still {info['status']} after {timeout} s"
+        time.sleep(2)
+
+
+def _small_job(zoo, tmp_path: Path, name: str, **overrides) -> tuple[Path, str]:
+    """A small job whose output dir and SQLite store are absolute paths under tmp_path (the head runs here)."""
+    store = f"sqlite:///{tmp_path / name / 'evosearch.db'}"
+    job = {**zoo_job(zoo, name=name, generations=1, fitness={"mode": "full", "limit": 40}, **overrides),
+           "output_dir": str(tmp_path / name), "store": store}
+    return write_job(tmp_path, job, f"{name}.yaml"), store
+
+
+def test_submit_runs_the_job_on_the_cluster_and_its_front_lands_in_the_store(ray_head, tiny_zoo, tmp_path):
+    job_file, store_url = _small_job(tiny_zoo, tmp_path, "submitted")
+    # Submitted from another directory: the job file and its task YAMLs must travel with the job.
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    done = _cli(ray_head, "submit", str(job_file), "--address", ray_head.address, cwd=elsewhere)
+    assert done.returncode == 0, done.stderr
+    submission_id = done.stdout.strip()
+    assert submission_id == "evosearch-submitted"
+
+    info = _wait_for(ray_head, submission_id, ("SUCCEEDED",))
+    assert info["metadata"] == {"evosearch_job": "submitted"}
+    assert info["entrypoint"] == "evosearch run evosearch_job.yaml"
+
+    store = Store.open(store_url)
+    record = store.get_job("submitted")
+    assert record.status == "finished"
+    front = store.front(record.id)
+    assert front and all(any(s.split == "search" and s.full is not None for s in c.scores) for c in front)
+    assert len(store.candidates(record.id)) == 4
+
+    status = _cli(ray_head, "status", str(job_file), "--address", ray_head.address)
+    assert status.returncode == 0, status.stderr
+    assert "SUCCEEDED" in status.stdout and "finished" in status.stdout
+    logs = _cli(ray_head, "logs", "submitted", "--address", ray_head.address)
+    assert logs.returncode == 0 and "submitted: finished after 1 generation(s)" in logs.stdout
+    stop = _cli(ray_head, "stop", "submitted", "--address", ray_head.address)
+    assert stop.returncode == 0 and "already SUCCEEDED" in stop.stdout
+
+
+def test_an_invalid_job_file_exits_2_before_any_network_call(ray_head, tiny_zoo, tmp_path):
+    bad = write_job(tmp_path, zoo_job(tiny_zoo, optimizer={"name": "cmaes", "popsize": 0}), "bad.yaml")
+    with closing(socket.socket()) as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen()
+        listener.setblocking(False)
+        done = _cli(ray_head, "submit", str(bad), "--address", f"http://127.0.0.1:{listener.getsockname()[1]}")
+        with pytest.raises(BlockingIOError):
+            listener.accept()
+    assert done.returncode == 2
+    assert done.stderr.startswith(f"error: {bad}: optimizer") and len(done.stderr.strip().splitlines()) == 1
+    assert done.stdout == ""
+
+
+def test_an_unreachable_address_or_a_wrong_token_is_one_line_exit_1(ray_head, tiny_zoo, tmp_path):
+    job_file, _ = _small_job(tiny_zoo, tmp_path, "unreachable")
+    (closed_port,) = _free_ports(1)
+    done = _cli(ray_head, "submit", str(job_file), "--address", f"http://127.0.0.1:{closed_port}")
+    assert done.returncode == 1
+    assert done.stderr.startswith("error: cannot reach the Ray cluster at") and len(done.stderr.splitlines()) == 1
+
+    wrong = "0123456789abcdef" * 4
+    done = _cli(ray_head, "submit", str(job_file), "--address", ray_head.address,
+                env={**ray_head.env, "RAY_AUTH_TOKEN": wrong})
+    assert done.returncode == 1 and len(done.stderr.splitlines()) == 1, done.stderr
+    assert "Authentication failed" in done.stderr and wrong not in done.stderr + done.stdout
+    assert not [j for j in _api(ray_head, "/api/jobs/") if j.get("metadata", {}).get("evosearch_job") == "unreachable"]
+
+    missing = _cli(ray_head, "logs", "no-such-job", "--address", ray_head.address)
+    assert missing.returncode == 1 and missing.stderr.strip() == \
+        "error: no evosearch submission of job 'no-such-job' on this cluster"
