@@ -96,7 +96,8 @@ class Job:
         if not found:
             raise QueryError(f"job {self.name} has no candidate {candidate_id}")
         if found[0].status != "done":
-            raise QueryError(f"candidate {candidate_id} of job {self.name} failed ({found[0].error}); nothing to export")
+            cause = (found[0].error or "no error recorded").strip().splitlines()[0]
+            raise QueryError(f"candidate {candidate_id} of job {self.name} failed ({cause}); nothing to export")
         return Choice(found[0], f"candidate {candidate_id}, as asked")
 
     def _best(self, objective: str) -> Choice:
@@ -115,7 +116,7 @@ class Job:
         chosen = min(pool, key=lambda c: (sign * split_scores(c, split)[objective],
                                           sign * (split_scores(c, "search").get(objective) or 0.0), c.id))
         where = ("the report split (held out from the search), among the "
-                 f"{len(pool)} candidates scored on it" if split == "report"
+                 f"{len(pool)} candidate(s) scored on it" if split == "report"
                  else "the search split (no candidate has a report-split score for it)")
         return Choice(chosen, f"best {objective} ({'highest' if sign < 0 else 'lowest'}) on {where}")
 

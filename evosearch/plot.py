@@ -22,7 +22,8 @@ def _values(candidates, objectives: list[str], split: str) -> np.ndarray:
     from evosearch.api import split_scores
 
     rows = [[split_scores(c, split).get(o) for o in objectives] for c in candidates]
-    return np.array([[math.nan if v is None else v for v in row] for row in rows], dtype=float).reshape(-1, len(objectives))
+    table = [[math.nan if v is None else v for v in row] for row in rows]
+    return np.array(table, dtype=float).reshape(-1, len(objectives))
 
 
 def _better(direction: str):

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -117,7 +120,18 @@ def test_verify_remeasures_the_export_with_the_stored_report_score(ps_store, tmp
     remeasured = float(row.split("|")[-2].split()[0])
     assert "re-measured on this export" in card and "first 100 docs" in card
     # The same docs the driver scored on the report split, now from the exported directory.
-    assert remeasured == pytest.approx(_score(chosen, "zoo_target", "report"), abs=1e-9)
+    stored = _score(chosen, "zoo_target", "report")
+    assert remeasured == pytest.approx(stored, abs=1e-9)
+
+    # And the lm_eval CLI itself, `--model hf` on the directory, gives the score the store holds.
+    results = tmp_path / "lm_eval"
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+    subprocess.run([str(Path(sys.executable).parent / "lm_eval"), "--model", "hf", "--model_args",
+                    f"pretrained={out}", "--tasks", "zoo_target_report", "--include_path",
+                    job.spec.tasks.include_path[0], "--limit", "100", "--device", "cpu", "--batch_size", "64",
+                    "--output_path", str(results)], check=True, capture_output=True, env=env, timeout=600)
+    measured = json.loads(next(results.rglob("results_*.json")).read_text())["results"]["zoo_target_report"]
+    assert measured["acc,none"] == pytest.approx(stored, abs=1e-9)
 
 
 def test_candidate_knee_and_best_choose_as_documented(dfs_store, tmp_path):
