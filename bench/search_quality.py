@@ -267,8 +267,9 @@ def plot(runs: list[MethodRun], path: Path, budget: int) -> None:
         if len(curves) > 1:
             lo, hi = 100 * np.min([c[:n] for c in curves], axis=0), 100 * np.max([c[:n] for c in curves], axis=0)
             ax.fill_between(x, lo, hi, alpha=0.15)
-        ax.plot(x, mean, label=f"{method} ({len(curves)} seed{'s' if len(curves) > 1 else ''})",
-                drawstyle="steps-post")
+        seeded = [r for r in runs if r.method == method and r.seed is not None]
+        runs_label = f"{len(curves)} seed{'s' if len(curves) > 1 else ''}" if seeded else "fixed set"
+        ax.plot(x, mean, label=f"{method} ({runs_label})", drawstyle="steps-post")
         if n < budget:  # a fixed set smaller than the budget: its best carries on
             ax.hlines(mean[-1], n, budget, linestyles="dotted", colors=ax.lines[-1].get_color())
     ax.set_xlabel("candidates evaluated")
