@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 from typing import Any, Optional
 
@@ -45,7 +46,7 @@ class Job:
     store: Store
     record: JobRecord
 
-    @property
+    @cached_property
     def spec(self) -> JobSpec:
         from evosearch.driver import spec_of_job
 

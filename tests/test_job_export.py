@@ -205,11 +205,19 @@ def test_api_front_is_the_cli_front(dfs_store):
     assert len(job.candidates()) == 8
 
 
-def test_api_export_by_knee(dfs_store, tmp_path):
+def test_api_export_by_knee_and_its_errors(dfs_store, tmp_path, monkeypatch):
     from evosearch.api import QueryError, open_job
+    from storage import StoreError
 
     job = open_job("dfs", store=dfs_store)
     out = job.export(tmp_path / "knee", knee=True)
     assert (out / "model.safetensors").is_file() and "knee of the last front" in (out / "README.md").read_text()
     with pytest.raises(QueryError, match="no candidate 12345"):
         job.export(tmp_path / "x", candidate=12345)
+    with pytest.raises(QueryError, match="give at most one"):
+        job.choose(candidate=1, knee=True)
+    with pytest.raises(StoreError, match="nojob"):
+        open_job("nojob", store=dfs_store)
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(QueryError, match="no store at"):
+        open_job("nojob")
