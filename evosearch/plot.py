@@ -45,8 +45,10 @@ def plot_job(job: "Job", path: Path) -> Path:
     if not done:
         raise QueryError(f"job {job.name} has no evaluated candidate to plot")
     last = job.store.last_generation(job.record.id)
-    generations = list(range((last.generation if last else max(c.generation for c in done)) + 1))
-    fronts = {g: job.front_candidates(g) for g in generations}
+    committed = last.generation if last else -1
+    # A running or killed job also has candidates of a generation not committed yet (and without a front).
+    generations = list(range(max(committed, max(c.generation for c in done)) + 1))
+    fronts = {g: job.front_candidates(g) if g <= committed else [] for g in generations}
     gens = np.array([c.generation for c in done])
     search = _values(done, names, "search")
     norm = colors.Normalize(vmin=0, vmax=max(len(generations) - 1, 1))
@@ -78,6 +80,10 @@ def plot_job(job: "Job", path: Path) -> Path:
     return path
 
 
+def _last_front(fronts: dict) -> int | None:
+    return max((g for g, front in fronts.items() if front), default=None)
+
+
 def _axis_labels(spec) -> list[str]:
     """A task objective is measured on its search split; a cost is read off the recipe, on no split."""
     from evosearch.job import TaskObjective
@@ -88,12 +94,13 @@ def _axis_labels(spec) -> list[str]:
 
 def _two_objectives(ax, search, gens, fronts, names, directions, labels, cmap, norm) -> None:
     ax.scatter(search[:, 0], search[:, 1], c=gens, cmap=cmap, norm=norm, s=16, alpha=0.35, label="candidates")
+    final_generation = _last_front(fronts)
     for g, front in fronts.items():
         if not front:
             continue
         f = _values(front, names, "search")
         f = f[np.argsort(f[:, 0])]
-        final = g == max(fronts)
+        final = g == final_generation
         # The front is the staircase bounding what it dominates: between two neighbours (x ascending) the
         # level is the right one's when x is maximised, the left one's when it is minimised.
         where = "pre" if directions[0] == "max" else "post"
@@ -110,8 +117,9 @@ def _parallel(ax, fronts, names, directions, search, cmap, norm) -> None:
     low, high = np.nanmin(search, axis=0), np.nanmax(search, axis=0)
     span = np.where(high > low, high - low, 1.0)
     x = np.arange(len(names))
+    final_generation = _last_front(fronts)
     for g, front in fronts.items():
-        final = g == max(fronts)
+        final = g == final_generation
         for row in _values(front, names, "search"):
             ax.plot(x, (row - low) / span, color=cmap(norm(g)), lw=2.0 if final else 0.8, alpha=0.9 if final else 0.4)
     ax.set_xticks(x, [f"{n}\n({d})" for n, d in zip(names, directions)])

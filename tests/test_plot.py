@@ -35,3 +35,26 @@ def test_api_plot_and_unknown_job(dfs_store, tmp_path):  # noqa: F811
     assert out.read_bytes().startswith(_PNG)
     result = CliRunner().invoke(app, ["plot", "nojob", str(tmp_path / "x.png"), "--store", dfs_store])
     assert result.exit_code == 2 and result.output.startswith("error: ") and result.output.count("\n") == 1
+
+
+class _Killed(Exception):
+    """Stands in for the driver dying in the middle of a generation."""
+
+
+def test_plot_of_a_killed_job_with_an_uncommitted_generation(ray_local, tiny_zoo, tmp_path):
+    from evosearch.api import Job
+    from evosearch.driver import run_job
+    from storage import Store
+    from test_driver import _spec
+
+    def die_in_generation_one(event):
+        if event.generation == 1 and event.done >= 6:  # two of generation 1's four recorded
+            raise _Killed("driver killed")
+
+    with Store.open(f"sqlite:///{tmp_path / 'evosearch.db'}") as store:
+        with pytest.raises(_Killed):
+            run_job(_spec(tiny_zoo, tmp_path, name="cut"), store, on_event=die_in_generation_one)
+        job = Job(store, store.get_job("cut"))
+        assert store.last_generation(job.record.id).generation == 0 and job.candidates(generation=1)
+        out = job.plot(tmp_path / "cut.png")
+    assert out.read_bytes().startswith(_PNG)
