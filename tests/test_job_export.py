@@ -190,6 +190,28 @@ def test_bad_input_is_a_one_line_error_with_its_exit_code(ps_store, tmp_path, mo
     assert (full / "model.safetensors").is_file() and not (full / "keep.txt").exists()
 
 
+def test_a_missing_source_fails_with_exit_1_and_a_failed_candidate_is_refused(ps_store, tmp_path):
+    import shutil
+    import sqlite3
+    from contextlib import closing
+
+    db = tmp_path / "copy.db"
+    shutil.copy(ps_store.removeprefix("sqlite:///"), db)
+    with closing(sqlite3.connect(db)) as conn, conn:
+        (first, recipe), (second, _) = conn.execute("SELECT id, recipe FROM candidates ORDER BY id LIMIT 2").fetchall()
+        source = json.loads(recipe)["models"][-1]["model"]
+        conn.execute("UPDATE candidates SET recipe = ? WHERE id = ?",
+                     (recipe.replace(source, str(tmp_path / "gone")), first))
+        conn.execute("UPDATE candidates SET status = 'failed', error = 'CUDA OOM\nmore' WHERE id = ?", (second,))
+    store = f"sqlite:///{db}"
+    for candidate, code, needle in ((first, 1, str(tmp_path / "gone")), (second, 2, "failed (CUDA OOM)")):
+        out = tmp_path / f"c{candidate}"
+        result = _export("ps", str(out), "--candidate", str(candidate), "--store", store)
+        assert result.exit_code == code, result.output
+        assert result.output.startswith("error: ") and result.output.count("\n") == 1, result.output
+        assert needle in result.output and not out.exists()
+
+
 def test_api_front_is_the_cli_front(dfs_store):
     from evosearch.api import open_job
 
