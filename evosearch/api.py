@@ -28,9 +28,7 @@ class QueryError(ValueError):
 
 def split_scores(candidate: CandidateRecord, split: str) -> dict[str, Optional[float]]:
     """objective -> the candidate's number on `split`: the search-split estimate, or the report-split score."""
-    from evosearch.run_cli import _scores
-
-    return _scores(candidate, split)
+    return {s.objective: s.estimated if split == "search" else s.full for s in candidate.scores if s.split == split}
 
 
 @dataclass(frozen=True)

@@ -7,7 +7,6 @@ one line on stderr, never a traceback.
 from __future__ import annotations
 
 import json
-import math
 from pathlib import Path
 from typing import Optional
 
@@ -101,42 +100,25 @@ def resume_command(job: str = typer.Argument(..., help="job name or job file"),
     _drive(spec_of_job(record), opened, resume=True)
 
 
-def _scores(candidate, split: str) -> dict[str, Optional[float]]:
-    out = {}
-    for s in candidate.scores:
-        if s.split == split:
-            out[s.objective] = s.estimated if split == "search" else s.full
-    return out
-
-
 def front_command(job: str = typer.Argument(..., help="job name or job file"),
                   as_json: bool = typer.Option(False, "--json", help="print JSON"),
                   generation: Optional[int] = typer.Option(None, "--generation", help="default: the last"),
                   by: str = typer.Option("search", "--by", help="rank by the search or the report split"),
                   store: Optional[str] = typer.Option(None, "--store", help="store URL (default: the job's)")) -> None:
     """The Pareto front of a job, with search-split and report-split scores side by side."""
-    from evosearch.driver import spec_of_job
+    from evosearch.api import SPLITS, Job, QueryError
     from storage import StoreError
 
-    if by not in ("search", "report"):
+    if by not in SPLITS:
         _fail(f"--by must be 'search' or 'report', not {by!r}", USAGE)
     opened, record = _locate(job, store)
-    spec = spec_of_job(record)
+    query = Job(opened, record)
     try:
-        front = opened.front(record.id, generation)
-    except StoreError as e:
+        rows = query.front(generation, by)
+    except (QueryError, StoreError) as e:
         _fail(str(e), USAGE)
-    first, direction = spec.objective_names[0], spec.directions[0]
-
-    def key(c) -> float:
-        value = _scores(c, by).get(first)
-        if value is None:
-            return math.inf
-        return -value if direction == "max" else value
-
-    front = sorted(front, key=key)
-    rows = [{"id": c.id, "generation": c.generation, "index": c.index, "recipe_hash": c.recipe_hash,
-             "search": _scores(c, "search"), "report": _scores(c, "report"), "recipe": c.recipe} for c in front]
+    spec = query.spec
+    first = spec.objective_names[0]
     if as_json:
         typer.echo(json.dumps({"job": spec.name, "generation": generation, "ranked_by": by,
                                "objectives": dict(zip(spec.objective_names, spec.directions)), "front": rows},
