@@ -200,10 +200,19 @@ def follow_logs(ray_client, submission_id: str) -> Iterator[str]:
         loop.close()
 
 
-def stop(ray_client, submission_id: str) -> bool:
-    """Asks Ray to stop the job (SIGTERM, then SIGKILL); the store keeps every committed generation.
-    False when the job had already ended."""
+def stop(ray_client, submission_id: str, wait_s: float = 60.0) -> str:
+    """Asks Ray to stop the job (SIGTERM, then SIGKILL) and waits until it has ended, so that a resubmission
+    is not refused as still running; the store keeps every committed generation. Returns the final state."""
+    import time
+
     try:
-        return bool(ray_client.stop_job(submission_id))
+        ray_client.stop_job(submission_id)
+        deadline = time.monotonic() + wait_s
+        while True:
+            status = ray_client.get_job_status(submission_id)
+            state = str(getattr(status, "value", status))
+            if state in TERMINAL_STATES or time.monotonic() > deadline:
+                return state
+            time.sleep(1)
     except Exception as e:  # noqa: BLE001
         raise SubmitError(f"stopping {submission_id} failed: {_first_line(e)}") from None

@@ -100,15 +100,17 @@ def stop_command(job: str = typer.Argument(..., help="job name, job file or subm
     (continue later with: evosearch submit my-job.yaml --address ... --resume)
     """
     ray_client, found = _find(job, address)
+    if found.status in cluster.TERMINAL_STATES:
+        typer.echo(f"{found.submission_id}: already {found.status}")
+        return
     try:
-        stopped = cluster.stop(ray_client, found.submission_id)
+        state = cluster.stop(ray_client, found.submission_id)
     except cluster.SubmitError as e:
         _fail(str(e), FAILURE)
-    if stopped:
-        typer.echo(f"{found.submission_id}: stop requested; continue later with "
-                   f"`evosearch submit <job file> --resume`")
-    else:
-        typer.echo(f"{found.submission_id}: already {found.status}")
+    if state not in cluster.TERMINAL_STATES:
+        _fail(f"{found.submission_id}: still {state} after the stop request", FAILURE)
+    typer.echo(f"{found.submission_id}: {state}; continue it with `evosearch submit <job file> --address "
+               f"{_address(address)} --resume`")
 
 
 def _when(ms: Optional[int]) -> str:
