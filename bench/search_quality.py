@@ -264,14 +264,14 @@ def plot(runs: list[MethodRun], path: Path, budget: int) -> None:
         n = min(len(c) for c in curves)
         mean = 100 * np.mean([c[:n] for c in curves], axis=0)
         x = np.arange(1, n + 1)
-        if len(curves) > 1:
-            lo, hi = 100 * np.min([c[:n] for c in curves], axis=0), 100 * np.max([c[:n] for c in curves], axis=0)
-            ax.fill_between(x, lo, hi, alpha=0.15)
         seeded = [r for r in runs if r.method == method and r.seed is not None]
         runs_label = f"{len(curves)} seed{'s' if len(curves) > 1 else ''}" if seeded else "fixed set"
-        ax.plot(x, mean, label=f"{method} ({runs_label})", drawstyle="steps-post")
+        (line,) = ax.plot(x, mean, label=f"{method} ({runs_label})", drawstyle="steps-post")
+        if len(curves) > 1:
+            lo, hi = 100 * np.min([c[:n] for c in curves], axis=0), 100 * np.max([c[:n] for c in curves], axis=0)
+            ax.fill_between(x, lo, hi, alpha=0.15, color=line.get_color(), step="post")
         if n < budget:  # a fixed set smaller than the budget: its best carries on
-            ax.hlines(mean[-1], n, budget, linestyles="dotted", colors=ax.lines[-1].get_color())
+            ax.hlines(mean[-1], n, budget, linestyles="dotted", colors=line.get_color())
     ax.set_xlabel("candidates evaluated")
     ax.set_ylabel(f"best-so-far {SEARCH_TASK} accuracy (search split, %)")
     ax.set_title("Search quality on the zoo's cross-domain target (mean over seeds; band: min-max)")
