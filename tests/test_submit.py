@@ -167,6 +167,8 @@ def test_submit_runs_the_job_on_the_cluster_and_its_front_lands_in_the_store(ray
     assert "SUCCEEDED" in status.stdout and "finished" in status.stdout
     logs = _cli(ray_head, "logs", "submitted", "--address", ray_head.address)
     assert logs.returncode == 0 and "submitted: finished after 1 generation(s)" in logs.stdout
+    followed = _cli(ray_head, "logs", "submitted", "--address", ray_head.address, "--follow", timeout=120)
+    assert followed.returncode == 0 and "submitted: finished after 1 generation(s)" in followed.stdout
     stop = _cli(ray_head, "stop", "submitted", "--address", ray_head.address)
     assert stop.returncode == 0 and "already SUCCEEDED" in stop.stdout
 
