@@ -247,7 +247,7 @@ def machine() -> dict:
     cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
                 if line.startswith("model name")), platform.processor()) if Path("/proc/cpuinfo").exists() else ""
     return {"platform": platform.platform(), "python": platform.python_version(), "cpu": cpu,
-            "cpu_count": os.cpu_count(), "load_average_at_start": list(os.getloadavg()),
+            "cpu_count": os.cpu_count(), "load_average_when_written": list(os.getloadavg()),
             "torch": torch.__version__, "torch_threads": torch.get_num_threads()}
 
 

@@ -33,6 +33,6 @@ def test_search_quality_smoke_reports_every_method(tmp_path):
         assert run["best_so_far"] == sorted(run["best_so_far"])
         assert run["search"] == pytest.approx(run["best_so_far"][-1]), run["method"]
     assert set(result["differences_report_points"]) == {f"evolved - {m}" for m in METHODS - {"evolved"}}
-    assert result["machine"]["cpu_count"] and result["date"]
+    assert result["machine"]["cpu_count"] and result["machine"]["load_average_when_written"] and result["date"]
     assert (tmp_path / "search_quality.png").stat().st_size > 0
     assert "| evolved |" in done.stdout
