@@ -7,6 +7,7 @@ Exit codes as for the other verbs: 0 ok, 2 usage (a bad job file, checked before
 from __future__ import annotations
 
 import datetime as dt
+import os
 from pathlib import Path
 from typing import Optional
 
@@ -22,8 +23,6 @@ ADDRESS_HELP = "the Ray dashboard of the head, e.g. http://HEAD:8265 (default: $
 
 
 def _address(address: Optional[str]) -> str:
-    import os
-
     address = address or os.environ.get("RAY_ADDRESS")
     if not address:
         _fail("no cluster address: pass --address http://HEAD:8265 or set RAY_ADDRESS", USAGE)
