@@ -22,3 +22,10 @@ def read_yaml_file(path: str | Path, what: str, error: type[Exception]) -> Any:
         raise error(f"{p}: not valid YAML{at}: {problem}") from None
     except (OSError, UnicodeDecodeError) as e:
         raise error(f"{p}: unreadable {what} file ({type(e).__name__})") from None
+
+
+def known(name: str, choices, what: str) -> str:
+    """`name` if it is one of `choices`; else ValueError `unknown WHAT 'x'; known: a, b` (pydantic's message)."""
+    if name not in choices:
+        raise ValueError(f"unknown {what} {name!r}; known: {', '.join(choices)}")
+    return name

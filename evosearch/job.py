@@ -19,7 +19,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, ValidationError, field_validator, \
     model_validator
 
-from evosearch.config_file import read_yaml_file
+from evosearch.config_file import known, read_yaml_file
 from evosearch.optimizers import AnyOptimizerConfig, OptimizerError, parse_optimizer_config
 from evosearch.spaces import PS_SOURCE, SpaceConfig, SpaceError, parse_space_config
 
@@ -70,9 +70,7 @@ class CostObjective(_Section):
     @field_validator("cost")
     @classmethod
     def _known(cls, v: str) -> str:
-        if v not in COST_TERMS:
-            raise ValueError(f"unknown cost term {v!r}; known: {', '.join(COST_TERMS)}")
-        return v
+        return known(v, COST_TERMS, "cost term")
 
     @model_validator(mode="after")
     def _named(self) -> "CostObjective":
@@ -110,18 +108,14 @@ class FitnessSpec(_Section):
     def _known_estimator(cls, v: str) -> str:
         from fitness.estimators import ESTIMATORS
 
-        if v not in ESTIMATORS:
-            raise ValueError(f"unknown estimator {v!r}; known: {', '.join(ESTIMATORS)}")
-        return v
+        return known(v, ESTIMATORS, "estimator")
 
     @field_validator("strategy")
     @classmethod
     def _known_strategy(cls, v: str) -> str:
         from fitness.anchors import ANCHOR_STRATEGIES
 
-        if v not in ANCHOR_STRATEGIES:
-            raise ValueError(f"unknown anchor strategy {v!r}; known: {', '.join(ANCHOR_STRATEGIES)}")
-        return v
+        return known(v, ANCHOR_STRATEGIES, "anchor strategy")
 
     @model_validator(mode="after")
     def _calibrated(self) -> "FitnessSpec":

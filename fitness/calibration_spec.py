@@ -16,7 +16,7 @@ from typing import Any, Optional
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 # The job file's model naming, error locations and task index: one spelling of each rule for both files.
-from evosearch.config_file import read_yaml_file
+from evosearch.config_file import known, read_yaml_file
 from evosearch.job import JobError, WorkersSpec, _first_error, _resolve_models, _task_index
 from evosearch.spaces import PSSpaceConfig, SpaceError, parse_space_config
 from fitness.anchors import ANCHOR_STRATEGIES
@@ -45,9 +45,7 @@ class IRTSpec(_Section):
     @field_validator("ability_scope")
     @classmethod
     def _known_scope(cls, v: str) -> str:
-        if v not in ABILITY_SCOPES:
-            raise ValueError(f"unknown ability scope {v!r}; known: {', '.join(ABILITY_SCOPES)}")
-        return v
+        return known(v, ABILITY_SCOPES, "ability scope")
 
     def settings(self, seed: int) -> IRTFitSettings:
         return IRTFitSettings(dims=self.dims, ability_scope=self.ability_scope, seed=seed)
@@ -63,18 +61,12 @@ class ReportSettings(_Section):
     @field_validator("estimators")
     @classmethod
     def _known_estimators(cls, v: list[str]) -> list[str]:
-        for name in v:
-            if name not in ESTIMATORS:
-                raise ValueError(f"unknown estimator {name!r}; known: {', '.join(ESTIMATORS)}")
-        return v
+        return [known(name, ESTIMATORS, "estimator") for name in v]
 
     @field_validator("strategies")
     @classmethod
     def _known_strategies(cls, v: list[str]) -> list[str]:
-        for name in v:
-            if name not in ANCHOR_STRATEGIES:
-                raise ValueError(f"unknown anchor strategy {name!r}; known: {', '.join(ANCHOR_STRATEGIES)}")
-        return v
+        return [known(name, ANCHOR_STRATEGIES, "anchor strategy") for name in v]
 
     @field_validator("ks")
     @classmethod
