@@ -4,7 +4,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/install.sh
-export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 HF_DATASETS_OFFLINE=1 TOKENIZERS_PARALLELISM=false
+export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 HF_DATASETS_OFFLINE=1 TOKENIZERS_PARALLELISM=false TQDM_DISABLE=1
 es=.venv/bin/evosearch
 
 echo "== 1. model zoo (base + math, strings, lang specialists; CPU, deterministic)"
@@ -17,8 +17,10 @@ $es merge examples/merge_zoo_ties.yaml runs/merged-ties --force
 from transformers import AutoModelForCausalLM, AutoTokenizer
 model = AutoModelForCausalLM.from_pretrained("runs/merged-ties")
 tok = AutoTokenizer.from_pretrained("runs/merged-ties")
-for prompt in ("53917+3=", "hello>"):
+# Greedy answers of the merged model next to the right ones (the zoo's tasks score choices, not generations).
+for prompt, answer in (("53917+3=", "86240"), ("20461+6=", "86027"), ("world>", "dlrow"), ("quick>", "kciuq")):
     ids = tok(prompt, return_tensors="pt")
     out = model.generate(**ids, max_new_tokens=5, do_sample=False)
-    print(f"  {prompt!r} -> {tok.decode(out[0, ids['input_ids'].shape[1]:], skip_special_tokens=True)!r}")
+    print(f"  {prompt!r} -> {tok.decode(out[0, ids['input_ids'].shape[1]:], skip_special_tokens=True)!r}"
+          f" (right answer {answer!r})")
 PY
