@@ -29,3 +29,16 @@ def known(name: str, choices, what: str) -> str:
     if name not in choices:
         raise ValueError(f"unknown {what} {name!r}; known: {', '.join(choices)}")
     return name
+
+
+def default_store_url(name: str) -> str:
+    """A job's or calibration's store when its file names none: `runs/NAME/evosearch.db` here."""
+    return f"sqlite:///{(Path('runs') / name / 'evosearch.db').resolve()}"
+
+
+def model_dirs(sources: dict[str, str], base_model: str | None) -> list[str]:
+    """Every model directory workers load: the named sources, then the base if it is another."""
+    paths = list(dict.fromkeys(sources.values()))
+    if base_model and base_model not in paths:
+        paths.append(base_model)
+    return paths

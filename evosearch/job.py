@@ -19,7 +19,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, ValidationError, field_validator, \
     model_validator
 
-from evosearch.config_file import known, read_yaml_file
+from evosearch.config_file import known, model_dirs, read_yaml_file
 from evosearch.optimizers import AnyOptimizerConfig, OptimizerError, parse_optimizer_config
 from evosearch.spaces import PS_SOURCE, SpaceConfig, SpaceError, parse_space_config
 
@@ -208,11 +208,7 @@ class JobSpec(_Section):
 
     @property
     def source_paths(self) -> list[str]:
-        """Every model directory the workers load: the named sources, then the base if it is another."""
-        paths = list(dict.fromkeys(self.sources.values()))
-        if self.base_model and self.base_model not in paths:
-            paths.append(self.base_model)
-        return paths
+        return model_dirs(self.sources, self.base_model)
 
     def to_dict(self) -> dict:
         return self.model_dump(mode="json")

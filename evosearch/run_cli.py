@@ -14,6 +14,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from evosearch.config_file import default_store_url
 from evosearch.job import JobError, JobSpec, load_job
 
 USAGE, FAILURE = 2, 1
@@ -26,7 +27,7 @@ def _fail(message: str, code: int) -> None:
 
 
 def _default_store(name: str) -> str:
-    return f"sqlite:///{(Path('runs') / name / 'evosearch.db').resolve()}"
+    return default_store_url(name)
 
 
 def _open_store(url: str, must_exist: bool):

@@ -16,7 +16,7 @@ from typing import Any, Optional
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 # The job file's model naming, error locations and task index: one spelling of each rule for both files.
-from evosearch.config_file import known, read_yaml_file
+from evosearch.config_file import default_store_url, known, model_dirs, read_yaml_file
 from evosearch.job import JobError, WorkersSpec, _first_error, _resolve_models, _task_index
 from evosearch.spaces import PSSpaceConfig, SpaceError, parse_space_config
 from fitness.anchors import ANCHOR_STRATEGIES
@@ -114,16 +114,12 @@ class CalibrationSpec(_Section):
     @model_validator(mode="after")
     def _defaults(self) -> "CalibrationSpec":
         if self.store is None:
-            self.store = f"sqlite:///{(Path('runs') / self.name / 'evosearch.db').resolve()}"
+            self.store = default_store_url(self.name)
         return self
 
     @property
     def source_paths(self) -> list[str]:
-        """Every model directory the workers load: the named sources, then the base if it is another."""
-        paths = list(dict.fromkeys(self.sources.values()))
-        if self.base_model and self.base_model not in paths:
-            paths.append(self.base_model)
-        return paths
+        return model_dirs(self.sources, self.base_model)
 
     @property
     def irt_settings(self) -> IRTFitSettings:

@@ -19,6 +19,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from evosearch.config_file import default_store_url
 from fitness.calibration_spec import CalibrationSpec, CalibrationSpecError, load_calibration_spec
 
 USAGE, FAILURE = 2, 1
@@ -259,7 +260,7 @@ def report_command(
         except CalibrationSpecError as e:
             _fail(str(e), USAGE)
         name, url = spec.name, store or spec.store
-    opened = _open_store(url or f"sqlite:///{(Path('runs') / name / 'evosearch.db').resolve()}", must_exist=True)
+    opened = _open_store(url or default_store_url(name), must_exist=True)
     try:
         record = opened.get_calibration(name)
     except StoreError as e:
