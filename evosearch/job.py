@@ -234,6 +234,15 @@ def _first_error(e: ValidationError) -> tuple[str, str]:
     return loc, msg.splitlines()[0]
 
 
+def validated(model: type[BaseModel], raw: Any, where: str, error: type[Exception]) -> Any:
+    """`model` validated from `raw`; `error` with pydantic's first complaint as `WHERE: field: message`."""
+    try:
+        return model.model_validate(raw)
+    except ValidationError as e:
+        loc, msg = _first_error(e)
+        raise error(f"{where}: {loc + ': ' if loc else ''}{msg}") from None
+
+
 def _resolve_models(raw: dict, where: str) -> None:
     """Absolute source paths (that must exist); names in the search space replaced by their paths."""
     sources = raw.get("sources")
@@ -405,11 +414,7 @@ def parse_job(raw: Any, where: str = "job") -> JobSpec:
                 raise JobError(f"{where}: objectives[{i}].direction: required (max or min)")
             if isinstance(o, dict) and not ({"task", "cost"} & set(o)):
                 raise JobError(f"{where}: objectives[{i}]: needs `task` (a task score) or `cost` (a cost term)")
-    try:
-        spec = JobSpec.model_validate(raw)
-    except ValidationError as e:
-        loc, msg = _first_error(e)
-        raise JobError(f"{where}: {loc + ': ' if loc else ''}{msg}") from None
+    spec = validated(JobSpec, raw, where, JobError)
     _check_semantics(spec, where)
     return spec
 

@@ -13,11 +13,11 @@ import re
 from pathlib import Path
 from typing import Any, Optional
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 # The job file's model naming, error locations and task index: one spelling of each rule for both files.
 from evosearch.config_file import default_store_url, known, model_dirs, read_yaml_file
-from evosearch.job import JobError, WorkersSpec, _first_error, _resolve_models, _task_index
+from evosearch.job import JobError, WorkersSpec, _resolve_models, _task_index, validated
 from evosearch.spaces import PSSpaceConfig, SpaceError, parse_space_config
 from fitness.anchors import ANCHOR_STRATEGIES
 from fitness.calibration import DEFAULT_STRATEGIES
@@ -150,11 +150,7 @@ def parse_calibration_spec(raw: Any, where: str = "calibration") -> CalibrationS
         raw["search_space"] = parse_space_config(space)
     except SpaceError as e:
         raise CalibrationSpecError(f"{where}: {e}") from None
-    try:
-        spec = CalibrationSpec.model_validate(raw)
-    except ValidationError as e:
-        loc, msg = _first_error(e)
-        raise CalibrationSpecError(f"{where}: {loc + ': ' if loc else ''}{msg}") from None
+    spec = validated(CalibrationSpec, raw, where, CalibrationSpecError)
     _check_tasks(spec, where)
     return spec
 
