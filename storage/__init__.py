@@ -9,11 +9,12 @@ from storage.records import (
     JobProgress,
     JobRecord,
     ScoreRecord,
+    TaskSplitRecord,
 )
 from storage.retry import RetryPolicy
 from storage.store import Store
 
 __all__ = [
     "CalibrationModelRecord", "CalibrationRecord", "CandidateRecord", "GenerationRecord", "JobProgress",
-    "JobRecord", "RetryPolicy", "ScoreRecord", "Store", "StoreError",
+    "JobRecord", "RetryPolicy", "ScoreRecord", "Store", "StoreError", "TaskSplitRecord",
 ]

@@ -165,3 +165,21 @@ class Generation(Base):
     front_candidate_ids: Mapped[list[int]] = mapped_column(JSON)
     hypervolume: Mapped[float | None] = mapped_column(Float)
     committed_at: Mapped[datetime] = mapped_column(UTCDateTime)
+
+
+class TaskSplit(Base):
+    """A hold-out carved from a task that has one split only: which docs the search sees and which it
+    never does, fixed when the job first ran so a resumed or re-reported job scores the same docs."""
+
+    __tablename__ = "task_splits"
+    __table_args__ = (UniqueConstraint("job_id", "task"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    job_id: Mapped[int] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"))
+    task: Mapped[str] = mapped_column(String(255))
+    n_docs: Mapped[int] = mapped_column(Integer)
+    report_fraction: Mapped[float] = mapped_column(Float)
+    seed: Mapped[int] = mapped_column(BigInteger)
+    search_doc_ids: Mapped[list[int]] = mapped_column(JSON)
+    report_doc_ids: Mapped[list[int]] = mapped_column(JSON)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime)

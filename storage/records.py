@@ -87,6 +87,18 @@ class CalibrationRecord:
 
 
 @dataclass
+class TaskSplitRecord:
+    """A deterministic hold-out of one task: `report_doc_ids` are never shown to the search."""
+
+    task: str
+    n_docs: int
+    report_fraction: float
+    seed: int
+    search_doc_ids: list[int]
+    report_doc_ids: list[int]
+
+
+@dataclass
 class JobProgress:
     job_id: int
     status: str

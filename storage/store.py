@@ -25,6 +25,7 @@ from storage.models import (
     Generation,
     Job,
     Score,
+    TaskSplit,
     utcnow,
 )
 from storage.records import (
@@ -39,6 +40,7 @@ from storage.records import (
     JobProgress,
     JobRecord,
     ScoreRecord,
+    TaskSplitRecord,
 )
 from storage.retry import RetryPolicy, is_transient
 
@@ -254,6 +256,32 @@ class Store:
             return [_candidate_record(by_id[candidate_id]) for candidate_id in row.front_candidate_ids]
 
         return self._transaction(f"reading the front of job {job_id}", read, read_only=True)
+
+    def record_task_splits(self, job_id: int, splits: Sequence[TaskSplitRecord]) -> None:
+        """The job's carved hold-outs, all in one transaction; a task already recorded must not change."""
+        def write(session: Session) -> None:
+            _job(session, job_id)
+            stored = {row.task: row for row in session.scalars(select(TaskSplit).where(TaskSplit.job_id == job_id))}
+            for rec in splits:
+                old = stored.get(rec.task)
+                if old is None:
+                    session.add(TaskSplit(job_id=job_id, task=rec.task, n_docs=rec.n_docs,
+                                          report_fraction=rec.report_fraction, seed=rec.seed,
+                                          search_doc_ids=list(rec.search_doc_ids),
+                                          report_doc_ids=list(rec.report_doc_ids), created_at=utcnow()))
+                elif _task_split_record(old) != rec:
+                    raise StoreError(f"job {job_id}: task {rec.task!r} already has another hold-out recorded")
+
+        self._transaction(f"recording the hold-out splits of job {job_id}", write)
+
+    def task_splits(self, job_id: int) -> dict[str, TaskSplitRecord]:
+        """Task -> its carved hold-out, for the tasks of the job that have one."""
+        def read(session: Session) -> dict[str, TaskSplitRecord]:
+            _job(session, job_id)
+            rows = session.scalars(select(TaskSplit).where(TaskSplit.job_id == job_id).order_by(TaskSplit.task))
+            return {row.task: _task_split_record(row) for row in rows}
+
+        return self._transaction(f"reading the hold-out splits of job {job_id}", read, read_only=True)
 
     def progress(self, job_id: int) -> JobProgress:
         def read(session: Session) -> JobProgress:
@@ -483,3 +511,8 @@ def _calibration_model_record(row: CalibrationModel) -> CalibrationModelRecord:
         label=row.label, role=row.role, recipe=row.recipe, accuracy=dict(row.accuracy), seconds=row.seconds,
         responses={task: {int(doc_id): correct for doc_id, correct in by_doc.items()}
                    for task, by_doc in row.responses.items()})
+
+
+def _task_split_record(row: TaskSplit) -> TaskSplitRecord:
+    return TaskSplitRecord(task=row.task, n_docs=row.n_docs, report_fraction=row.report_fraction, seed=row.seed,
+                           search_doc_ids=list(row.search_doc_ids), report_doc_ids=list(row.report_doc_ids))

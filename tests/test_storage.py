@@ -27,7 +27,9 @@ from storage import (
     ScoreRecord,
     Store,
     StoreError,
+    TaskSplitRecord,
 )
+from storage.migrate import alembic_config
 from storage.models import Base
 
 FAST_RETRY = RetryPolicy(attempts=3, first_delay_s=0.1, max_delay_s=0.2)
@@ -293,7 +295,38 @@ def test_migration_matches_the_models_and_reopening_is_a_no_op(store, store_url)
     with store._engine.connect() as connection:
         context = MigrationContext.configure(connection, opts={"compare_type": True})
         assert compare_metadata(context, Base.metadata) == []
-        assert context.get_current_revision() == "0001"
+        assert context.get_current_revision() == "0002"
+
+
+def test_a_store_of_the_first_schema_is_upgraded_in_place_with_its_jobs_kept(tmp_path):
+    from alembic import command
+    from sqlalchemy import create_engine
+
+    path = tmp_path / "old.db"
+    engine = create_engine(f"sqlite:///{path}")
+    with engine.begin() as connection:
+        command.upgrade(alembic_config(connection), "0001")
+        connection.exec_driver_sql("INSERT INTO jobs (name, spec, seed, status, output_dir, created_at, updated_at) "
+                                   "VALUES ('old', '{}', 3, 'finished', '/runs/old', '2026-11-20', '2026-11-20')")
+    engine.dispose()
+    with Store.open(f"sqlite:///{path}") as store:
+        job = store.get_job("old")
+        assert (job.seed, job.status) == (3, "finished")
+        assert store.task_splits(job.id) == {}
+
+
+def test_task_splits_are_recorded_once_and_never_changed(store):
+    job = store.create_job("alpha", {}, 0, "/runs/alpha")
+    split = TaskSplitRecord(task="qa", n_docs=5, report_fraction=0.4, seed=7, search_doc_ids=[0, 2, 3],
+                            report_doc_ids=[1, 4])
+    store.record_task_splits(job.id, [split])
+    store.record_task_splits(job.id, [split])  # the same hold-out again (a resume) is a no-op
+    assert store.task_splits(job.id) == {"qa": split}
+    moved = TaskSplitRecord(task="qa", n_docs=5, report_fraction=0.4, seed=8, search_doc_ids=[0, 1, 2],
+                            report_doc_ids=[3, 4])
+    with pytest.raises(StoreError, match="task 'qa' already has another hold-out recorded"):
+        store.record_task_splits(job.id, [moved])
+    assert store.task_splits(job.id) == {"qa": split}
 
 
 def test_sqlite_uses_wal_foreign_keys_and_a_busy_timeout(tmp_path):
