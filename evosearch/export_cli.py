@@ -38,12 +38,14 @@ def export_command(
     `evosearch export zoo-ps out/c12 --candidate 12 --verify`.
     """
     from evosearch.api import QueryError
-    from evosearch.merge.export import ExportError
+    from evosearch.merge.export import ExportError, output_dir
 
     if sum((candidate is not None, best is not None, knee)) > 1:
         _fail("give at most one of --candidate, --best and --knee", USAGE)
-    if out.exists() and (not out.is_dir() or any(out.iterdir())) and not force:
-        _fail(f"output {out} exists and is not an empty directory (use --force to replace it)", USAGE)
+    try:
+        out = output_dir(out, force)
+    except ExportError as e:
+        _fail(str(e), USAGE)
     chosen = _job(job, store)
     try:
         choice = chosen.choose(candidate, best, knee)

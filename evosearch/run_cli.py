@@ -15,7 +15,7 @@ from rich.console import Console
 from rich.table import Table
 
 from evosearch.config_file import default_store_url
-from evosearch.job import JobError, JobSpec, load_job
+from evosearch.job import _SAFE_NAME, JobError, JobSpec, load_job
 
 USAGE, FAILURE = 2, 1
 _err = Console(stderr=True)
@@ -52,6 +52,9 @@ def _locate(job: str, store_url: Optional[str]):
         except JobError as e:
             _fail(str(e), USAGE)
         name, url = spec.name, store_url or spec.store
+    elif not _SAFE_NAME.match(job) or ".." in job:
+        # A name becomes a path (runs/NAME/): one that could leave runs/ names no job.
+        _fail(f"{job!r} is neither a job file nor a job name (letters, digits, '.', '_' or '-')", USAGE)
     store = _open_store(url or _default_store(name), must_exist=True)
     try:
         return store, store.get_job(name)
@@ -80,16 +83,38 @@ def _drive(spec: JobSpec, store, resume: bool) -> None:
                + (f" ({summary.reason})" if summary.reason else ""))
 
 
+def _check_models(spec: JobSpec, job_file: Path) -> None:
+    """The job's models, and the recipe of its space's centre built dry against them. The workers would find
+    a misfit only once the job is in the store and Ray is up, and then fail every candidate."""
+    import numpy as np
+
+    from evosearch.merge.dfs import DFSError
+    from evosearch.merge.export import check_buildable
+    from evosearch.merge.sources import SourceError, check_model_set
+    from evosearch.recipe import RecipeError
+    from evosearch.spaces import build_space
+
+    try:
+        check_model_set(spec.source_paths)
+    except SourceError as e:
+        _fail(f"{job_file}: sources: {e}", USAGE)
+    space = build_space(spec.search_space)
+    try:
+        check_buildable(space.decode(np.full(space.dim, 0.5)))
+    except (SourceError, RecipeError, DFSError) as e:
+        _fail(f"{job_file}: search_space: {e}", USAGE)
+
+
 def run_command(job_file: Path = typer.Argument(..., help="the job YAML")) -> None:
     """Run a job on a local Ray (started if none is running), with a live progress view."""
     try:
         spec = load_job(job_file)
     except JobError as e:
         _fail(str(e), USAGE)
+    _check_models(spec, job_file)
+    opened = _open_store(spec.store, must_exist=False)
     Path(spec.output_dir).mkdir(parents=True, exist_ok=True)
-    if spec.store.startswith("sqlite:///"):
-        Path(spec.store.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
-    _drive(spec, _open_store(spec.store, must_exist=False), resume=False)
+    _drive(spec, opened, resume=False)
 
 
 def resume_command(job: str = typer.Argument(..., help="job name or job file"),

@@ -25,14 +25,25 @@ def merge_command(
                                        help="Largest safetensors shard, e.g. 2GB, 500MB."),
     tokenizer_source: Optional[str] = typer.Option(None, "--tokenizer-source",
                                                    help="Model directory to take the tokenizer from."),
+    max_path: Optional[int] = typer.Option(None, "--max-path", min=1,
+                                           help="Refuse a DFS recipe whose layer path is longer than this."),
 ) -> None:
     """Merge the models a recipe names and write the result to OUT, streaming tensor by tensor."""
     start = time.perf_counter()
     try:
         loaded = load_recipe(recipe)
-        export_recipe(loaded, out, max_shard_size=max_shard_size, tokenizer_source=tokenizer_source,
-                      allow_pickle=allow_pickle, force=force)
-    except (RecipeError, SourceError, ExportError, DFSError, OSError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        raise typer.Exit(1) from None
-    typer.echo(f"wrote {out} in {time.perf_counter() - start:.1f}s")
+    except RecipeError as e:  # names the file already
+        _fail(e)
+    try:
+        written = export_recipe(loaded, out, max_shard_size=max_shard_size, tokenizer_source=tokenizer_source,
+                                allow_pickle=allow_pickle, force=force, max_path=max_path)
+    except (RecipeError, DFSError) as e:  # the recipe's content, checked against its models
+        _fail(f"{recipe}: {e}")
+    except (SourceError, ExportError, OSError) as e:
+        _fail(e)
+    typer.echo(f"wrote {written} in {time.perf_counter() - start:.1f}s")
+
+
+def _fail(message) -> None:
+    print(f"error: {message}", file=sys.stderr)
+    raise typer.Exit(1)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import json
+import os
 import re
 import shutil
 import uuid
@@ -22,11 +23,11 @@ from safetensors.torch import save_file
 from transformers import PretrainedConfig
 
 from evosearch.merge.ps import PSMerger
-from evosearch.merge.sources import SourceError, SourceModel, TensorSource, resolve_model_dir
+from evosearch.merge.sources import TOKENIZER_FILES, SourceError, SourceModel, TensorSource, load_tokenizer, \
+    resolve_model_dir
 from evosearch.recipe import DFSRecipe, PSRecipe, RecipeError, recipe_hash, recipe_to_yaml
 
 DEFAULT_MAX_SHARD_SIZE = "5GB"
-_TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json")
 _UNITS = {"": 1, "b": 1, "k": 10**3, "kb": 10**3, "m": 10**6, "mb": 10**6, "g": 10**9, "gb": 10**9,
           "t": 10**12, "tb": 10**12, "kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40}
 
@@ -87,7 +88,7 @@ def open_source(source: Union[str, PSRecipe], allow_pickle: bool = False) -> Ten
     return SourceModel.open(source, allow_pickle=allow_pickle)
 
 
-def _producer(recipe: Union[PSRecipe, DFSRecipe], allow_pickle: bool) -> TensorProducer:
+def _producer(recipe: Union[PSRecipe, DFSRecipe], allow_pickle: bool, max_path: Optional[int]) -> TensorProducer:
     if isinstance(recipe, PSRecipe):
         merger = PSMerger.open(recipe, allow_pickle=allow_pickle)
         if merger.config is None:
@@ -96,8 +97,14 @@ def _producer(recipe: Union[PSRecipe, DFSRecipe], allow_pickle: bool) -> TensorP
     from evosearch.merge.dfs import DFSPlan
 
     sources = [open_source(s, allow_pickle) for s in recipe.sources]
-    plan = DFSPlan.from_recipe(recipe, [s.config for s in sources])
+    plan = DFSPlan.from_recipe(recipe, [s.config for s in sources], max_path=max_path)
     return _DFSProducer(plan, lambda i, name: sources[i].read(name), plan.output_config())
+
+
+def check_buildable(recipe: Union[PSRecipe, DFSRecipe], allow_pickle: bool = False) -> None:
+    """Open `recipe`'s sources and validate it against them (configs, layers, shapes, parameters) from the
+    checkpoints' headers, building and writing nothing."""
+    _producer(recipe, allow_pickle, max_path=None)
 
 
 class ShardWriter:
@@ -158,15 +165,9 @@ def _copy_tokenizer(source: Optional[str], explicit: bool, out: Path) -> Optiona
     if source is None:
         return None
     root = resolve_model_dir(source)
-    if not explicit and not any((root / f).is_file() for f in _TOKENIZER_FILES):
+    if not explicit and not any((root / f).is_file() for f in TOKENIZER_FILES):
         return None
-    from transformers import AutoTokenizer
-
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(root, trust_remote_code=False, local_files_only=True)
-    except Exception as e:  # transformers raises many types for a missing or bad tokenizer
-        raise SourceError(f"tokenizer source {source}: cannot load a tokenizer ({str(e).splitlines()[0]})") from None
-    tokenizer.save_pretrained(out)
+    load_tokenizer(source).save_pretrained(out)
     return source
 
 
@@ -193,21 +194,29 @@ def _model_card(recipe: Union[PSRecipe, DFSRecipe], tokenizer: Optional[str]) ->
     return "\n".join(lines)
 
 
-def _check_output(out_dir: Path, force: bool) -> None:
-    if out_dir.exists() and not out_dir.is_dir():
-        raise ExportError(f"output {out_dir}: exists and is not a directory")
-    if out_dir.is_dir() and any(out_dir.iterdir()) and not force:
-        raise ExportError(f"output directory {out_dir} is not empty (use --force to replace it)")
+def output_dir(out_dir: Union[str, Path], force: bool) -> Path:
+    """`out_dir` made absolute with its `..` resolved as written (so `a/../b` is `b`, and no `a` is created),
+    checked before anything is built: ExportError unless it is absent or an empty directory (or `force`),
+    and its nearest existing parent is a directory."""
+    out = Path(os.path.abspath(Path(out_dir).expanduser()))
+    if out.exists() and not out.is_dir():
+        raise ExportError(f"output {out}: exists and is not a directory")
+    if out.is_dir() and any(out.iterdir()) and not force:
+        raise ExportError(f"output directory {out} is not empty (use --force to replace it)")
+    parent = next(p for p in out.parents if p.exists())
+    if not parent.is_dir():
+        raise ExportError(f"output {out}: cannot be created, {parent} is not a directory")
+    return out
 
 
 def export_recipe(recipe: Union[PSRecipe, DFSRecipe], out_dir: Union[str, Path], *,
                   max_shard_size: Union[int, str] = DEFAULT_MAX_SHARD_SIZE, tokenizer_source: Optional[str] = None,
-                  allow_pickle: bool = False, force: bool = False) -> Path:
-    """Build `recipe` and write it to `out_dir` as an HF model directory; returns the directory."""
-    out_dir = Path(out_dir)
+                  allow_pickle: bool = False, force: bool = False, max_path: Optional[int] = None) -> Path:
+    """Build `recipe` and write it to `out_dir` as an HF model directory; returns the directory (absolute).
+    `max_path` refuses a DFS recipe whose layer path is longer."""
     max_bytes = parse_size(max_shard_size)
-    _check_output(out_dir, force)
-    producer = _producer(recipe, allow_pickle)  # validates sources and parameters before any write
+    out_dir = output_dir(out_dir, force)
+    producer = _producer(recipe, allow_pickle, max_path)  # validates sources and parameters before any write
 
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     staging = out_dir.parent / f".{out_dir.name}.evosearch-tmp-{uuid.uuid4().hex[:8]}"
@@ -223,6 +232,7 @@ def export_recipe(recipe: Union[PSRecipe, DFSRecipe], out_dir: Union[str, Path],
         config.save_pretrained(staging)
         tokenizer = _copy_tokenizer(tokenizer_source or _default_tokenizer_source(recipe),
                                     explicit=bool(tokenizer_source or recipe.tokenizer_source), out=staging)
+        _drop_remote_code_references(staging)
         (staging / "evosearch_recipe.yaml").write_text(recipe_to_yaml(recipe))
         if isinstance(recipe, PSRecipe):
             (staging / "mergekit_config.yml").write_text(yaml.safe_dump(recipe.to_mergekit(), sort_keys=False))
@@ -232,6 +242,18 @@ def export_recipe(recipe: Union[PSRecipe, DFSRecipe], out_dir: Union[str, Path],
         shutil.rmtree(staging, ignore_errors=True)
         raise
     return out_dir
+
+
+def _drop_remote_code_references(directory: Path) -> None:
+    """The export is a plain model of a transformers architecture: a source's `auto_map` (custom code in the
+    source's directory or repo, never copied) would point a `trust_remote_code` load of it at code that is
+    not there, or at someone else's."""
+    for name in ("config.json", "tokenizer_config.json"):
+        path = directory / name
+        if path.is_file():
+            data = json.loads(path.read_text())
+            if data.pop("auto_map", None) is not None:
+                path.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
 
 
 def _replace_dir(staging: Path, out_dir: Path) -> None:

@@ -33,6 +33,7 @@ class TensorSource(Protocol):
 
 _SAFETENSORS_INDEX = "model.safetensors.index.json"
 _PICKLE_PATTERNS = ("*.bin", "*.pt", "*.pth")
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json")
 
 
 def resolve_model_dir(ref: str) -> Path:
@@ -76,8 +77,9 @@ class SourceModel:
         if not pickled:
             raise SourceError(f"model {path}: no weights found (*.safetensors)")
         if not allow_pickle:
-            raise SourceError(f"model {path}: only pickle weights ({pickled[0].name}); "
-                              f"convert to safetensors or pass --allow-pickle")
+            # Unpickling can run code: `evosearch merge --allow-pickle` is the only opt-in.
+            raise SourceError(f"model {path}: only pickle weights ({pickled[0].name}); convert them to "
+                              f"safetensors (or pass --allow-pickle to `evosearch merge`)")
         model = cls(str(path), root, config, {}, _is_pickle=True)
         for file in pickled:
             state = _torch_load(file, str(path))
@@ -156,6 +158,30 @@ def check_compatible(models: Sequence[TensorSource]) -> None:
             if tuple(other.shape(n)) != tuple(first.shape(n)):
                 raise SourceError(f"model {other.name}: tensor {n} has shape {tuple(other.shape(n))}, "
                                   f"{first.name} has {tuple(first.shape(n))}")
+
+
+def load_tokenizer(ref: str):
+    """The tokenizer of local model `ref`, never with its remote code; SourceError when it has none."""
+    root = resolve_model_dir(ref)
+    if not any((root / f).is_file() for f in TOKENIZER_FILES):
+        raise SourceError(f"model {ref}: no tokenizer in {root} (none of {', '.join(TOKENIZER_FILES)})")
+    from transformers import AutoTokenizer
+
+    try:
+        return AutoTokenizer.from_pretrained(root, trust_remote_code=False, local_files_only=True)
+    except Exception as e:  # transformers raises many types for a bad tokenizer
+        text = str(e).strip().splitlines()
+        raise SourceError(f"model {ref}: cannot load its tokenizer ({text[0] if text else type(e).__name__})") from None
+
+
+def check_model_set(paths: Sequence[str], allow_pickle: bool = False) -> None:
+    """What a search's workers will load, checked from headers alone (no tensor is read): every model opens,
+    has a tokenizer, and shares the first one's architecture, tensor names and shapes. SourceError naming
+    the model otherwise."""
+    models = [SourceModel.open(p, allow_pickle=allow_pickle) for p in paths]
+    check_compatible(models)
+    for p in paths:
+        load_tokenizer(p)
 
 
 def _architecture(model: TensorSource) -> Optional[str]:
