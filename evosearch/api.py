@@ -149,7 +149,8 @@ class Job:
         verification = self._verify(out) if verify else None
         card = out / "README.md"
         card.write_text(card.read_text() + search_section(self.name, self.spec, choice.candidate, choice.rule,
-                                                          recipe_source_paths(recipe), verification))
+                                                          recipe_source_paths(recipe), verification,
+                                                          self.store.task_splits(self.record.id)))
         return out
 
     def _verify(self, out: Path):
@@ -158,6 +159,7 @@ class Job:
 
         from evosearch.model_card import Verification
         from fitness.evaluator import LmEvalEvaluator
+        from fitness.splits import split_docs
 
         spec = self.spec
         tasks = spec.report_tasks
@@ -166,9 +168,8 @@ class Job:
         model = AutoModelForCausalLM.from_pretrained(out, local_files_only=True, trust_remote_code=False)
         tokenizer = AutoTokenizer.from_pretrained(out, local_files_only=True, trust_remote_code=False)
         evaluator = LmEvalEvaluator(spec.tasks.include_path, tasks, batch_size=spec.workers.batch_size)
-        limit = spec.fitness.limit
-        samples = None if limit is None else {t: list(range(limit)) for t in tasks}
-        return Verification(evaluator.evaluate(model, tokenizer, samples=samples).accuracy, limit)
+        samples = split_docs(tasks, self.store.task_splits(self.record.id), "report", spec.fitness.limit)
+        return Verification(evaluator.evaluate(model, tokenizer, samples=samples).accuracy, spec.fitness.limit)
 
     def plot(self, path: str | Path) -> Path:
         from evosearch.plot import plot_job

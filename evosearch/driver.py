@@ -136,17 +136,45 @@ class SearchDriver:
         self.space: SearchSpace = build_space(spec.search_space)
         self.optimizer: Optimizer = make_optimizer(spec.optimizer, self.space.dim, spec.directions, spec.seed)
         self.on_event = on_event
-        self.fitness = self._fitness()
+        self.splits: dict = {}  # task -> TaskSplitRecord, for tasks whose report split is a carved hold-out
+        self.fitness = None  # ReducedFitness in reduced mode, set by `_prepare` once the splits are known
         self._pool = None
         self._started = time.monotonic()
         self._evaluated = self._cached = self._running = 0
         self._gen_size = self._front_size = 0
 
-    # --- fitness: what a worker is asked, and how its answer becomes scores ------------------------
+    # --- splits and fitness: what a worker is asked, and how its answer becomes scores --------------
+    def _prepare(self) -> None:
+        self.splits = self._task_splits()
+        self.fitness = self._fitness()
+
+    def _task_splits(self) -> dict:
+        """The carved hold-out of every single-split task: read back from the store, or carved (from the
+        task's doc count, the job's seed and holdout fraction) and recorded before anything is evaluated."""
+        tasks = self.spec.holdout_tasks
+        if not tasks:
+            return {}
+        splits = self.store.task_splits(self.job.id)
+        missing = [t for t in tasks if t not in splits]
+        if missing:
+            from fitness.evaluator import LmEvalEvaluator
+            from fitness.splits import carve_holdout
+
+            counter = LmEvalEvaluator(self.spec.tasks.include_path, missing)
+            carved = [carve_holdout(t, len(counter.doc_ids(t)), self.spec.holdout.fraction, self.spec.seed)
+                      for t in missing]
+            self.store.record_task_splits(self.job.id, carved)
+            splits.update({c.task: c for c in carved})
+            log.info("carved report hold-outs: %s", ", ".join(
+                f"{c.task} {len(c.report_doc_ids)} of {c.n_docs} docs" for c in carved))
+        return splits
+
     def _fitness(self):
         if self.spec.fitness.mode == "full":
             return None
+        from fitness.calibration_spec import IRTSpec
         from fitness.reduced import ReducedFitness
+        from fitness.splits import search_only
 
         f = self.spec.fitness
         calibration = self.store.get_calibration(f.calibration)
@@ -154,12 +182,16 @@ class SearchDriver:
         if missing:
             raise DriverError(f"calibration {f.calibration!r} does not cover task {missing[0]!r} "
                               f"(it has {', '.join(calibration.tasks)})")
+        # Anchors and the IRT fit must never touch a hold-out doc: the calibration loses them first.
+        calibration = search_only(calibration, {t: s.search_doc_ids for t, s in self.splits.items()})
+        settings = IRTSpec.model_validate(calibration.spec.get("irt", {})).settings(calibration.spec.get("seed", 0))
         return ReducedFitness.from_calibration(calibration, estimator=f.estimator, k=f.k, strategy=f.strategy,
-                                               seed=self.spec.seed)
+                                               seed=self.spec.seed, irt_settings=settings)
 
-    def _limited(self, tasks: list[str]) -> Optional[dict[str, list[int]]]:
-        limit = self.spec.fitness.limit
-        return None if limit is None else {t: list(range(limit)) for t in tasks}
+    def _docs(self, tasks: list[str], split: str) -> Optional[dict[str, list[int]]]:
+        from fitness.splits import split_docs
+
+        return split_docs(tasks, self.splits, split, self.spec.fitness.limit)
 
     def _search_task(self, key: str, recipe: dict):
         from workers.candidate import CandidateTask
@@ -168,7 +200,7 @@ class SearchDriver:
         if self.fitness is not None:
             return CandidateTask(key=key, recipe=recipe, samples={t: self.fitness.samples[t] for t in tasks},
                                  tasks=tasks)
-        return CandidateTask(key=key, recipe=recipe, samples=self._limited(tasks), tasks=tasks)
+        return CandidateTask(key=key, recipe=recipe, samples=self._docs(tasks, "search"), tasks=tasks)
 
     def _search_scores(self, result, recipe: dict) -> list:
         from storage import ScoreRecord
@@ -209,7 +241,7 @@ class SearchDriver:
 
             w = self.spec.workers
             ensure_ray(num_cpus=max(os.cpu_count() or 1, w.count * w.num_cpus))
-            tasks = self.spec.search_tasks + self.spec.report_tasks
+            tasks = self.spec.worker_tasks
             self._pool = WorkerPool(
                 CandidateWorker,
                 (self.spec.source_paths, self.spec.tasks.include_path, tasks, w.batch_size, w.device, w.dtype),
@@ -338,7 +370,7 @@ class SearchDriver:
         self._emit(generation, phase="report")
         by_id = {c.id: c for c in todo}
         items = {c.id: CandidateTask(key=f"{self.spec.name}/report/c{c.id}", recipe=c.recipe,
-                                     samples=self._limited(tasks), tasks=tasks) for c in todo}
+                                     samples=self._docs(tasks, "report"), tasks=tasks) for c in todo}
         for outcome in self._workers().map_unordered(list(by_id), lambda cid: (items[cid],)):
             self._running -= 1
             if not outcome.ok:
@@ -361,6 +393,7 @@ class SearchDriver:
         status, reason = "finished", None
         self.store.set_job_status(self.job.id, "running")
         try:
+            self._prepare()
             while not self.optimizer.done():
                 generation = self.optimizer.generation
                 if stop_after is not None and generation >= stop_after:

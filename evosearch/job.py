@@ -38,12 +38,14 @@ class _Section(BaseModel):
 
 
 class TaskObjective(_Section):
-    """A task's score, computed on its search split; `report_task` is the held-out split the front is
-    re-scored on (default `<task>_report`)."""
+    """A task's score, computed on its search split; the front is re-scored on a report split the search
+    never sees: `report_task`, by default `<task>_report` when the task set defines it, else a hold-out
+    carved from the task's own docs (`report_holdout`, which the job's `holdout` section sizes)."""
 
     task: str
     direction: Literal["max", "min"]
     report_task: Optional[str] = None
+    report_holdout: bool = False
     name: Optional[str] = None
 
     @model_validator(mode="after")
@@ -57,6 +59,9 @@ class TaskObjective(_Section):
 
     @property
     def report(self) -> str:
+        """The lm-eval task the report split is scored with (the task itself for a carved hold-out)."""
+        if self.report_holdout:
+            return self.task
         return self.report_task or f"{self.task}{REPORT_SUFFIX}"
 
 
@@ -143,6 +148,13 @@ class WorkersSpec(_Section):
     max_retries: int = Field(default=2, ge=0)
 
 
+class HoldoutSpec(_Section):
+    """For tasks without a report split of their own: the share of their docs set aside, never searched on.
+    Which docs is fixed by the job's seed and the task's name, and recorded in the store."""
+
+    fraction: float = Field(default=0.2, gt=0.0, lt=1.0)
+
+
 class ReportSpec(_Section):
     """When the front is re-scored in full on the report split: after every generation, at the end, never."""
 
@@ -166,6 +178,7 @@ class JobSpec(_Section):
     tasks: TasksSpec
     workers: WorkersSpec = Field(default_factory=WorkersSpec)
     report: ReportSpec = Field(default_factory=ReportSpec)
+    holdout: HoldoutSpec = Field(default_factory=HoldoutSpec)
     allow_test_split_fitness: bool = Field(default=False, description="allow searching on a public benchmark's "
                                                                       "test split (recorded with the job)")
 
@@ -205,6 +218,16 @@ class JobSpec(_Section):
     @property
     def report_tasks(self) -> list[str]:
         return list(dict.fromkeys(o.report for o in self.task_objectives))
+
+    @property
+    def holdout_tasks(self) -> list[str]:
+        """Tasks whose report split is carved out of their own docs."""
+        return list(dict.fromkeys(o.task for o in self.task_objectives if o.report_holdout))
+
+    @property
+    def worker_tasks(self) -> list[str]:
+        """Every task a worker loads: the search splits and the report splits."""
+        return list(dict.fromkeys(self.search_tasks + self.report_tasks))
 
     @property
     def source_paths(self) -> list[str]:
@@ -343,6 +366,11 @@ def _check_semantics(spec: JobSpec, where: str) -> None:
         raise JobError(f"{where}: objectives: at least one objective must be a task score")
     for i, obj in enumerate(spec.objectives):
         if isinstance(obj, TaskObjective):
+            if obj.report_holdout and obj.report_task is not None:
+                raise JobError(f"{where}: objectives[{i}].report_holdout: give report_task or report_holdout, "
+                               "not both")
+            if obj.report_task is None and obj.report not in known:
+                obj.report_holdout = True  # a single-split task: its report split is carved from it
             for field, task in (("task", obj.task), ("report_task", obj.report)):
                 if task not in known:
                     raise JobError(f"{where}: objectives[{i}].{field}: task {task!r} is not defined under "
@@ -351,9 +379,9 @@ def _check_semantics(spec: JobSpec, where: str) -> None:
                 raise JobError(f"{where}: objectives[{i}].task: {obj.task!r} scores a public benchmark's test "
                                "split; searching on it contaminates the result (use another split, or set "
                                "allow_test_split_fitness: true)")
-            if obj.report == obj.task:
+            if obj.report_task == obj.task:
                 raise JobError(f"{where}: objectives[{i}].report_task: the report split must differ from "
-                               "the search split")
+                               "the search split (report_holdout: true carves one out of the task)")
         else:
             kind = spec.search_space.kind
             if kind not in COST_TERMS[obj.cost]:

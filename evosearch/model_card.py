@@ -5,10 +5,11 @@ held-out score."""
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional
+from typing import Mapping, Optional
 
 from evosearch.job import JobSpec, TaskObjective
-from storage import CandidateRecord
+from fitness.splits import describe
+from storage import CandidateRecord, TaskSplitRecord
 
 
 @dataclass(frozen=True)
@@ -30,8 +31,10 @@ def _method(recipe: dict) -> str:
 
 
 def search_section(job_name: str, spec: JobSpec, candidate: CandidateRecord, rule: str,
-                   sources: list[str], verification: Optional[Verification] = None) -> str:
-    """Markdown appended to the card the export writes."""
+                   sources: list[str], verification: Optional[Verification] = None,
+                   splits: Optional[Mapping[str, TaskSplitRecord]] = None) -> str:
+    """Markdown appended to the card the export writes; `splits` are the job's carved hold-outs."""
+    splits = splits or {}
     docs = f"first {spec.fitness.limit} docs of each task" if spec.fitness.limit else "every doc of each task"
     estimate = ("accuracy on the search split" if spec.fitness.mode == "full"
                 else f"IRT estimate ({spec.fitness.estimator}) from {spec.fitness.k} anchor items of the search split")
@@ -58,10 +61,12 @@ def search_section(job_name: str, spec: JobSpec, candidate: CandidateRecord, rul
     for objective in spec.objectives:
         name = objective.objective
         if isinstance(objective, TaskObjective):
-            row = (f"| {name} | {objective.direction} | {_fmt(search.get(name))} (`{objective.task}`) "
-                   f"| {_fmt(report.get(name))} (`{objective.report}`) |")
+            searched = describe(objective.task, splits, "search")
+            reported = describe(objective.report, splits, "report")
+            row = (f"| {name} | {objective.direction} | {_fmt(search.get(name))} ({searched}) "
+                   f"| {_fmt(report.get(name))} ({reported}) |")
             if verification is not None:
-                row += f" {_fmt(verification.accuracy.get(objective.report))} (`{objective.report}`) |"
+                row += f" {_fmt(verification.accuracy.get(objective.report))} ({reported}) |"
         else:
             row = f"| {name} | {objective.direction} | {_fmt(search.get(name))} (cost) | - (no split) |"
             if verification is not None:

@@ -250,6 +250,18 @@ def test_reduced_fitness_scores_anchors_with_a_stored_calibration(ray_local, tin
         # The anchor accuracy is a mean over k = 8 items.
         assert round(search.anchor_accuracy * 8, 6) == int(round(search.anchor_accuracy * 8))
     assert all(any(s.split == "report" and s.full is not None for s in c.scores) for c in store.front(summary.job_id))
+    # With a carved hold-out, the anchors come from the search side only and the IRT fit never sees the rest.
+    from evosearch.driver import SearchDriver
+
+    carved = _spec(tiny_zoo, tmp_path, name="reduced-holdout", generations=1,
+                   objectives=[{"task": "zoo_target", "direction": "max", "report_holdout": True}],
+                   fitness={"mode": "reduced", "calibration": "zoo-target", "estimator": "gpirt", "k": 8,
+                            "strategy": "random", "limit": 100})
+    driver = SearchDriver(carved, store, store.create_job(carved.name, carved.to_dict(), carved.seed, carved.output_dir))
+    driver._prepare()
+    search_docs = set(driver.splits["zoo_target"].search_doc_ids)
+    assert set(driver.fitness.samples["zoo_target"]) <= search_docs
+    assert {int(i.rpartition("/")[2]) for i in driver.fitness.context.params.item_ids} <= search_docs
     missing = _spec(tiny_zoo, tmp_path, name="uncalibrated", objectives=[{"task": "zoo_math", "direction": "max"}],
                     fitness={"mode": "reduced", "calibration": "zoo-target"})
     with pytest.raises(DriverError, match="does not cover task 'zoo_math'"):
@@ -306,3 +318,59 @@ def test_killed_driver_process_resumes_without_reevaluating(ray_local, tiny_zoo,
         sum(1 for c in before.values() if c.cached_from is None)
     for index, c in before.items():
         assert (after[index].id, after[index].eval_seconds, after[index].genome) == (c.id, c.eval_seconds, c.genome)
+
+
+def _single_split_task(zoo, tmp_path: Path, name: str = "qa_single") -> Path:
+    """A user's task with one split only: the zoo's target under another name, with no `_report` twin."""
+    import yaml
+
+    tasks = tmp_path / "single-split-tasks"
+    tasks.mkdir(exist_ok=True)
+    config = yaml.safe_load((Path(zoo.include_path) / "zoo_target.yaml").read_text())
+    config["task"] = name
+    config.pop("tag", None)
+    (tasks / f"{name}.yaml").write_text(yaml.safe_dump(config))
+    return tasks
+
+
+def test_single_split_task_gets_a_recorded_hold_out_the_search_never_scores(ray_local, tiny_zoo, tmp_path):
+    from workers.candidate import CandidateTask, CandidateWorker
+
+    include = _single_split_task(tiny_zoo, tmp_path)
+    store = _store(tmp_path)
+    spec = _spec(tiny_zoo, tmp_path, name="holdout", generations=1, holdout={"fraction": 0.25},
+                 objectives=[{"task": "qa_single", "direction": "max"}], fitness={"mode": "full", "limit": 40},
+                 tasks={"include_path": str(include)})
+    (objective,) = spec.task_objectives
+    assert objective.report_holdout and objective.report == "qa_single"
+    summary = run_job(spec, store)
+
+    splits = store.task_splits(summary.job_id)
+    split = splits["qa_single"]
+    assert (split.report_fraction, split.seed) == (0.25, 3)
+    assert len(split.report_doc_ids) == round(0.25 * split.n_docs)
+    assert not set(split.report_doc_ids) & set(split.search_doc_ids)
+    # Re-score one front candidate by hand: its search score came from search docs only, its report score
+    # from hold-out docs only.
+    front = store.front(summary.job_id)
+    cand = front[0]
+    scores = {s.split: s for s in cand.scores}
+    worker = CandidateWorker(spec.source_paths, spec.tasks.include_path, ["qa_single"])
+
+    def accuracy(docs: list[int]) -> float:
+        task = CandidateTask(key="check", recipe=cand.recipe, samples={"qa_single": docs}, tasks=["qa_single"])
+        return worker.run(task).accuracy["qa_single"]
+
+    assert scores["search"].full == pytest.approx(accuracy(split.search_doc_ids[:40]))
+    assert scores["report"].full == pytest.approx(accuracy(split.report_doc_ids[:40]))
+
+    # The hold-out is read back, not carved again, when the job goes on; the card names it.
+    from evosearch.api import Job
+    from evosearch.driver import SearchDriver
+
+    assert SearchDriver(spec, store, store.get_job("holdout"))._task_splits() == splits
+    job = Job(store, store.get_job("holdout"))
+    out = job.export(tmp_path / "export", candidate=cand.id)
+    card = (out / "README.md").read_text()
+    assert f"`qa_single` hold-out ({len(split.report_doc_ids)} of {split.n_docs} docs, 25% carved with seed 3)" in card
+    assert f"`qa_single` without its hold-out ({len(split.search_doc_ids)} of {split.n_docs} docs)" in card

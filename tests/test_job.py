@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from evosearch.job import JobError, load_job, parse_job, population_size
+from evosearch.job import JobError, JobSpec, load_job, parse_job, population_size
 
 
 def zoo_job(zoo, name: str = "job", **overrides) -> dict:
@@ -55,6 +55,26 @@ def test_good_job_resolves_names_paths_and_defaults(tiny_zoo, tmp_path, monkeypa
     assert spec.report.when == "end" and spec.workers.count == 1
     # The stored form validates back to the same spec (resume reads it from the store).
     assert type(spec).model_validate(spec.to_dict()) == spec
+
+
+def test_report_split_is_the_report_twin_when_defined_else_a_hold_out(tiny_zoo, tmp_path):
+    twin = parse_job(zoo_job(tiny_zoo))
+    assert twin.report_tasks == ["zoo_target_report"] and twin.holdout_tasks == []
+    forced = parse_job(zoo_job(tiny_zoo, objectives=[{"task": "zoo_target", "direction": "max",
+                                                      "report_holdout": True}]))
+    assert forced.report_tasks == ["zoo_target"] and forced.holdout_tasks == ["zoo_target"]
+    assert forced.worker_tasks == ["zoo_target"] and forced.holdout.fraction == 0.2
+    # A single-split task (no `_report` twin in the task set) gets its hold-out without being asked.
+    single = tmp_path / "tasks"
+    single.mkdir()
+    config = yaml.safe_load((Path(tiny_zoo.include_path) / "zoo_math.yaml").read_text())
+    (single / "qa.yaml").write_text(yaml.safe_dump({**config, "task": "qa"}))
+    spec = parse_job(zoo_job(tiny_zoo, objectives=[{"task": "qa", "direction": "max"}],
+                             tasks={"include_path": str(single)}))
+    (objective,) = spec.task_objectives
+    assert objective.report_holdout and spec.holdout_tasks == ["qa"]
+    # What the store keeps re-reads the same (resume validates the stored spec without the task files).
+    assert JobSpec.model_validate(spec.to_dict()).holdout_tasks == ["qa"]
 
 
 def test_nsga2_with_a_cost_objective_on_a_dfs_space(tiny_zoo):
@@ -123,6 +143,13 @@ BAD_JOBS = [
                                                                     {"task": "zoo_math", "direction": "max"}]),
      "optimizer.weights: cmaes with 2 objectives needs one weight per objective"),
     ("bad worker count", _set("workers", {"count": 0}), "workers.count: Input should be greater than 0"),
+    ("report task and hold-out both", _set("objectives", [{"task": "zoo_target", "direction": "max",
+                                                           "report_task": "zoo_math", "report_holdout": True}]),
+     "objectives[0].report_holdout: give report_task or report_holdout, not both"),
+    ("report split is the search split", _set("objectives", [{"task": "zoo_target", "direction": "max",
+                                                              "report_task": "zoo_target"}]),
+     "objectives[0].report_task: the report split must differ from the search split (report_holdout: true"),
+    ("hold-out of every doc", _set("holdout", {"fraction": 1.0}), "holdout.fraction: Input should be less than 1"),
 ]
 
 
