@@ -106,7 +106,17 @@ def _check_models(spec: JobSpec, job_file: Path) -> None:
 
 
 def run_command(job_file: Path = typer.Argument(..., help="the job YAML")) -> None:
-    """Run a job on a local Ray (started if none is running), with a live progress view."""
+    """Run a job on a local Ray (started if none is running), with a live progress view.
+
+    Set RAY_ADDRESS to join a running cluster instead; to hand the job to a cluster and return, use
+    `evosearch submit`.
+
+    Examples:
+
+      evosearch run examples/job_ps_cmaes.yaml
+
+      RAY_ADDRESS=127.0.0.1:6379 evosearch run examples/job_dfs.yaml
+    """
     try:
         spec = load_job(job_file)
     except JobError as e:
@@ -119,7 +129,16 @@ def run_command(job_file: Path = typer.Argument(..., help="the job YAML")) -> No
 
 def resume_command(job: str = typer.Argument(..., help="job name or job file"),
                    store: Optional[str] = typer.Option(None, "--store", help="store URL (default: the job's)")) -> None:
-    """Continue a stopped or killed job from its last committed generation."""
+    """Continue a stopped or killed job from its last committed generation.
+
+    Candidates already recorded are reused, never evaluated again.
+
+    Examples:
+
+      evosearch resume zoo-ps-cmaes
+
+      evosearch resume examples/job_ps_cmaes.yaml --store postgresql+psycopg://evo@db:5432/evosearch
+    """
     from evosearch.driver import spec_of_job
 
     opened, record = _locate(job, store)
@@ -131,7 +150,14 @@ def front_command(job: str = typer.Argument(..., help="job name or job file"),
                   generation: Optional[int] = typer.Option(None, "--generation", help="default: the last"),
                   by: str = typer.Option("search", "--by", help="rank by the search or the report split"),
                   store: Optional[str] = typer.Option(None, "--store", help="store URL (default: the job's)")) -> None:
-    """The Pareto front of a job, with search-split and report-split scores side by side."""
+    """The Pareto front of a job, with search-split and report-split scores side by side.
+
+    Examples:
+
+      evosearch front zoo-ps-cmaes --by report
+
+      evosearch front zoo-dfs-nsga2 --generation 3 --json
+    """
     from evosearch.api import SPLITS, Job, QueryError
     from storage import StoreError
 
@@ -178,7 +204,14 @@ def status_command(job: Optional[str] = typer.Argument(None, help="job name or j
                    address: Optional[str] = typer.Option(None, "--address", help="a Ray head's dashboard "
                                                          "(http://HEAD:8265): show the submitted job's Ray state too")) -> None:
     """Progress of one job, or of every job in the store (or under runs/); with --address, the Ray state of
-    a job submitted with `evosearch submit` as well."""
+    a job submitted with `evosearch submit` as well.
+
+    Examples:
+
+      evosearch status
+
+      evosearch status zoo-ps-cmaes --address http://127.0.0.1:8265
+    """
     from evosearch.progress import status_table
 
     if address is not None:

@@ -59,7 +59,7 @@ def submit_command(
     the same paths on the cluster. Use a PostgreSQL store URL for a remote cluster: a SQLite path is opened
     on the head node.
 
-    Example: evosearch submit examples/ps_cmaes.yaml --address http://127.0.0.1:8265
+    Example: evosearch submit examples/job_ps_cmaes.yaml --address http://127.0.0.1:8265
     """
     try:
         spec = load_job(job_file)

@@ -28,7 +28,14 @@ def merge_command(
     max_path: Optional[int] = typer.Option(None, "--max-path", min=1,
                                            help="Refuse a DFS recipe whose layer path is longer than this."),
 ) -> None:
-    """Merge the models a recipe names and write the result to OUT, streaming tensor by tensor."""
+    """Merge the models a recipe names and write the result to OUT, streaming tensor by tensor.
+
+    Examples:
+
+      evosearch merge examples/merge_zoo_ties.yaml runs/merged-ties
+
+      evosearch merge my-mergekit-config.yml out/merged --force
+    """
     start = time.perf_counter()
     try:
         loaded = load_recipe(recipe)

@@ -27,7 +27,16 @@ def build_command(
     preset: str = typer.Option("full", help="full (README figures, a few minutes) or tiny (tests)."),
     force: bool = typer.Option(False, "--force", help="Rebuild even if zoo.json matches the preset."),
 ) -> None:
-    """Train the base and the specialists (CPU, deterministic) and write the lm-eval tasks."""
+    """Train the base and the specialists (CPU, deterministic) and write the lm-eval tasks.
+
+    A second call with the same settings returns at once.
+
+    Examples:
+
+      evosearch zoo build runs/zoo
+
+      evosearch zoo build runs/zoo-tiny --preset tiny
+    """
     _offline()
     from evosearch.zoo.build import ZooError, build_zoo
 
@@ -49,7 +58,14 @@ def report_command(
     as_json: bool = typer.Option(False, "--json", help="Print the report as JSON."),
     split: str = typer.Option("report", help="Which split to score: report (held out) or search."),
 ) -> None:
-    """Score every model and the reference merges on every zoo task, and print the mergeability figures."""
+    """Score every model and the reference merges on every zoo task, and print the mergeability figures.
+
+    Examples:
+
+      evosearch zoo report runs/zoo
+
+      evosearch zoo report runs/zoo --split search --json
+    """
     _offline()
     import torch
 
