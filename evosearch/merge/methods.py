@@ -66,20 +66,39 @@ def _keep_only(delta: torch.Tensor, keep_indices: torch.Tensor, rescale: bool) -
     return _rescale_l1(delta, kept) if rescale else kept
 
 
+_RADIX_BITS = 16  # the top bits of each magnitude that pick its histogram bin in `_kth_largest`
+
+
+def _kth_largest(magnitude: torch.Tensor, k: int) -> torch.Tensor:
+    """The k-th largest of a flat tensor of non-negative floats (float32 or float64), by one radix pass.
+
+    Non-negative IEEE floats order like their bit patterns read as integers, so a histogram of the top
+    16 bits finds the bin holding the k-th largest, and only that bin (a sliver of the tensor) needs a
+    selection. Several times faster than `kthvalue` over the whole tensor, with the same result.
+    """
+    bits = magnitude.view(torch.int32 if magnitude.element_size() == 4 else torch.int64)
+    bins = bits >> (8 * magnitude.element_size() - _RADIX_BITS)
+    counts = torch.bincount(bins, minlength=1 << (_RADIX_BITS - 1))  # the sign bit is 0: half the range
+    at_or_above = counts.flip(0).cumsum(0)  # [j]: elements in the top j + 1 bins
+    j = int(torch.searchsorted(at_or_above, k))
+    above = int(at_or_above[j - 1]) if j > 0 else 0
+    in_bin = magnitude[bins == counts.numel() - 1 - j]
+    return in_bin.kthvalue(in_bin.numel() - (k - above) + 1).values
+
+
 def sparsify_magnitude(delta: torch.Tensor, density: float, rescale: bool) -> torch.Tensor:
     if density >= 1:
         return delta
     if density <= 0 or delta.numel() == 0:
         return torch.zeros_like(delta)
     k = max(1, int(density * delta.numel()))
-    # The k largest |delta| by threshold (cheaper in memory than topk's values and indices); among
-    # elements tied at the threshold the first ones are kept, so exactly k survive as in mergekit.
+    # The k largest |delta| by threshold: a selection, far cheaper than mergekit's full sort.
     magnitude = delta.abs().reshape(-1)
-    threshold = magnitude.kthvalue(magnitude.numel() - k + 1).values
-    keep = magnitude > threshold
-    short = k - int(keep.sum())
-    if short > 0:
-        keep[(magnitude == threshold).nonzero().squeeze(1)[:short]] = True
+    keep = magnitude >= _kth_largest(magnitude, k)
+    if int(torch.count_nonzero(keep)) > k:
+        # Elements tied at the threshold straddle the cut. Which of them survive is decided by the
+        # order mergekit's (unstable) descending argsort leaves them in; only that sort reproduces it.
+        keep.zero_()[torch.argsort(magnitude, descending=True)[:k]] = True
     del magnitude
     if not rescale:
         return delta.mul_(keep.reshape(delta.shape))  # in place: `delta` is the caller's scratch

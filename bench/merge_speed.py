@@ -1,0 +1,204 @@
+"""Merge speed and memory: `evosearch merge` vs `mergekit-yaml` (mergekit 0.1.5) on the same recipes.
+
+A zoo-style Llama family (base + 3 fine-tune-like variants, 101M parameters each, random weights) is
+generated once under the cache directory. Each recipe (TIES and task arithmetic with per-layer gradient
+parameters; DARE-TIES with a seed) is merged by both tools, each in its own fresh subprocess writing a
+fresh directory; the order alternates between repeats and the source files are read once beforehand so
+both start from a warm page cache. Reported: wall time (best of the repeats), the ratio mergekit /
+evosearch, each child's peak RSS (`wait4`), and the largest absolute difference between the two outputs'
+tensors (deterministic methods only: DARE drops weights at random, and the two tools draw differently).
+
+    .venv/bin/python bench/merge_speed.py             # 101M-parameter family, 3 repeats
+    .venv/bin/python bench/merge_speed.py --smoke     # tiny family, 1 repeat (seconds)
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import RESULTS, build_family, markdown_table, parameter_count, write_result  # noqa: E402
+
+BIN = Path(sys.executable).parent
+PARITY_TOLERANCE = 1e-5
+DARE_SEED = 1234
+
+
+def recipes(paths: dict[str, Path]) -> dict[str, dict]:
+    """The benchmark recipes, mergekit's YAML format, per-layer gradients on every tool-relevant knob."""
+    base, ft = str(paths["base"]), [str(paths[f"ft{i}"]) for i in range(3)]
+    gradient_models = [
+        {"model": ft[0], "parameters": {"weight": [0.2, 0.8, 0.5], "density": [0.4, 0.9]}},
+        {"model": ft[1], "parameters": {"weight": [1.0, 0.3], "density": 0.6}},
+        {"model": ft[2], "parameters": {"weight": 0.5, "density": [0.7, 0.3]}},
+    ]
+    ta_models = [{"model": m["model"], "parameters": {"weight": m["parameters"]["weight"]}} for m in gradient_models]
+    common = {"base_model": base, "dtype": "float32"}
+    return {
+        "ties": {"merge_method": "ties", **common, "models": gradient_models, "parameters": {"normalize": True}},
+        "task_arithmetic": {"merge_method": "task_arithmetic", **common, "models": ta_models,
+                            "parameters": {"lambda": [0.8, 1.2]}},
+        "dare_ties": {"merge_method": "dare_ties", **common, "models": gradient_models, "seed": DARE_SEED},
+    }
+
+
+@dataclass
+class Run:
+    tool: str
+    method: str
+    repeat: int
+    seconds: float
+    peak_rss_bytes: int
+
+
+def timed_child(cmd: list[str], log: Path) -> tuple[float, int]:
+    """Wall seconds and peak RSS of one fresh child process (its own `wait4` rusage)."""
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
+    with log.open("w") as out:
+        start = time.perf_counter()
+        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env)
+        _, status, usage = os.wait4(proc.pid, 0)
+        seconds = time.perf_counter() - start
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    if proc.returncode != 0:
+        tail = log.read_text().strip().splitlines()[-1:] or ["(no output)"]
+        raise RuntimeError(f"{cmd[0]} exited {proc.returncode}: {tail[0]}")
+    return seconds, usage.ru_maxrss * 1024  # Linux reports kilobytes
+
+
+def commands(method: str, recipe: dict, work: Path, out: Path) -> dict[str, list[str]]:
+    import yaml
+
+    from evosearch.recipe import parse_recipe, recipe_to_yaml
+
+    parsed = parse_recipe(recipe, source=f"{method} recipe")
+    ours, theirs = work / f"{method}.evosearch.yaml", work / f"{method}.mergekit.yaml"
+    ours.write_text(recipe_to_yaml(parsed))
+    theirs.write_text(yaml.safe_dump(parsed.to_mergekit(), sort_keys=False))
+    seed = ["--random-seed", str(parsed.seed)] if "seed" in recipe else []
+    return {"evosearch": [str(BIN / "evosearch"), "merge", str(ours), str(out)],
+            "mergekit": [str(BIN / "mergekit-yaml"), str(theirs), str(out), "--quiet", *seed]}
+
+
+def load_dir(path: Path) -> dict:
+    from safetensors.torch import load_file
+
+    tensors = {}
+    for file in sorted(path.glob("*.safetensors")):
+        tensors.update(load_file(file))
+    return tensors
+
+
+def max_abs_difference(a: Path, b: Path) -> float:
+    ta, tb = load_dir(a), load_dir(b)
+    # A tied head is the embedding: a tool may or may not write it, so compare what both wrote.
+    shared = set(ta) & set(tb)
+    if (set(ta) ^ set(tb)) - {"lm_head.weight"}:
+        raise RuntimeError(f"outputs {a} and {b} differ in tensor names: {sorted(set(ta) ^ set(tb))[:3]}")
+    return max(float((ta[n].double() - tb[n].double()).abs().max()) for n in shared)
+
+
+def warm_page_cache(paths: dict[str, Path]) -> None:
+    for path in paths.values():
+        for file in path.glob("*.safetensors"):
+            with file.open("rb") as f:
+                while f.read(1 << 24):
+                    pass
+
+
+def summarise(runs: list[Run], differences: dict[str, float]) -> list[dict]:
+    rows = []
+    for method in dict.fromkeys(r.method for r in runs):
+        best = {tool: min((r for r in runs if r.method == method and r.tool == tool), key=lambda r: r.seconds)
+                for tool in ("evosearch", "mergekit")}
+        peak = {tool: max(r.peak_rss_bytes for r in runs if r.method == method and r.tool == tool)
+                for tool in ("evosearch", "mergekit")}
+        rows.append({"method": method, "evosearch_seconds": best["evosearch"].seconds,
+                     "mergekit_seconds": best["mergekit"].seconds,
+                     "speedup": best["mergekit"].seconds / best["evosearch"].seconds,
+                     "evosearch_peak_rss_bytes": peak["evosearch"], "mergekit_peak_rss_bytes": peak["mergekit"],
+                     "max_abs_difference": differences.get(method),
+                     "parity_checked": method in differences})
+    return rows
+
+
+def table(rows: list[dict]) -> str:
+    mib = 1 << 20
+    return markdown_table(
+        ["method", "evosearch s", "mergekit s", "speed-up (mergekit / evosearch)", "evosearch peak RSS MiB",
+         "mergekit peak RSS MiB", "max abs diff"],
+        [[r["method"], f"{r['evosearch_seconds']:.2f}", f"{r['mergekit_seconds']:.2f}", f"{r['speedup']:.2f}x",
+          f"{r['evosearch_peak_rss_bytes'] / mib:.0f}", f"{r['mergekit_peak_rss_bytes'] / mib:.0f}",
+          f"{r['max_abs_difference']:.1e}" if r["parity_checked"] else "n/a (random drop)"] for r in rows])
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--repeats", type=int, default=3, help="runs per tool and recipe (the best time counts)")
+    p.add_argument("--cache", default=str(Path(tempfile.gettempdir()) / "evosearch_bench_family"),
+                   help="where the generated model family is kept between runs")
+    p.add_argument("--out", default=None, help="where the JSON goes (default bench/results; --smoke: a temp dir)")
+    p.add_argument("--smoke", action="store_true", help="tiny family, one repeat")
+    args = p.parse_args(argv)
+    args.size = "smoke" if args.smoke else "full"
+    if args.smoke:
+        args.repeats = 1
+        args.out = args.out or str(Path(tempfile.gettempdir()) / "evosearch_bench_smoke")
+    args.out = args.out or str(RESULTS)
+    if args.repeats < 1:
+        p.error("--repeats must be at least 1")
+    return args
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    paths = build_family(Path(args.cache) / args.size, args.size)
+    params = parameter_count(paths["base"])
+    print(f"family: base + 3 variants, {params / 1e6:.1f}M parameters each, {paths['base'].parent}", flush=True)
+    warm_page_cache(paths)
+    runs: list[Run] = []
+    differences: dict[str, float] = {}
+    with tempfile.TemporaryDirectory(prefix="merge_speed_", dir=Path(args.cache)) as tmp:
+        work = Path(tmp)
+        for method, recipe in recipes(paths).items():
+            for repeat in range(args.repeats):
+                outs = {tool: work / f"{method}-{tool}-{repeat}" for tool in ("evosearch", "mergekit")}
+                order = ["evosearch", "mergekit"] if repeat % 2 == 0 else ["mergekit", "evosearch"]
+                for tool in order:
+                    cmd = commands(method, recipe, work, outs[tool])[tool]
+                    seconds, rss = timed_child(cmd, work / f"{method}-{tool}-{repeat}.log")
+                    runs.append(Run(tool, method, repeat, seconds, rss))
+                    print(f"{method} {tool} #{repeat}: {seconds:.2f} s, peak RSS {rss / (1 << 20):.0f} MiB",
+                          flush=True)
+                if recipe["merge_method"] in ("ties", "task_arithmetic") and method not in differences:
+                    differences[method] = max_abs_difference(outs["evosearch"], outs["mergekit"])
+                for out in outs.values():
+                    shutil.rmtree(out)
+    rows = summarise(runs, differences)
+    path = write_result(args.out, "merge_speed", {
+        "settings": {"size": args.size, "parameters": params, "repeats": args.repeats, "family": str(paths["base"].parent),
+                     "parity_tolerance": PARITY_TOLERANCE, "dare_seed": DARE_SEED,
+                     "timing": "wall seconds of the whole command (interpreter start-up included), best of repeats",
+                     "peak_rss": "ru_maxrss of each fresh child, max over repeats",
+                     "recipes": recipes({k: Path(k) for k in paths})},
+        "summary": rows, "runs": [asdict(r) for r in runs]})
+    print()
+    print(table(rows))
+    print(f"wrote {path}")
+    failed = [r["method"] for r in rows if r["parity_checked"] and r["max_abs_difference"] > PARITY_TOLERANCE]
+    if failed:
+        print(f"parity FAILED for {', '.join(failed)} (max abs diff > {PARITY_TOLERANCE:g})", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
