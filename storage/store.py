@@ -92,6 +92,7 @@ class Store:
     def create_job(self, name: str, spec: dict, seed: int, output_dir: str) -> JobRecord:
         if not isinstance(name, str) or not name.strip():
             raise StoreError(f"job name {name!r} is empty")
+        spec = _without_passwords(spec)
 
         tries = 0
 
@@ -317,8 +318,8 @@ class Store:
         def write(session: Session) -> int:
             if session.scalar(select(Calibration.id).where(Calibration.name == rec.name)) is not None:
                 raise StoreError(f"calibration name {rec.name!r} is taken in store {self.url_for_display}")
-            row = Calibration(name=rec.name, tasks=list(rec.tasks), spec=rec.spec, created_at=utcnow(),
-                              fit_version=rec.fit_version if rec.irt_params is not None else 0)
+            row = Calibration(name=rec.name, tasks=list(rec.tasks), spec=_without_passwords(rec.spec),
+                              created_at=utcnow(), fit_version=rec.fit_version if rec.irt_params is not None else 0)
             row.models = [_calibration_model_row(model) for model in rec.models]
             session.add(row)
             session.flush()
@@ -416,6 +417,19 @@ def _cause(exc: BaseException, url: URL) -> str:
     if url.password:
         text = text.replace(str(url.password), "***")
     return mask_password(text)
+
+
+def _without_passwords(spec: Any) -> Any:
+    """A job or calibration spec as stored: the password of every URL in it (its `store`) masked. Whoever
+    may read the store need not be able to write it (a read-only role), and a resumed job connects with the
+    URL it is given, never the stored one."""
+    if isinstance(spec, str):
+        return mask_password(spec)
+    if isinstance(spec, dict):
+        return {key: _without_passwords(value) for key, value in spec.items()}
+    if isinstance(spec, list):
+        return [_without_passwords(value) for value in spec]
+    return spec
 
 
 def _check_choice(what: str, value: Any, choices: Sequence[str]) -> None:

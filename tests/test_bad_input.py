@@ -214,6 +214,8 @@ CASES: list[tuple[str, int, str, Callable[[Bed], list]]] = [
      lambda b: ["export", FINISHED_JOB, b.file() / "out", "--store", b.store]),
     ("export: target is a regular file", 2, "output {tmp}/a-file: exists and is not a directory",
      lambda b: ["export", FINISHED_JOB, b.file(), "--store", b.store]),
+    ("export: plot under a regular file", 1, "cannot write {tmp}/a-file/front.png",
+     lambda b: ["plot", FINISHED_JOB, b.file() / "front.png", "--store", b.store]),
     ("merge: non-empty directory without --force", 1, "output directory {tmp}/taken is not empty",
      lambda b: ["merge", b.recipe(_ta(b, 0.5)), b.taken()]),
     ("merge: parent is a regular file", 1, "output {tmp}/a-file/out: cannot be created",

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from safetensors.torch import load_file
 
-from pg import PG_PASSWORD, free_port
+from pg import PG_PASSWORD, PG_USER, free_port
 from test_bad_input import (FINISHED_JOB, finished_store, invoke, make_misfits, model_copy, small_job,
                             write_yaml)
 
@@ -145,6 +145,7 @@ def test_passwords_of_an_unreachable_store_are_never_shown_or_written(tiny_zoo, 
 
 def test_passwords_of_a_real_postgresql_store_are_never_shown_or_written(ray_local, tiny_zoo, pg_server,
                                                                           tmp_path, monkeypatch):
+    import psycopg
     import ray
 
     monkeypatch.chdir(tmp_path)
@@ -162,6 +163,11 @@ def test_passwords_of_a_real_postgresql_store_are_never_shown_or_written(ray_loc
     assert not [r.output for r in shown if PG_PASSWORD in r.output]
     logs = Path(ray._private.worker._global_node.get_logs_dir_path())  # the Ray workers' logs of this session
     assert files_holding(PG_PASSWORD, tmp_path, logs) == [job_file]
+    # Nor in the store itself: a role that may only read it must not learn how to write it.
+    with psycopg.connect(host="127.0.0.1", port=pg_server.port, user=PG_USER, password=PG_PASSWORD,
+                         dbname="security") as connection:
+        stored = connection.execute("SELECT spec::text FROM jobs").fetchall()
+    assert len(stored) == 1 and "evosearch:***@127.0.0.1" in stored[0][0] and PG_PASSWORD not in stored[0][0]
     assert (tmp_path / "pg").is_dir() and (tmp_path / "best" / "model.safetensors").is_file()
 
 
