@@ -70,3 +70,13 @@ def test_pool_fails_fast_with_the_constructor_error(ray_local):
 
     with pytest.raises(WorkerStartError, match=r"^worker failed to start: FileNotFoundError: source model not found: /nope$"):
         WorkerPool(BrokenWorker, ("/nope",), num_workers=1, options=ActorOptions(num_cpus=0.5)).start()
+
+
+def test_pool_that_the_cluster_cannot_place_fails_after_its_timeout_instead_of_hanging(ray_local, tmp_path):
+    import pytest
+
+    from workers.pool import WorkerStartError
+
+    huge = ActorOptions(num_cpus=0.5, num_gpus=64)  # more GPUs than any node has
+    with pytest.raises(WorkerStartError, match=r"^no worker ready after 1 s: 2 waiting for resources "):
+        WorkerPool(SquareWorker, (str(tmp_path),), num_workers=2, options=huge, start_timeout_s=1).start()

@@ -4,6 +4,10 @@ Ray's own `ActorPool` gives up when an actor dies; a search must not. Here a dea
 (its resident weights are loaded again) and its in-flight item is queued again, up to `max_retries`
 times per item. An exception raised *inside* the actor's method is the item's own failure (a bad recipe,
 a NaN score): it is reported once and never retried, since retrying would fail the same way.
+
+A replacement joins when it is ready and the others go on meanwhile: when its node is gone it may wait for
+resources forever (or until an autoscaler adds a node), and the search must go on with the capacity left.
+Only when no actor at all is ready for `start_timeout_s` does the pool give up.
 """
 
 from __future__ import annotations
@@ -16,7 +20,7 @@ from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 
 import ray
-from ray.exceptions import RayActorError, RayTaskError, WorkerCrashedError
+from ray.exceptions import ObjectLostError, RayActorError, RayTaskError, WorkerCrashedError
 
 log = logging.getLogger(__name__)
 
@@ -60,6 +64,7 @@ class _Slot:
     actor: Any
     name: str
     generation: int = 0  # bumped on every restart so names stay unique in the store
+    ready: Any = None  # the actor's readiness ref until it has answered, then None
 
 
 @dataclass
@@ -101,6 +106,7 @@ class WorkerPool(Generic[Item]):
     options: ActorOptions = field(default_factory=ActorOptions)
     call: str = "run"
     max_retries: int = 2
+    start_timeout_s: float = 600.0
     _slots: list[_Slot] = field(default_factory=list, init=False)
     _remote_cls: Any = field(default=None, init=False)
 
@@ -109,28 +115,56 @@ class WorkerPool(Generic[Item]):
             raise ValueError("num_workers must be at least 1")
         self._remote_cls = ray.remote(self.actor_cls).options(**self.options.as_ray_options())
         self._slots = [self._spawn(i) for i in range(self.num_workers)]
-        self._wait_ready(self._slots)
+        # Actors the cluster cannot place within the timeout join later; with none placed there is no pool.
+        answered, _ = ray.wait([s.ready for s in self._slots], num_returns=len(self._slots),
+                               timeout=self.start_timeout_s)
+        if not answered:
+            error = self._nothing_ready()
+            self.shutdown()
+            raise error
+        self._wait_ready([s for s in self._slots if s.ready in answered])
         return self
+
+    def _nothing_ready(self) -> WorkerStartError:
+        waiting = sum(s.ready is not None for s in self._slots)
+        return WorkerStartError(f"no worker ready after {self.start_timeout_s:g} s: {waiting} waiting for "
+                                f"resources {self.options.as_ray_options()}")
 
     @staticmethod
     def _wait_ready(slots: list[_Slot]) -> None:
         """Fail fast, with the constructor's error, when actors cannot start: retrying would not help."""
         try:
-            ray.get([slot.actor.__ray_ready__.remote() for slot in slots])
+            ray.get([slot.ready for slot in slots])
         except RayActorError as exc:
             raise WorkerStartError(f"worker failed to start: {init_failure_line(exc)}") from None
+        for slot in slots:
+            slot.ready = None
 
     def _spawn(self, index: int, generation: int = 0) -> _Slot:
-        return _Slot(actor=self._remote_cls.remote(*self.init_args), name=f"worker-{index}.{generation}",
-                     generation=generation)
+        actor = self._remote_cls.remote(*self.init_args)
+        return _Slot(actor=actor, name=f"worker-{index}.{generation}", generation=generation,
+                     ready=actor.__ray_ready__.remote())
 
     def _restart(self, slot: _Slot) -> _Slot:
+        """A fresh actor in the dead one's place, not yet ready: `map_unordered` takes it in when it is."""
         ray.kill(slot.actor, no_restart=True)
         index = self._slots.index(slot)
         fresh = self._spawn(index, slot.generation + 1)
-        self._wait_ready([fresh])
         self._slots[index] = fresh
         return fresh
+
+    def _started(self, slot: _Slot) -> _Slot:
+        """The slot once its actor answered: itself, or a fresh one if the actor died while starting
+        (its node lost, say) rather than raising in its constructor."""
+        try:
+            ray.get(slot.ready)
+        except RayActorError as exc:
+            if exc.actor_init_failed:
+                raise WorkerStartError(f"worker failed to start: {init_failure_line(exc)}") from None
+            log.warning("%s died while starting; starting another: %s", slot.name, one_line(exc))
+            return self._restart(slot)
+        slot.ready = None
+        return slot
 
     def map_unordered(self, items: Iterable[Item], args_of: Callable[[Item], tuple]) -> Iterator[PoolOutcome[Item]]:
         """Runs `actor.<call>(*args_of(item))` for every item, yielding outcomes as they finish.
@@ -140,7 +174,8 @@ class WorkerPool(Generic[Item]):
         if not self._slots:
             self.start()
         queue: deque[tuple[Item, int]] = deque((it, 0) for it in items)
-        idle: deque[_Slot] = deque(self._slots)
+        idle: deque[_Slot] = deque(s for s in self._slots if s.ready is None)
+        starting: dict[Any, _Slot] = {s.ready: s for s in self._slots if s.ready is not None}
         running: dict[Any, _InFlight[Item]] = {}
 
         def submit() -> None:
@@ -151,17 +186,29 @@ class WorkerPool(Generic[Item]):
                 running[ref] = _InFlight(item=item, slot=slot, attempts=attempts + 1)
 
         submit()
-        while running:
-            done, _ = ray.wait(list(running), num_returns=1)
+        while running or queue:
+            # With nothing running, only a starting actor can take the queue: wait for one, not forever.
+            done, _ = ray.wait([*running, *starting], num_returns=1,
+                               timeout=None if running else self.start_timeout_s)
+            if not done:
+                raise self._nothing_ready()
             ref = done[0]
+            if ref in starting:
+                slot = self._started(starting.pop(ref))
+                if slot.ready is None:
+                    idle.append(slot)
+                else:
+                    starting[slot.ready] = slot
+                submit()
+                continue
             flight = running.pop(ref)
             try:
                 value = ray.get(ref)
-            except (RayActorError, WorkerCrashedError) as exc:
-                # The actor process died (OOM, segfault, node loss): the item is innocent until it has
-                # killed `max_retries + 1` actors.
+            except (RayActorError, WorkerCrashedError, ObjectLostError) as exc:
+                # The actor process died (OOM, segfault, node loss; a result kept on a lost node is lost
+                # with it): the item is innocent until it has killed `max_retries + 1` actors.
                 fresh = self._restart(flight.slot)
-                idle.append(fresh)
+                starting[fresh.ready] = fresh
                 if flight.attempts <= self.max_retries:
                     log.warning("%s died on an item (attempt %d); re-queued: %s", flight.slot.name,
                                 flight.attempts, one_line(exc))
