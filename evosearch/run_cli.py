@@ -83,28 +83,6 @@ def _drive(spec: JobSpec, store, resume: bool) -> None:
                + (f" ({summary.reason})" if summary.reason else ""))
 
 
-def _check_models(spec: JobSpec, job_file: Path) -> None:
-    """The job's models, and the recipe of its space's centre built dry against them. The workers would find
-    a misfit only once the job is in the store and Ray is up, and then fail every candidate."""
-    import numpy as np
-
-    from evosearch.merge.dfs import DFSError
-    from evosearch.merge.export import check_buildable
-    from evosearch.merge.sources import SourceError, check_model_set
-    from evosearch.recipe import RecipeError
-    from evosearch.spaces import build_space
-
-    try:
-        check_model_set(spec.source_paths)
-    except SourceError as e:
-        _fail(f"{job_file}: sources: {e}", USAGE)
-    space = build_space(spec.search_space)
-    try:
-        check_buildable(space.decode(np.full(space.dim, 0.5)))
-    except (SourceError, RecipeError, DFSError) as e:
-        _fail(f"{job_file}: search_space: {e}", USAGE)
-
-
 def run_command(job_file: Path = typer.Argument(..., help="the job YAML")) -> None:
     """Run a job on a local Ray (started if none is running), with a live progress view.
 
@@ -117,11 +95,16 @@ def run_command(job_file: Path = typer.Argument(..., help="the job YAML")) -> No
 
       RAY_ADDRESS=127.0.0.1:6379 evosearch run examples/job_dfs.yaml
     """
+    from evosearch.merge.preflight import check_search_models
+    from evosearch.merge.sources import SourceError
+
     try:
         spec = load_job(job_file)
+        check_search_models(spec.source_paths, spec.search_space)
     except JobError as e:
         _fail(str(e), USAGE)
-    _check_models(spec, job_file)
+    except SourceError as e:
+        _fail(f"{job_file}: {e}", USAGE)
     opened = _open_store(spec.store, must_exist=False)
     Path(spec.output_dir).mkdir(parents=True, exist_ok=True)
     _drive(spec, opened, resume=False)

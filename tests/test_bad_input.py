@@ -260,3 +260,21 @@ def test_bad_input_is_one_line_and_changes_nothing(world, tmp_path, monkeypatch,
     assert needle.format(tmp=tmp_path, misfits=misfits, zoo=zoo.root) in lines[0], lines[0]
     assert "Traceback" not in result.output
     assert disk_and_store(store, tmp_path) == before
+
+
+@pytest.mark.xfail(strict=True, reason="evosearch/driver.py run_job must call evosearch.merge.preflight."
+                   "check_search_models(spec.source_paths, spec.search_space) before store.create_job (new jobs), "
+                   "as `evosearch run` does; else the Python API and `evosearch submit` store the job and fail every "
+                   "candidate")
+def test_run_job_refuses_models_its_space_cannot_build_before_touching_the_store(world, tmp_path):
+    from evosearch.driver import DriverError, run_job
+    from evosearch.job import parse_job
+    from storage import Store
+
+    zoo = world[0]
+    dfs_deeper_than_the_models = {"kind": "dfs", "sources": ["math", "lang"], "num_layers": 5}
+    spec = parse_job(small_job(zoo, "misfit", tmp_path, search_space=dfs_deeper_than_the_models))
+    with Store.open(f"sqlite:///{tmp_path / 'evosearch.db'}") as store:
+        with pytest.raises((ValueError, DriverError), match="DFS source 0"):
+            run_job(spec, store)
+        assert store.list_jobs() == []
