@@ -36,6 +36,21 @@ def default_store_url(name: str) -> str:
     return f"sqlite:///{(Path('runs') / name / 'evosearch.db').resolve()}"
 
 
+SQLITE_PREFIX = "sqlite:///"
+
+
+def store_url(url: str | None, name: str) -> str:
+    """The store a file names, with a relative SQLite path made absolute against the current directory (where
+    the user ran the command), so a submitted job or a later query from elsewhere opens the same file."""
+    if url is None:
+        return default_store_url(name)
+    if url.startswith(SQLITE_PREFIX):
+        path, _, query = url.removeprefix(SQLITE_PREFIX).partition("?")
+        if path and path != ":memory:" and not Path(path).is_absolute():
+            return f"{SQLITE_PREFIX}{Path(path).resolve()}" + (f"?{query}" if query else "")
+    return url
+
+
 def model_dirs(sources: dict[str, str], base_model: str | None) -> list[str]:
     """Every model directory workers load: the named sources, then the base if it is another."""
     paths = list(dict.fromkeys(sources.values()))

@@ -19,7 +19,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, ValidationError, field_validator, \
     model_validator
 
-from evosearch.config_file import known, model_dirs, read_yaml_file
+from evosearch.config_file import known, model_dirs, read_yaml_file, store_url
 from evosearch.optimizers import AnyOptimizerConfig, OptimizerError, parse_optimizer_config
 from evosearch.spaces import PS_SOURCE, SpaceConfig, SpaceError, parse_space_config
 
@@ -194,8 +194,7 @@ class JobSpec(_Section):
         if self.output_dir is None:
             self.output_dir = str(Path("runs") / self.name)
         self.output_dir = str(Path(self.output_dir).resolve())
-        if self.store is None:
-            self.store = f"sqlite:///{Path(self.output_dir) / 'evosearch.db'}"
+        self.store = store_url(self.store, self.name) if self.store else f"sqlite:///{Path(self.output_dir) / 'evosearch.db'}"
         return self
 
     # --- what the driver reads -----------------------------------------------------------------------

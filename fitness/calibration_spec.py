@@ -16,7 +16,7 @@ from typing import Any, Optional
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 # The job file's model naming, error locations and task index: one spelling of each rule for both files.
-from evosearch.config_file import default_store_url, known, model_dirs, read_yaml_file
+from evosearch.config_file import known, model_dirs, read_yaml_file, store_url
 from evosearch.job import JobError, WorkersSpec, _resolve_models, _task_index, validated
 from evosearch.spaces import PSSpaceConfig, SpaceError, parse_space_config
 from fitness.anchors import ANCHOR_STRATEGIES
@@ -113,8 +113,7 @@ class CalibrationSpec(_Section):
 
     @model_validator(mode="after")
     def _defaults(self) -> "CalibrationSpec":
-        if self.store is None:
-            self.store = default_store_url(self.name)
+        self.store = store_url(self.store, self.name)
         return self
 
     @property

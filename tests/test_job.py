@@ -181,7 +181,8 @@ def test_missing_job_file(tmp_path):
         load_job(tmp_path / "nope.yaml")
 
 
-EXAMPLES = sorted((Path(__file__).resolve().parents[1] / "examples").glob("job_*.yaml"))
+EXAMPLES_DIR = Path(__file__).resolve().parents[1] / "examples"
+EXAMPLES = sorted(EXAMPLES_DIR.glob("job_*.yaml")) + [EXAMPLES_DIR / "demo_job.yaml"]
 
 
 @pytest.mark.parametrize("example", EXAMPLES, ids=[p.stem for p in EXAMPLES])
@@ -196,7 +197,18 @@ def test_example_jobs_load_against_the_zoo(tiny_zoo, tmp_path, monkeypatch, exam
 
 
 def test_the_three_example_jobs_exist():
-    assert [p.name for p in EXAMPLES] == ["job_dfs.yaml", "job_ps_cmaes.yaml", "job_psdfs_nsga2.yaml"]
+    assert [p.name for p in EXAMPLES] == ["job_dfs.yaml", "job_ps_cmaes.yaml", "job_psdfs_nsga2.yaml", "demo_job.yaml"]
+
+
+@pytest.mark.parametrize("name", ["calibrate_zoo.yaml", "demo_calibrate.yaml"])
+def test_example_calibrations_load_against_the_zoo(tiny_zoo, tmp_path, monkeypatch, name):
+    from fitness.calibration_spec import load_calibration_spec
+
+    (tmp_path / "runs").mkdir()
+    (tmp_path / "runs" / "zoo").symlink_to(tiny_zoo.root)
+    monkeypatch.chdir(tmp_path)
+    spec = load_calibration_spec(EXAMPLES_DIR / name)
+    assert all(Path(p).is_dir() for p in spec.source_paths) and spec.n_random > 0 and spec.n_heldout > 0
 
 
 def test_searching_on_a_public_benchmarks_test_split_is_refused_unless_allowed(tiny_zoo, tmp_path):
@@ -214,3 +226,11 @@ def test_searching_on_a_public_benchmarks_test_split_is_refused_unless_allowed(t
     assert parse_job({**job, "allow_test_split_fitness": True}).allow_test_split_fitness
     # The zoo's own tasks read a file named `test`, but are no public benchmark.
     assert not parse_job(zoo_job(tiny_zoo)).allow_test_split_fitness
+
+
+def test_a_relative_sqlite_store_is_resolved_where_the_command_runs(tiny_zoo, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    spec = parse_job(zoo_job(tiny_zoo, store="sqlite:///shared/evosearch.db"))
+    assert spec.store == f"sqlite:///{tmp_path / 'shared' / 'evosearch.db'}"
+    url = "postgresql+psycopg://evo:secret@127.0.0.1:5432/evo"
+    assert parse_job(zoo_job(tiny_zoo, store=url)).store == url
