@@ -24,8 +24,7 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import RESULTS, build_family, markdown_table, parameter_count, write_result  # noqa: E402
+from common import RESULTS, build_family, markdown_table, parameter_count, write_result
 
 BIN = Path(sys.executable).parent
 PARITY_TOLERANCE = 1e-5

@@ -20,7 +20,6 @@ import datetime
 import itertools
 import json
 import os
-import platform
 import statistics
 import sys
 import tempfile
@@ -34,6 +33,8 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script from anywhere
+
+from common import machine  # noqa: E402  (bench/, the script's own directory)
 
 SEARCH_TASK, REPORT_TASK = "zoo_target", "zoo_target_report"
 SPECIALISTS = ("math", "strings", "lang")
@@ -239,16 +240,6 @@ def table(summary: dict[str, dict]) -> str:
                     f"| {100 * s['search_mean']:.1f} ± {100 * s['search_std']:.1f} | {100 * s['gap_mean']:+.1f} "
                     f"| {s['candidates_mean']:.0f} ({s['evaluated_mean']:.0f}) | {s['seconds_mean']:.0f} |")
     return "\n".join(rows)
-
-
-def machine() -> dict:
-    import torch
-
-    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                if line.startswith("model name")), platform.processor()) if Path("/proc/cpuinfo").exists() else ""
-    return {"platform": platform.platform(), "python": platform.python_version(), "cpu": cpu,
-            "cpu_count": os.cpu_count(), "load_average_when_written": list(os.getloadavg()),
-            "torch": torch.__version__, "torch_threads": torch.get_num_threads()}
 
 
 def plot(runs: list[MethodRun], path: Path, budget: int) -> None:
