@@ -72,7 +72,12 @@ def plot_command(
     Example: `evosearch plot zoo-ps runs/zoo-ps/front.png`.
     """
     from evosearch.api import QueryError
+    from evosearch.merge.export import ExportError, check_creatable
 
+    try:
+        check_creatable(out.absolute())
+    except ExportError as e:
+        _fail(str(e), USAGE)
     chosen = _job(job, store)
     try:
         chosen.plot(out)

@@ -20,6 +20,8 @@ from typing import Annotated, Any, Literal, Optional, Union
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from evosearch.config_file import read_yaml_file
+
 ScalarParameter = Union[bool, int, float, str]
 ScalarOrGradient = Union[ScalarParameter, list[ScalarParameter]]
 
@@ -212,14 +214,7 @@ def parse_recipe(data: dict[str, Any], *, source: str = "recipe") -> Union[PSRec
 
 
 def load_recipe(path: str | Path) -> Union[PSRecipe, DFSRecipe]:
-    p = Path(path)
-    if not p.is_file():
-        raise RecipeError(f"recipe file not found: {p}")
-    try:
-        data = yaml.safe_load(p.read_text())
-    except yaml.YAMLError as e:
-        raise RecipeError(f"{p}: not valid YAML ({str(e).splitlines()[0]})") from None
-    return parse_recipe(data, source=str(p))
+    return parse_recipe(read_yaml_file(path, "recipe", RecipeError), source=str(Path(path)))
 
 
 def recipe_to_yaml(recipe: Union[PSRecipe, DFSRecipe]) -> str:

@@ -203,10 +203,15 @@ def output_dir(out_dir: Union[str, Path], force: bool) -> Path:
         raise ExportError(f"output {out}: exists and is not a directory")
     if out.is_dir() and any(out.iterdir()) and not force:
         raise ExportError(f"output directory {out} is not empty (use --force to replace it)")
-    parent = next(p for p in out.parents if p.exists())
-    if not parent.is_dir():
-        raise ExportError(f"output {out}: cannot be created, {parent} is not a directory")
+    check_creatable(out)
     return out
+
+
+def check_creatable(path: Path) -> None:
+    """ExportError unless the nearest existing ancestor of `path` is a directory (a file there stops even root)."""
+    parent = next(p for p in path.parents if p.exists())
+    if not parent.is_dir():
+        raise ExportError(f"output {path}: cannot be created, {parent} is not a directory")
 
 
 def export_recipe(recipe: Union[PSRecipe, DFSRecipe], out_dir: Union[str, Path], *,
