@@ -169,8 +169,9 @@ def merge_state_dict(recipe: PSRecipe, resident: ResidentSources) -> dict[str, t
 def build_model(config: PretrainedConfig, state: Mapping[str, torch.Tensor]) -> torch.nn.Module:
     """A causal-LM module of `config` holding `state`, on the state's device, in eval mode.
 
-    Weights are not randomly initialised first (that would cost as much as the merge). To evaluate
-    many candidates, keep the module and `load_state_dict` each new merge into it.
+    Weights are not randomly initialised first (that would cost as much as the merge), and the module
+    takes the tensors of `state` themselves as its parameters (no copy: a copy would cost as much again,
+    and twice the memory), so it shares storage with whatever else holds them.
     """
     from transformers import AutoModelForCausalLM
     from transformers.initialization import no_init_weights
@@ -179,7 +180,7 @@ def build_model(config: PretrainedConfig, state: Mapping[str, torch.Tensor]) -> 
     dtype = first.dtype if first.is_floating_point() else torch.float32
     with no_init_weights(), torch.device(first.device):
         model = AutoModelForCausalLM.from_config(config, dtype=dtype, trust_remote_code=False)
-    missing, unexpected = model.load_state_dict(dict(state), strict=False)
+    missing, unexpected = model.load_state_dict(dict(state), strict=False, assign=True)
     tied = set(getattr(model, "_tied_weights_keys", None) or {})
     missing = [k for k in missing if k not in tied]
     if missing or unexpected:
