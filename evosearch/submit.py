@@ -5,7 +5,9 @@ copy of every local task YAML directory it names. The entrypoint is `evosearch r
 head validates the job again before it starts. What does NOT travel:
 - model directories (`sources`): they are large; they must exist at the same absolute paths on the cluster
   (a shared filesystem) - the job file carries them resolved;
-- files a task YAML names by absolute path (e.g. `dataset_kwargs.data_files`): same rule;
+- files a task YAML names by absolute path (e.g. `dataset_kwargs.data_files`) OUTSIDE its task directory:
+  same rule. Those inside it travel with the directory, and the staged YAMLs name them relative to the
+  working directory, where the job and its workers run;
 - the store: the job file carries its URL as resolved on this machine. A PostgreSQL URL is the one to use
   for a real cluster. A SQLite path is an absolute path that the job process opens on the HEAD node
   (fine when the head is this machine, or the path is on a shared filesystem).
@@ -102,6 +104,7 @@ def stage(spec: JobSpec, job_file: Path, into: Path) -> Path:
         target = into / STAGED_TASKS_DIR / str(i)
         if include.is_dir():
             shutil.copytree(include, target)
+            _point_into_copy(target, include, target.relative_to(into).as_posix())
             staged_paths.append(target.relative_to(into).as_posix())
         else:
             target.mkdir(parents=True)
@@ -111,6 +114,16 @@ def stage(spec: JobSpec, job_file: Path, into: Path) -> Path:
     staged = into / STAGED_JOB_FILE
     staged.write_text(yaml.safe_dump(raw, sort_keys=False), encoding="utf-8")
     return staged
+
+
+def _point_into_copy(copy: Path, original: Path, relative: str) -> None:
+    """Every path under `original` that a task YAML in `copy` names becomes the same file under `relative`.
+    Textual, so lm-eval's `!function` tags and the user's comments survive."""
+    prefix = str(original).rstrip("/") + "/"
+    for f in sorted(copy.rglob("*.yaml")) + sorted(copy.rglob("*.yml")):
+        text = f.read_text(encoding="utf-8")
+        if prefix in text:
+            f.write_text(text.replace(prefix, relative + "/"), encoding="utf-8")
 
 
 def _as_cluster_job(info) -> Optional[ClusterJob]:

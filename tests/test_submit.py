@@ -141,17 +141,30 @@ def _small_job(zoo, tmp_path: Path, name: str, **overrides) -> tuple[Path, str]:
     return write_job(tmp_path, job, f"{name}.yaml"), store
 
 
+def _own_task_copy(zoo, tmp_path: Path) -> Path:
+    """The zoo's tasks copied with their data files, the YAMLs naming the copies by absolute path."""
+    tasks = tmp_path / "my-tasks"
+    shutil.copytree(zoo.include_path, tasks)
+    for f in tasks.glob("*.yaml"):
+        f.write_text(f.read_text().replace(str(zoo.include_path), str(tasks)))
+    return tasks
+
+
 def test_submit_runs_the_job_on_the_cluster_and_its_front_lands_in_the_store(ray_head, tiny_zoo, tmp_path):
-    job_file, store_url = _small_job(tiny_zoo, tmp_path, "submitted")
-    # Submitted from another directory: the job file and its task YAMLs must travel with the job.
+    tasks = _own_task_copy(tiny_zoo, tmp_path)
+    job_file, store_url = _small_job(tiny_zoo, tmp_path, "submitted", tasks={"include_path": str(tasks)})
+    # Submitted from another directory: the job file, its task YAMLs and their data files must travel with
+    # the job; the local copy is moved away while the job runs.
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
     done = _cli(ray_head, "submit", str(job_file), "--address", ray_head.address, cwd=elsewhere)
+    tasks.rename(tmp_path / "moved-away")
     assert done.returncode == 0, done.stderr
     submission_id = done.stdout.strip()
     assert submission_id == "evosearch-submitted"
 
     info = _wait_for(ray_head, submission_id, ("SUCCEEDED",))
+    (tmp_path / "moved-away").rename(tasks)  # `status JOB_FILE` below validates the job file here
     assert info["metadata"] == {"evosearch_job": "submitted"}
     assert info["entrypoint"] == "evosearch run evosearch_job.yaml"
 
