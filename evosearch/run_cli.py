@@ -95,19 +95,22 @@ def run_command(job_file: Path = typer.Argument(..., help="the job YAML")) -> No
 
       RAY_ADDRESS=127.0.0.1:6379 evosearch run examples/job_dfs.yaml
     """
+    from evosearch.merge.export import ExportError, output_dir
     from evosearch.merge.preflight import check_search_models
     from evosearch.merge.sources import SourceError
 
     try:
         spec = load_job(job_file)
         check_search_models(spec.source_paths, spec.search_space)
+        output_dir(spec.output_dir, force=True)  # a directory, or one that can be made; it may hold files
     except JobError as e:
         _fail(str(e), USAGE)
     except SourceError as e:
         _fail(f"{job_file}: {e}", USAGE)
-    opened = _open_store(spec.store, must_exist=False)
-    Path(spec.output_dir).mkdir(parents=True, exist_ok=True)
-    _drive(spec, opened, resume=False)
+    except ExportError as e:
+        _fail(f"{job_file}: output_dir: {e}", USAGE)
+    # Nothing is made before the driver has taken the job: its default store (in output_dir) makes its folder.
+    _drive(spec, _open_store(spec.store, must_exist=False), resume=False)
 
 
 def resume_command(job: str = typer.Argument(..., help="job name or job file"),

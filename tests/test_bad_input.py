@@ -96,7 +96,7 @@ class Bed:
 
     def job(self, *edits: Callable[[dict], dict], **overrides) -> Path:
         """A job file aimed at the finished job's store: a rejection that wrote anything would show there."""
-        job = small_job(self.zoo, "bad", self.tmp, **{"store": self.store, **overrides})
+        job = small_job(self.zoo, overrides.pop("name", "bad"), self.tmp, **{"store": self.store, **overrides})
         for edit in edits:
             job = edit(job)
         return write_yaml(self.tmp / "job.yaml", job)
@@ -161,6 +161,10 @@ CASES: list[tuple[str, int, str, Callable[[Bed], list]]] = [
                                            "anchor_ends": True, "max_path": 1})]),
     ("job: DFS layers the models lack", 2, "job.yaml: search_space: DFS source 0 ({zoo}/models/math)",
      lambda b: ["run", b.job(search_space={"kind": "dfs", "sources": ["math", "lang"], "num_layers": 5})]),
+    ("job: output_dir under a regular file", 2, "job.yaml: output_dir: output {tmp}/a-file/out: cannot be created",
+     lambda b: ["run", b.job(output_dir=str(b.file() / "out"))]),
+    ("job: name taken in the store", 1, "job name 'done' is taken in store sqlite:///",
+     lambda b: ["run", b.job(name=FINISHED_JOB)]),
     ("job: bad YAML", 2, "job.yaml: not valid YAML at line 1",
      lambda b: ["run", b.text("job.yaml", "name: [unclosed")]),
     ("job: file missing", 2, "{tmp}/nope.yaml: job file not found",

@@ -168,7 +168,7 @@ def test_passwords_of_a_real_postgresql_store_are_never_shown_or_written(ray_loc
                          dbname="security") as connection:
         stored = connection.execute("SELECT spec::text FROM jobs").fetchall()
     assert len(stored) == 1 and "evosearch:***@127.0.0.1" in stored[0][0] and PG_PASSWORD not in stored[0][0]
-    assert (tmp_path / "pg").is_dir() and (tmp_path / "best" / "model.safetensors").is_file()
+    assert (tmp_path / "best" / "model.safetensors").is_file()
 
 
 # --- names and paths ------------------------------------------------------------------------------------
