@@ -141,19 +141,25 @@ def sparsify_della(delta: torch.Tensor, density: float, epsilon: float, rescale:
     return _finish(delta, mask, rescale)
 
 
-_CHUNK = 1 << 22  # elements per step of the element-wise combination: bounds its scratch memory
+_CHUNK = 1 << 17  # elements per step of the element-wise combination: its several passes stay in cache
 
 
 def task_arithmetic(base: torch.Tensor, models: list[Optional[torch.Tensor]], params: Sequence[dict],
                     variant: TaskArithmeticVariant, *, normalize: bool, rescale: bool, lam: float,
-                    generator: Optional[torch.Generator], where: Sequence[str]) -> torch.Tensor:
+                    generator: Optional[torch.Generator], where: Sequence[str],
+                    scratch: Optional[torch.Tensor] = None) -> torch.Tensor:
     """The generalised task-arithmetic merge shared by task_arithmetic, TIES, DARE, Breadcrumbs, DELLA.
 
-    Entries of `models` are released (set to None) as soon as their task vector is taken.
+    Entries of `models` are released (set to None) as soon as their task vector is taken. `scratch`, a
+    flat buffer of base's dtype and device with at least len(models) * base.numel() elements, holds the
+    task vectors when given: a caller merging tensor after tensor reuses one, where a fresh buffer this
+    large would have its every page faulted in again for each tensor.
     """
     if not models:
         return base
-    deltas = torch.empty((len(models), *base.shape), dtype=base.dtype, device=base.device)
+    size = len(models) * base.numel()
+    deltas = (scratch[:size] if scratch is not None else
+              torch.empty(size, dtype=base.dtype, device=base.device)).view(len(models), *base.shape)
     for i, (tensor, p) in enumerate(zip(models, params)):
         row = deltas[i]
         delta = torch.sub(tensor, base, out=row)

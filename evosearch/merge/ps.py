@@ -50,6 +50,7 @@ class PSMerger:
         self._names = self._reference.tensor_names()
         self.num_layers = count_layers(self._names)
         self.out_dtype = _DTYPES[recipe.dtype]
+        self._scratch_buffer: Optional[torch.Tensor] = None
         self._validate()
 
     @classmethod
@@ -113,7 +114,17 @@ class PSMerger:
             base, finetuned, [params.per_model[m] for m in others],
             methods.TASK_ARITHMETIC_VARIANTS[self.method], normalize=shared["normalize"],
             rescale=shared["rescale"], lam=shared["lambda"], generator=generator,
-            where=[f"model {m}, tensor {name}" for m in others])
+            where=[f"model {m}, tensor {name}" for m in others],
+            scratch=self._scratch(len(finetuned) * base.numel(), base))
+
+    def _scratch(self, elements: int, like: torch.Tensor) -> torch.Tensor:
+        """A flat buffer of at least `elements`, kept from tensor to tensor (replaced by a larger one when
+        needed), so the merge does not fault in fresh pages for the task vectors of every tensor."""
+        buffer = self._scratch_buffer
+        if buffer is None or buffer.numel() < elements or buffer.dtype != like.dtype or buffer.device != like.device:
+            buffer = self._scratch_buffer = None  # the old one is freed before the new one is allocated
+            buffer = self._scratch_buffer = torch.empty(elements, dtype=like.dtype, device=like.device)
+        return buffer
 
     # --- structure ------------------------------------------------------------------------------
     def _inputs(self) -> list[str]:
