@@ -118,6 +118,12 @@ class Bed:
         (self.tmp / name).write_text(content)
         return self.tmp / name
 
+    def broken(self, file: str, content: str) -> Path:
+        """A copy of the zoo's `lang` model with `file` overwritten."""
+        model = model_copy(Path(self.model("lang")), self.tmp / "broken")
+        (model / file).write_text(content)
+        return model
+
     def taken(self) -> Path:
         out = self.tmp / "taken"
         out.mkdir()
@@ -178,6 +184,12 @@ CASES: list[tuple[str, int, str, Callable[[Bed], list]]] = [
      lambda b: ["run", b.source("lang", b.misfits / "no-tokenizer")]),
     ("models: pickle-only checkpoint", 2, "{misfits}/pickled: only pickle weights (pytorch_model.bin)",
      lambda b: ["run", b.source("lang", b.misfits / "pickled")]),
+    ("models: corrupt config.json", 2, "sources: model {tmp}/broken: unreadable config.json",
+     lambda b: ["run", b.source("lang", b.broken("config.json", "{"))]),
+    ("models: corrupt safetensors", 2, "sources: model {tmp}/broken: unreadable model.safetensors",
+     lambda b: ["run", b.source("lang", b.broken("model.safetensors", "not a header"))]),
+    ("models: tokenizer source without one (merge)", 1, "model {misfits}/no-tokenizer: no tokenizer in",
+     lambda b: ["merge", b.recipe(_ta(b, 0.5)), b.tmp / "out", "--tokenizer-source", b.misfits / "no-tokenizer"]),
     ("models: missing path", 2, "job.yaml: sources.lang: no model at {tmp}/gone",
      lambda b: ["run", b.source("lang", b.tmp / "gone")]),
     # --- recipes: `evosearch merge RECIPE OUT` ----------------------------------------------------------
