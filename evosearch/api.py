@@ -145,7 +145,7 @@ class Job:
 
         out = Path(out)
         recipe = parse_recipe(choice.candidate.recipe, source=f"recipe of candidate {choice.candidate.id}")
-        export_recipe(recipe, out, force=force)
+        out = export_recipe(recipe, out, force=force)  # the directory as resolved and written
         verification = self._verify(out) if verify else None
         card = out / "README.md"
         card.write_text(card.read_text() + search_section(self.name, self.spec, choice.candidate, choice.rule,

@@ -448,6 +448,14 @@ def run_job(spec: JobSpec, store, resume: bool = False, *, stop_after: Optional[
     if resume:
         job = store.get_job(spec.name)
     else:
+        from evosearch.merge.preflight import check_search_models
+        from evosearch.merge.sources import SourceError
+
+        # Models the space cannot build would fail every candidate of a job already in the store.
+        try:
+            check_search_models(spec.source_paths, spec.search_space)
+        except SourceError as e:
+            raise DriverError(f"job {spec.name}: {e}") from None
         try:
             job = store.create_job(spec.name, spec.to_dict(), spec.seed, spec.output_dir)
         except StoreError as e:

@@ -280,10 +280,6 @@ def test_bad_input_is_one_line_and_changes_nothing(world, tmp_path, monkeypatch,
     assert disk_and_store(store, tmp_path) == before
 
 
-@pytest.mark.xfail(strict=True, reason="evosearch/driver.py run_job must call evosearch.merge.preflight."
-                   "check_search_models(spec.source_paths, spec.search_space) before store.create_job (new jobs), "
-                   "as `evosearch run` does; else the Python API and `evosearch submit` store the job and fail every "
-                   "candidate")
 def test_run_job_refuses_models_its_space_cannot_build_before_touching_the_store(world, tmp_path):
     from evosearch.driver import DriverError, run_job
     from evosearch.job import parse_job

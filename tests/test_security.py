@@ -196,9 +196,6 @@ def test_export_path_with_dotdot_is_resolved_as_written(ray_local, tiny_zoo, tmp
     assert sorted(p.name for p in tmp_path.iterdir()) == ["best"]
 
 
-@pytest.mark.xfail(strict=True, reason="evosearch/api.py Job.export_choice must go on with the path export_recipe "
-                   "returns (`out = export_recipe(recipe, out, force=force)`): `nowhere/../best` is written as "
-                   "`best`, then the card is appended through `nowhere/`, which does not exist")
 def test_api_export_path_with_dotdot_is_resolved_as_written(ray_local, tiny_zoo, tmp_path_factory, tmp_path):
     from evosearch.api import open_job
 
