@@ -19,7 +19,7 @@ import time
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
+from typing import Callable, Optional
 
 import psutil
 import pytest
@@ -47,14 +47,16 @@ def _evaluating_worker(root: psutil.Process) -> Optional[psutil.Process]:
     return None
 
 
-def _wait_for_evaluating_worker(root: psutil.Process, stop: threading.Event, timeout: float = 180) -> psutil.Process:
+def _wait_for_evaluating_worker(root: psutil.Process, going_on: Callable[[], bool],
+                                timeout: float = 120) -> Optional[psutil.Process]:
+    """The first descendant of `root` seen evaluating, polled while the job is `going_on`."""
     deadline = time.monotonic() + timeout
-    while not stop.is_set() and time.monotonic() < deadline:
+    while going_on() and time.monotonic() < deadline:
         proc = _evaluating_worker(root)
         if proc is not None:
             return proc
         time.sleep(0.02)
-    raise TimeoutError("no CandidateWorker was seen evaluating")
+    return None
 
 
 def _assert_each_candidate_once(store: Store, job_id: int, generations: int, per_generation: int) -> list:
@@ -78,9 +80,10 @@ def test_worker_killed_mid_candidate_is_replaced_and_its_candidate_requeued(ray_
 
     def kill_one_evaluating_worker() -> None:
         # ray.init started this process's Ray, so its workers are descendants of this process.
-        proc = _wait_for_evaluating_worker(psutil.Process(), stop)
-        killed.append(proc.pid)
-        proc.send_signal(signal.SIGKILL)
+        proc = _wait_for_evaluating_worker(psutil.Process(), lambda: not stop.is_set())
+        if proc is not None:
+            killed.append(proc.pid)
+            proc.send_signal(signal.SIGKILL)
 
     killer = threading.Thread(target=kill_one_evaluating_worker, daemon=True)
     killer.start()
@@ -174,11 +177,13 @@ def test_second_node_lost_mid_job_the_job_finishes_on_the_head(two_nodes, tiny_z
     job = zoo_job(tiny_zoo, name="twonodes", generations=2, workers={"count": 2}, report={"when": "never"})
     job["output_dir"] = str(tmp_path / "twonodes")
     path = write_job(tmp_path, job)
-    run = subprocess.Popen([EVOSEARCH, "run", str(path)], cwd=tmp_path, env={**two_nodes.env, "RAY_ADDRESS": two_nodes.gcs},
-                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    run = subprocess.Popen([EVOSEARCH, "run", str(path)], cwd=tmp_path,
+                           env={**two_nodes.env, "RAY_ADDRESS": two_nodes.gcs}, stdout=subprocess.PIPE,
+                           stderr=subprocess.STDOUT, text=True, start_new_session=True)
     try:
         # One worker per node (one CPU each): wait until the second node's is inside a candidate.
-        lost = _wait_for_evaluating_worker(psutil.Process(two_nodes.second.pid), threading.Event())
+        lost = _wait_for_evaluating_worker(psutil.Process(two_nodes.second.pid), lambda: run.poll() is None)
+        assert lost is not None, "the job ended before the second node's worker was seen evaluating"
         _kill_node(two_nodes.second)
         output, _ = run.communicate(timeout=120)
     finally:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import time
 from pathlib import Path
 
 from workers.pool import ActorOptions, WorkerPool
@@ -80,3 +81,21 @@ def test_pool_that_the_cluster_cannot_place_fails_after_its_timeout_instead_of_h
     huge = ActorOptions(num_cpus=0.5, num_gpus=64)  # more GPUs than any node has
     with pytest.raises(WorkerStartError, match=r"^no worker ready after 1 s: 2 waiting for resources "):
         WorkerPool(SquareWorker, (str(tmp_path),), num_workers=2, options=huge, start_timeout_s=1).start()
+
+
+def test_pool_goes_on_with_the_actors_the_cluster_could_place(ray_local, tmp_path):
+    import ray
+
+    deadline = time.monotonic() + 30  # earlier tests' killed actors give their CPUs back asynchronously
+    while ray.available_resources().get("CPU", 0) < 3 and time.monotonic() < deadline:
+        time.sleep(0.2)
+    # Room for one actor of three CPUs on the session's four: the second waits for resources all along,
+    # and when the first dies only one of its replacement and the waiting actor can take its place.
+    pool = WorkerPool(SquareWorker, (str(tmp_path),), num_workers=2, options=ActorOptions(num_cpus=3),
+                      start_timeout_s=10).start()
+    try:
+        outcomes = {str(o.item): o for o in pool.map_unordered([2, "die-once", 3, 4], lambda i: (i,))}
+    finally:
+        pool.shutdown()
+    assert outcomes["die-once"].value == "survived" and outcomes["die-once"].attempts == 2
+    assert [outcomes[k].value[0] for k in ("2", "3", "4")] == [4, 9, 16]

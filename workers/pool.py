@@ -5,9 +5,10 @@ Ray's own `ActorPool` gives up when an actor dies; a search must not. Here a dea
 times per item. An exception raised *inside* the actor's method is the item's own failure (a bad recipe,
 a NaN score): it is reported once and never retried, since retrying would fail the same way.
 
-A replacement joins when it is ready and the others go on meanwhile: when its node is gone it may wait for
-resources forever (or until an autoscaler adds a node), and the search must go on with the capacity left.
-Only when no actor at all is ready for `start_timeout_s` does the pool give up.
+An actor the cluster cannot place (its node is gone, the GPUs are taken) may wait for resources forever, or
+until an autoscaler adds a node: the pool goes on with the actors it has and takes that one in when it is
+ready, be it a replacement or one of the first actors still unplaced after `start_timeout_s`. Only when no
+actor at all is ready for `start_timeout_s` does the pool give up.
 """
 
 from __future__ import annotations
@@ -115,7 +116,7 @@ class WorkerPool(Generic[Item]):
             raise ValueError("num_workers must be at least 1")
         self._remote_cls = ray.remote(self.actor_cls).options(**self.options.as_ray_options())
         self._slots = [self._spawn(i) for i in range(self.num_workers)]
-        # Actors the cluster cannot place within the timeout join later; with none placed there is no pool.
+        # Actors the cluster cannot place within the timeout join later, in `map_unordered`, when they are ready.
         answered, _ = ray.wait([s.ready for s in self._slots], num_returns=len(self._slots),
                                timeout=self.start_timeout_s)
         if not answered:
