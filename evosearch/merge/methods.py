@@ -12,7 +12,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from enum import Enum
-from typing import Optional, Sequence
+from typing import Callable, Optional, Sequence
 
 import torch
 
@@ -147,41 +147,57 @@ _CHUNK = 1 << 17  # elements per step of the element-wise combination: its sever
 def task_arithmetic(base: torch.Tensor, models: list[Optional[torch.Tensor]], params: Sequence[dict],
                     variant: TaskArithmeticVariant, *, normalize: bool, rescale: bool, lam: float,
                     generator: Optional[torch.Generator], where: Sequence[str],
-                    scratch: Optional[torch.Tensor] = None) -> torch.Tensor:
+                    scratch: Optional[Callable[[int], torch.Tensor]] = None) -> torch.Tensor:
     """The generalised task-arithmetic merge shared by task_arithmetic, TIES, DARE, Breadcrumbs, DELLA.
 
-    Entries of `models` are released (set to None) as soon as their task vector is taken. `scratch`, a
-    flat buffer of base's dtype and device with at least len(models) * base.numel() elements, holds the
-    task vectors when given: a caller merging tensor after tensor reuses one, where a fresh buffer this
-    large would have its every page faulted in again for each tensor.
+    Task vectors that get sparsified are taken whole (sparsification looks at the whole tensor), and
+    their entry of `models` is released (set to None) once taken; unsparsified ones are taken a cache-sized
+    chunk at a time. `scratch(n)`, when given, returns a flat buffer of at least n elements of base's
+    dtype and device for them, which a caller merging tensor after tensor reuses: a fresh buffer of a
+    tensor's size would have its every page faulted in again for each tensor.
     """
     if not models:
         return base
-    size = len(models) * base.numel()
-    deltas = (scratch[:size] if scratch is not None else
-              torch.empty(size, dtype=base.dtype, device=base.device)).view(len(models), *base.shape)
-    for i, (tensor, p) in enumerate(zip(models, params)):
-        row = deltas[i]
-        delta = torch.sub(tensor, base, out=row)
-        models[i] = tensor = None
-        density = p["density"]
-        if variant.sparsify is Sparsify.magnitude:
-            delta = sparsify_magnitude(delta, density, rescale)
-        elif variant.sparsify is Sparsify.magnitude_outliers:
-            delta = sparsify_magnitude_outliers(delta, density, p["gamma"], rescale)
-        elif variant.sparsify is Sparsify.random:
-            delta = sparsify_random(delta, density, rescale, generator)
-        elif variant.sparsify is Sparsify.della:
-            delta = sparsify_della(delta, density, p["epsilon"], rescale, generator, where[i])
-        if delta is not row:  # sparsified into a new tensor
-            row.copy_(delta)
-        del delta, row
+    n, numel = len(models), base.numel()
+    whole = variant.sparsify is not None and any(p["density"] < 1 for p in params)
+    size = n * (numel if whole else min(numel, _CHUNK))
+    buffer = scratch(size)[:size] if scratch is not None else torch.empty(size, dtype=base.dtype, device=base.device)
+    if whole:
+        deltas = buffer.view(n, numel)
+        for i, p in enumerate(params):
+            row = deltas[i]
+            delta = torch.sub(models[i], base, out=row.view(base.shape))
+            models[i] = None
+            density = p["density"]
+            if variant.sparsify is Sparsify.magnitude:
+                delta = sparsify_magnitude(delta, density, rescale)
+            elif variant.sparsify is Sparsify.magnitude_outliers:
+                delta = sparsify_magnitude_outliers(delta, density, p["gamma"], rescale)
+            elif variant.sparsify is Sparsify.random:
+                delta = sparsify_random(delta, density, rescale, generator)
+            elif variant.sparsify is Sparsify.della:
+                delta = sparsify_della(delta, density, p["epsilon"], rescale, generator, where[i])
+            if delta.data_ptr() != row.data_ptr():  # sparsified into a new tensor
+                row.copy_(delta.reshape(-1))
+            del delta, row
+    else:
+        chunk_deltas = buffer.view(n, -1)
+        flat_models = [m.reshape(-1) for m in models]
     weights = torch.tensor([p["weight"] for p in params], dtype=base.dtype, device=base.device).reshape(-1, 1)
-    deltas = deltas.reshape(len(params), -1)
+    if not variant.sign_consensus:
+        divisor = weights.sum(dim=0)
+        divisor[divisor.abs() < 1e-8] = 1
     out = torch.empty_like(base).reshape(-1)
     flat_base = base.reshape(-1)
-    for start in range(0, flat_base.numel(), _CHUNK):
-        d = deltas[:, start:start + _CHUNK].mul_(weights)
+    for start in range(0, numel, _CHUNK):
+        end = min(start + _CHUNK, numel)
+        if whole:
+            d = deltas[:, start:end]
+        else:
+            d = chunk_deltas[:, :end - start]
+            for i, model in enumerate(flat_models):
+                torch.sub(model[start:end], flat_base[start:end], out=d[i])
+        d = d.mul_(weights)
         if variant.sign_consensus:
             majority = torch.where(d.sum(dim=0) >= 0, 1.0, -1.0).to(base.dtype)
             agree = d.sign().eq_(majority)  # 1.0 where the sign agrees; zeros (dropped) never do
@@ -190,13 +206,11 @@ def task_arithmetic(base: torch.Tensor, models: list[Optional[torch.Tensor]], pa
             divisor[divisor == 0] = 1
         else:
             mixed = d.sum(dim=0)
-            divisor = weights.sum(dim=0)
-            divisor[divisor.abs() < 1e-8] = 1
         if normalize:
             mixed /= divisor
         if lam != 1:
             mixed *= lam
-        out[start:start + _CHUNK] = mixed.add_(flat_base[start:start + _CHUNK])
+        torch.add(mixed, flat_base[start:end], out=out[start:end])
     return out.reshape(base.shape)
 
 

@@ -115,7 +115,7 @@ class PSMerger:
             methods.TASK_ARITHMETIC_VARIANTS[self.method], normalize=shared["normalize"],
             rescale=shared["rescale"], lam=shared["lambda"], generator=generator,
             where=[f"model {m}, tensor {name}" for m in others],
-            scratch=self._scratch(len(finetuned) * base.numel(), base))
+            scratch=lambda elements: self._scratch(elements, base))
 
     def _scratch(self, elements: int, like: torch.Tensor) -> torch.Tensor:
         """A flat buffer of at least `elements`, kept from tensor to tensor (replaced by a larger one when
