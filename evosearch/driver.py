@@ -236,17 +236,12 @@ class SearchDriver:
     # --- workers --------------------------------------------------------------------------------
     def _workers(self):
         if self._pool is None:
-            from workers.candidate import CandidateWorker
-            from workers.pool import ActorOptions, WorkerPool
+            from workers.candidate import candidate_pool
 
             w = self.spec.workers
             ensure_ray(num_cpus=max(os.cpu_count() or 1, w.count * w.num_cpus))
-            tasks = self.spec.worker_tasks
-            self._pool = WorkerPool(
-                CandidateWorker,
-                (self.spec.source_paths, self.spec.tasks.include_path, tasks, w.batch_size, w.device, w.dtype),
-                num_workers=w.count, options=ActorOptions(num_cpus=w.num_cpus, num_gpus=w.num_gpus),
-                call="run", max_retries=w.max_retries).start()
+            self._pool = candidate_pool(w, self.spec.source_paths, self.spec.tasks.include_path,
+                                        self.spec.worker_tasks).start()
         return self._pool
 
     def close(self) -> None:

@@ -146,6 +146,8 @@ class WorkersSpec(_Section):
     device: str = "auto"
     dtype: Optional[str] = None
     max_retries: int = Field(default=2, ge=0)
+    start_timeout_s: float = Field(default=600.0, gt=0, description="how long to wait for the first worker to "
+                                                                    "be placed before the job fails")
 
 
 class HoldoutSpec(_Section):

@@ -90,16 +90,12 @@ def _evaluate(spec: CalibrationSpec, members: list, store_one) -> None:
     """Every member on the full tasks over a Ray pool of CandidateWorkers, each stored as it finishes."""
     from evosearch.driver import ensure_ray
     from fitness.calibration import run_calibration
-    from workers.candidate import CandidateWorker
-    from workers.pool import ActorOptions, WorkerPool
+    from workers.candidate import candidate_pool
 
     w = spec.workers
     ensure_ray(num_cpus=max(os.cpu_count() or 1, w.count * w.num_cpus))
-    pool = WorkerPool(CandidateWorker,
-                      (spec.source_paths, spec.include_path, list(spec.tasks), w.batch_size, w.device, w.dtype),
-                      num_workers=min(w.count, len(members)),
-                      options=ActorOptions(num_cpus=w.num_cpus, num_gpus=w.num_gpus),
-                      call="run", max_retries=w.max_retries)
+    pool = candidate_pool(w, spec.source_paths, spec.include_path, list(spec.tasks),
+                          num_workers=min(w.count, len(members)))
     try:
         pool.start()
         run_calibration(members, pool, tasks=list(spec.tasks), on_model=store_one, key_prefix=spec.name)

@@ -212,3 +212,15 @@ class CandidateWorker:
 
     # INTERFACES.md's driver section calls the method `evaluate`; WorkerPool calls `run` by default.
     evaluate = run
+
+
+def candidate_pool(workers, sources: list[str], include_path: list[str], tasks: list[str],
+                   num_workers: Optional[int] = None):
+    """An unstarted Ray `WorkerPool` of CandidateWorkers as a job's or calibration's `workers` section
+    (`evosearch.job.WorkersSpec`) asks, on a Ray already joined or started (`evosearch.driver.ensure_ray`)."""
+    from workers.pool import ActorOptions, WorkerPool
+
+    return WorkerPool(CandidateWorker, (sources, include_path, tasks, workers.batch_size, workers.device, workers.dtype),
+                      num_workers=num_workers or workers.count,
+                      options=ActorOptions(num_cpus=workers.num_cpus, num_gpus=workers.num_gpus),
+                      call="run", max_retries=workers.max_retries, start_timeout_s=workers.start_timeout_s)
