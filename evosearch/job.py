@@ -102,9 +102,10 @@ class FitnessSpec(_Section):
 
     mode: Literal["reduced", "full"] = "reduced"
     calibration: Optional[str] = Field(default=None, description="name of a stored calibration")
-    estimator: str = "gpirt"
-    k: int = Field(default=30, gt=0)
-    strategy: str = "irt_clustering"
+    # The combination that met the bar on the zoo (README: 20x fewer items, MAE 2.5 points, Spearman 0.93).
+    estimator: str = "anchor_regression"
+    k: int = Field(default=25, gt=0)
+    strategy: str = "correctness_clustering"
     limit: Optional[int] = Field(default=None, gt=0, description="smoke tests: score only the first `limit` "
                                                                  "docs of every search and report task")
 

@@ -16,6 +16,11 @@ Every estimator maps (EstimationContext, CandidateAnswers) -> {task: estimated a
   and the ability is then refined by MAP under a Gaussian prior centred on that mix. MERGE^3 fits the
   weights unconstrained and stops at the mix; with a one-dimensional ability per task and several
   sources that is underdetermined, hence the sum constraint, the prior and the refinement.
+* ``anchor_regression``: each task's accuracy as a ridge regression on the answers to the anchors of
+  EVERY task, fitted on the calibration population (ridge strength by exact leave-one-out error). A task
+  with k anchors alone is estimated from k coin flips; merges of the same sources move their tasks
+  together, so the other tasks' anchors carry information about this one, and the regression learns how
+  much from the calibration models instead of assuming an IRT model.
 """
 
 from __future__ import annotations
@@ -31,6 +36,9 @@ from fitness.errors import FitnessError
 from fitness.irt import AbilityPrior, IRTParams, check_responses, fit_ability, map_logistic
 
 CONTEXT_FORMAT_VERSION = 1
+# Ridge strengths tried for anchor_regression, relative to nothing: answers are 0/1 and accuracies in [0, 1].
+RIDGE_ALPHAS = tuple(float(a) for a in np.logspace(-2, 3, 31))
+MIN_REGRESSION_MODELS = 4
 
 
 @dataclass(frozen=True)
@@ -50,6 +58,38 @@ class CandidateAnswers:
 
 
 @dataclass(frozen=True)
+class AnchorRegression:
+    """One task's accuracy = intercept + coef . (answers to every anchor, in `AnchorSet.item_ids()` order)."""
+
+    intercept: float
+    coef: list[float]
+    alpha: float
+    loo_mae: float  # mean absolute leave-one-out error on the calibration models, accuracy in [0, 1]
+
+
+def fit_anchor_regression(X: np.ndarray, y: np.ndarray, alphas: Sequence[float] = RIDGE_ALPHAS) -> AnchorRegression:
+    """Ridge regression of y on X with an intercept, its strength chosen by the exact leave-one-out error
+    (the hat-matrix identity: residual / (1 - leverage)), all from one SVD of the centred X."""
+    n = X.shape[0]
+    x_mean, y_mean = X.mean(axis=0), float(y.mean())
+    U, sv, Vt = np.linalg.svd(X - x_mean, full_matrices=False)
+    uty = U.T @ (y - y_mean)
+    best = None
+    for alpha in alphas:
+        shrink = sv**2 / (sv**2 + alpha)
+        fitted = y_mean + U @ (shrink * uty)
+        leverage = 1.0 / n + np.einsum("ij,j,ij->i", U, shrink, U)
+        loo = (y - fitted) / np.clip(1.0 - leverage, 1e-9, None)
+        score = float(np.mean(np.square(loo)))
+        if best is None or score < best[0]:
+            best = (score, alpha, float(np.mean(np.abs(loo))))
+    _, alpha, loo_mae = best
+    coef = Vt.T @ (sv / (sv**2 + alpha) * uty)
+    return AnchorRegression(intercept=float(y_mean - x_mean @ coef), coef=[float(c) for c in coef], alpha=float(alpha),
+                            loo_mae=loo_mae)
+
+
+@dataclass(frozen=True)
 class EstimationContext:
     """Everything the estimators need besides the candidate: the IRT model, the anchors, and p-IRT's
     squared error per task on the calibration population (for gp-IRT's lambda)."""
@@ -58,6 +98,7 @@ class EstimationContext:
     anchors: AnchorSet
     pirt_sq_bias: dict[str, float]
     merge_prior: MergePriorSettings = field(default_factory=MergePriorSettings)
+    regression: dict[str, AnchorRegression] = field(default_factory=dict)  # empty: too few calibration models
     version: int = CONTEXT_FORMAT_VERSION
 
     @classmethod
@@ -74,19 +115,26 @@ class EstimationContext:
         anchor_ids = anchors.item_ids()
         anchor_idx = params.item_index(anchor_ids)
         errors: dict[str, list[float]] = {task: [] for task in anchors.tasks}
-        for row in R:
-            if np.isnan(row[anchor_idx]).any():
-                continue
+        complete = [row for row in R if not np.isnan(row[anchor_idx]).any()]
+        for row in complete:
             estimate = pirt(unbiased, CandidateAnswers(dict(zip(anchor_ids, row[anchor_idx]))))
             for task in anchors.tasks:
                 errors[task].append(estimate[task] - float(np.nanmean(row[params.task_items(task)])))
-        if not any(errors.values()):
+        if not complete:
             raise FitnessError("no calibration model answered every anchor; cannot measure p-IRT's bias")
-        return dataclasses.replace(unbiased, pirt_sq_bias={t: float(np.mean(np.square(e))) for t, e in errors.items()})
+        regression = {}
+        if len(complete) >= MIN_REGRESSION_MODELS:
+            X = np.array([row[anchor_idx] for row in complete])
+            regression = {task: fit_anchor_regression(X, np.array([np.nanmean(row[params.task_items(task)])
+                                                                   for row in complete]))
+                          for task in anchors.tasks}
+        return dataclasses.replace(unbiased, pirt_sq_bias={t: float(np.mean(np.square(e))) for t, e in errors.items()},
+                                   regression=regression)
 
     def to_dict(self) -> dict[str, Any]:
         return {"version": self.version, "params": self.params.to_dict(), "anchors": self.anchors.to_dict(),
-                "pirt_sq_bias": dict(self.pirt_sq_bias), "merge_prior": dataclasses.asdict(self.merge_prior)}
+                "pirt_sq_bias": dict(self.pirt_sq_bias), "merge_prior": dataclasses.asdict(self.merge_prior),
+                "regression": {t: dataclasses.asdict(r) for t, r in self.regression.items()}}
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "EstimationContext":
@@ -95,7 +143,9 @@ class EstimationContext:
         try:
             return cls(params=IRTParams.from_dict(data["params"]), anchors=AnchorSet.from_dict(data["anchors"]),
                        pirt_sq_bias={t: float(v) for t, v in data["pirt_sq_bias"].items()},
-                       merge_prior=MergePriorSettings(**data["merge_prior"]))
+                       merge_prior=MergePriorSettings(**data["merge_prior"]),
+                       # Contexts stored before anchor_regression existed have none.
+                       regression={t: AnchorRegression(**r) for t, r in data.get("regression", {}).items()})
         except KeyError as exc:
             raise FitnessError(f"estimation context dict lacks field {exc.args[0]!r}") from None
 
@@ -257,6 +307,15 @@ def mgpirt(context: EstimationContext, answers: CandidateAnswers) -> dict[str, f
     return _per_task(context, answers, _merge_ability, _gpirt_value)
 
 
+def anchor_regression(context: EstimationContext, answers: CandidateAnswers) -> dict[str, float]:
+    if not context.regression:
+        raise FitnessError(f"anchor_regression needs at least {MIN_REGRESSION_MODELS} calibration models that "
+                           "answered every anchor")
+    values = _observe(context, answers).values
+    # A linear fit can step past the ends near them; an accuracy cannot.
+    return {task: float(np.clip(r.intercept + np.dot(r.coef, values), 0.0, 1.0)) for task, r in context.regression.items()}
+
+
 ESTIMATORS: dict[str, Estimator] = {
     "weighted_anchor": weighted_anchor,
     "irt": irt,
@@ -264,6 +323,7 @@ ESTIMATORS: dict[str, Estimator] = {
     "gpirt": gpirt,
     "mpirt": mpirt,
     "mgpirt": mgpirt,
+    "anchor_regression": anchor_regression,
 }
 MERGE_AWARE_ESTIMATORS = frozenset({"mpirt", "mgpirt"})
 

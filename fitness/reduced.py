@@ -22,7 +22,8 @@ import numpy as np
 from evosearch.recipe import DFSRecipe, PSRecipe, parse_recipe
 from fitness.anchors import AnchorSelector
 from fitness.errors import FitnessError
-from fitness.estimators import MERGE_AWARE_ESTIMATORS, CandidateAnswers, EstimationContext, get_estimator
+from fitness.estimators import (MERGE_AWARE_ESTIMATORS, MIN_REGRESSION_MODELS, CandidateAnswers, EstimationContext,
+                                get_estimator)
 from fitness.irt import IRTFitSettings, IRTParams, fit_irt
 
 REDUCED_FORMAT_VERSION = 1
@@ -187,6 +188,9 @@ class ReducedFitness:
             raise FitnessError(f"IRT params do not match calibration {_name(calibration)}'s models and items; refit")
         anchors = AnchorSelector(strategy, k, seed).select(params, matrix.values)
         context = EstimationContext.build(params, anchors, matrix.values)
+        if estimator == "anchor_regression" and not context.regression:
+            raise FitnessError(f"calibration {_name(calibration)}: anchor_regression needs at least "
+                               f"{MIN_REGRESSION_MODELS} fitted models that answered every anchor")
         return cls(context=context, estimator=estimator, full_items=matrix.items_per_task(),
                    source_labels=_source_labels(calibration))
 

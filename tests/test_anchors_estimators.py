@@ -14,7 +14,8 @@ import pytest
 
 from fitness.anchors import AnchorSelector, AnchorSet
 from fitness.errors import FitnessError
-from fitness.estimators import (ESTIMATORS, CandidateAnswers, EstimationContext, get_estimator, gpirt_lambda)
+from fitness.estimators import (ESTIMATORS, CandidateAnswers, EstimationContext, fit_anchor_regression,
+                                get_estimator, gpirt_lambda)
 from fitness.irt import IRTParams, fit_irt
 from fitness.report_math import (item_reduction_factor, mean_absolute_error_points, spearman_rank_correlation,
                                  summarise_errors, worst_error_points)
@@ -135,6 +136,45 @@ def test_estimates_are_deterministic_and_survive_json(world):
         estimate = estimator(context, answers)
         assert estimate == estimator(restored, answers), name
         assert set(estimate) == set(context.anchors.tasks) and all(0 <= v <= 1 for v in estimate.values())
+
+
+def test_anchor_regression_is_the_ridge_a_reference_implementation_fits():
+    from sklearn.linear_model import RidgeCV
+
+    rng = np.random.default_rng(4)
+    X = rng.integers(0, 2, (60, 40)).astype(float)
+    y = 0.6 * X[:, :5].mean(axis=1) + rng.normal(0, 0.05, 60)
+    ours = fit_anchor_regression(X, y, alphas=np.logspace(-2, 3, 31))
+    reference = RidgeCV(alphas=np.logspace(-2, 3, 31)).fit(X, y)  # leave-one-out by default, as ours
+    assert ours.alpha == pytest.approx(reference.alpha_)
+    np.testing.assert_allclose(ours.coef, reference.coef_, atol=1e-10)
+    assert ours.intercept == pytest.approx(reference.intercept_, abs=1e-10)
+    assert 0 < ours.loo_mae < 0.1
+
+
+def test_anchor_regression_borrows_from_the_other_tasks_anchors():
+    """Tasks whose abilities move together (as merges of the same sources do): with 5 anchors per task, a
+    regression on all 15 answers beats each task's own anchors, and the IRT estimate built from them."""
+    rng = np.random.default_rng(3)
+    bench = make_bench(rng, n_tasks=3, items_per_task=300)
+    responses = bench.answer(draw_abilities(rng, 40, 3, task_correlation=0.9), rng)
+    params = fit_irt(responses, bench.item_ids, bench.item_tasks, [f"m{i}" for i in range(40)])
+    held_out = bench.answer(draw_abilities(rng, 40, 3, task_correlation=0.9), rng)
+    context = _context(dict(params=params, responses=responses), "correctness_clustering", 5)
+    truth = bench.accuracy(held_out)
+    regression = _mae(context, "anchor_regression", held_out, truth)
+    assert regression < 0.7 * _mae(context, "weighted_anchor", held_out, truth)
+    assert regression < _mae(context, "gpirt", held_out, truth)
+
+
+def test_anchor_regression_needs_enough_calibration_models(world):
+    few = world["responses"][:3]
+    anchors = AnchorSelector("random", 5, seed=0).select(world["params"], world["responses"])
+    context = EstimationContext.build(world["params"], anchors, np.vstack([few, np.full((37, few.shape[1]), np.nan)]))
+    anchor_ids = anchors.item_ids()
+    answers = CandidateAnswers(dict(zip(anchor_ids, few[0][world["params"].item_index(anchor_ids)])))
+    with pytest.raises(FitnessError, match="anchor_regression needs at least 4 calibration models"):
+        get_estimator("anchor_regression")(context, answers)
 
 
 def test_gpirt_lambda_heuristic():
