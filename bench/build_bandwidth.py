@@ -15,11 +15,11 @@ from __future__ import annotations
 
 import argparse
 import sys
-import tempfile
 import time
 from pathlib import Path
 
-from common import RESULTS, build_family, markdown_table, parameter_count, write_result
+from common import (add_family_arguments, build_family, markdown_table, parameter_count, resolve_family_arguments,
+                    write_result)
 from merge_speed import recipes
 
 TARGET = 0.5  # share of the copy bandwidth the build should reach
@@ -40,36 +40,28 @@ def copy_bandwidth(nbytes: int, repeats: int) -> float:
     return 2 * nbytes / best
 
 
-def build_once(recipe, resident, config) -> tuple[float, float]:
-    """(merge seconds, total build seconds) of one in-memory build, as a worker does it."""
+def build_once(recipe, resident, config) -> tuple[float, float, float]:
+    """(merge seconds, build seconds, build CPU seconds) of one in-memory build, as a worker does it."""
     from evosearch.merge.ps import PSMerger, as_sources, build_model
 
-    start = time.perf_counter()
+    start, cpu_start = time.perf_counter(), time.process_time()
     state = PSMerger(recipe, as_sources(resident)).merge_all()
     merged = time.perf_counter()
     model = build_model(config, state)
-    built = time.perf_counter()
+    built, cpu = time.perf_counter(), time.process_time() - cpu_start
     del model, state
-    return merged - start, built - start
+    return merged - start, built - start, cpu
 
 
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--repeats", type=int, default=3, help="builds per recipe (the fastest counts)")
-    p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's own)")
-    p.add_argument("--copy-bytes", type=int, default=1 << 30, help="size of the tensor copied for bandwidth")
-    p.add_argument("--cache", default=str(Path(tempfile.gettempdir()) / "evosearch_bench_family"),
-                   help="where the generated model family is kept between runs")
-    p.add_argument("--out", default=None, help="where the JSON goes (default bench/results; --smoke: a temp dir)")
-    p.add_argument("--smoke", action="store_true", help="tiny family, one build per recipe, a 64 MiB copy")
-    args = p.parse_args(argv)
-    args.size = "smoke" if args.smoke else "full"
+    add_family_arguments(p, repeats_help="builds per recipe (the fastest counts)")
+    p.add_argument("--threads", type=int, default=1, help="torch threads of the build and the copy")
+    p.add_argument("--copy-bytes", type=int, default=1 << 30, help="size of the tensor copied for bandwidth "
+                                                                  "(--smoke: 64 MiB)")
+    args = resolve_family_arguments(p, p.parse_args(argv))
     if args.smoke:
-        args.repeats, args.copy_bytes = 1, 1 << 26
-        args.out = args.out or str(Path(tempfile.gettempdir()) / "evosearch_bench_smoke")
-    args.out = args.out or str(RESULTS)
-    if args.repeats < 1:
-        p.error("--repeats must be at least 1")
+        args.copy_bytes = 1 << 26
     return args
 
 
@@ -80,8 +72,7 @@ def main(argv=None) -> int:
     from evosearch.recipe import parse_recipe
 
     args = parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    torch.set_num_threads(args.threads)
     paths = build_family(Path(args.cache) / args.size, args.size)
     sources = {str(p): SourceModel.open(str(p)) for p in paths.values()}
     resident = {path: source.load_all() for path, source in sources.items()}  # what a worker holds
@@ -96,12 +87,14 @@ def main(argv=None) -> int:
         recipe = parse_recipe(raw, source=f"{method} recipe")
         moved = (len(recipe.source_paths()) + 1) * model_bytes  # every source read once, the merge written once
         timings = [build_once(recipe, resident, config) for _ in range(args.repeats)]
-        merge_s, build_s = min(t[0] for t in timings), min(t[1] for t in timings)
+        merge_s, build_s, cpu_s = (min(t[i] for t in timings) for i in range(3))
         rows.append({"method": method, "sources": len(recipe.source_paths()), "bytes_moved": moved,
-                     "merge_seconds": merge_s, "build_seconds": build_s, "build_gb_per_s": moved / build_s / 1e9,
+                     "merge_seconds": merge_s, "build_seconds": build_s, "build_cpu_seconds": cpu_s,
+                     "build_gb_per_s": moved / build_s / 1e9,
                      "share_of_bandwidth": moved / build_s / bandwidth,
                      "merge_share_of_bandwidth": moved / merge_s / bandwidth})
-        print(f"{method}: build {build_s:.2f} s (merge {merge_s:.2f} s) = {moved / build_s / 1e9:.2f} GB/s", flush=True)
+        print(f"{method}: build {build_s:.2f} s (merge {merge_s:.2f} s, {cpu_s:.2f} CPU s) = "
+              f"{moved / build_s / 1e9:.2f} GB/s", flush=True)
 
     path = write_result(args.out, "build_bandwidth", {
         "settings": {"size": args.size, "parameters": parameter_count(paths["base"]), "model_bytes": model_bytes,
@@ -112,10 +105,12 @@ def main(argv=None) -> int:
         "copy_bandwidth_gb_per_s": bandwidth / 1e9, "summary": rows})
     print()
     print(markdown_table(
-        ["method", "sources", "GB moved", "build s (merge s)", "build GB/s", "copy GB/s", "share of copy bandwidth"],
+        ["method", "sources", "GB moved", "build s (merge s)", "build CPU s", "build GB/s", "copy GB/s",
+         "share of copy bandwidth"],
         [[r["method"], r["sources"], f"{r['bytes_moved'] / 1e9:.2f}",
-          f"{r['build_seconds']:.2f} ({r['merge_seconds']:.2f})", f"{r['build_gb_per_s']:.2f}",
-          f"{bandwidth / 1e9:.1f}", f"{100 * r['share_of_bandwidth']:.0f}%"] for r in rows]))
+          f"{r['build_seconds']:.2f} ({r['merge_seconds']:.2f})", f"{r['build_cpu_seconds']:.2f}",
+          f"{r['build_gb_per_s']:.2f}", f"{bandwidth / 1e9:.1f}", f"{100 * r['share_of_bandwidth']:.0f}%"]
+         for r in rows]))
     print(f"wrote {path}")
     return 0
 

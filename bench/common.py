@@ -3,11 +3,13 @@ zoo-style Llama family the merge benchmarks run on."""
 
 from __future__ import annotations
 
+import argparse
 import datetime
 import json
 import os
 import platform
 import sys
+import tempfile
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -18,6 +20,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "bench" / "results"
+SMOKE_OUT = Path(tempfile.gettempdir()) / "evosearch_bench_smoke"  # a smoke run never replaces measured results
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))  # the benches run as scripts from anywhere
 
@@ -54,6 +57,25 @@ def write_result(out_dir: str | Path, name: str, result: dict) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps({"benchmark": name, "date": utc_now(), "machine": machine(), **result}, indent=2))
     return path
+
+
+def add_family_arguments(p: argparse.ArgumentParser, repeats_help: str) -> None:
+    """The options of the benchmarks that run on the generated model family."""
+    p.add_argument("--repeats", type=int, default=3, help=repeats_help)
+    p.add_argument("--cache", default=str(Path(tempfile.gettempdir()) / "evosearch_bench_family"),
+                   help="where the generated model family is kept between runs")
+    p.add_argument("--out", default=None, help="where the JSON goes (default bench/results; --smoke: a temp dir)")
+    p.add_argument("--smoke", action="store_true", help="tiny family, one repeat")
+
+
+def resolve_family_arguments(p: argparse.ArgumentParser, args: argparse.Namespace) -> argparse.Namespace:
+    args.size = "smoke" if args.smoke else "full"
+    if args.smoke:
+        args.repeats = 1
+    args.out = args.out or str(SMOKE_OUT if args.smoke else RESULTS)
+    if args.repeats < 1:
+        p.error("--repeats must be at least 1")
+    return args
 
 
 # --- the benchmark model family --------------------------------------------------------------------

@@ -23,8 +23,10 @@ import tempfile
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Optional
 
-from common import RESULTS, build_family, markdown_table, parameter_count, write_result
+from common import (add_family_arguments, build_family, markdown_table, parameter_count, resolve_family_arguments,
+                    write_result)
 
 BIN = Path(sys.executable).parent
 PARITY_TOLERANCE = 1e-5
@@ -55,12 +57,14 @@ class Run:
     method: str
     repeat: int
     seconds: float
+    cpu_seconds: float  # user + system time of the child: less at the mercy of a shared machine than wall time
     peak_rss_bytes: int
 
 
-def timed_child(cmd: list[str], log: Path) -> tuple[float, int]:
-    """Wall seconds and peak RSS of one fresh child process (its own `wait4` rusage)."""
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
+def timed_child(cmd: list[str], log: Path, threads: int) -> tuple[float, float, int]:
+    """Wall seconds, CPU seconds and peak RSS of one fresh child process (its own `wait4` rusage)."""
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
+           "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
     with log.open("w") as out:
         start = time.perf_counter()
         proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env)
@@ -70,7 +74,7 @@ def timed_child(cmd: list[str], log: Path) -> tuple[float, int]:
     if proc.returncode != 0:
         tail = log.read_text().strip().splitlines()[-1:] or ["(no output)"]
         raise RuntimeError(f"{cmd[0]} exited {proc.returncode}: {tail[0]}")
-    return seconds, usage.ru_maxrss * 1024  # Linux reports kilobytes
+    return seconds, usage.ru_utime + usage.ru_stime, usage.ru_maxrss * 1024  # Linux reports kilobytes
 
 
 def commands(method: str, recipe: dict, work: Path, out: Path) -> dict[str, list[str]]:
@@ -113,48 +117,59 @@ def warm_page_cache(paths: dict[str, Path]) -> None:
                     pass
 
 
-def summarise(runs: list[Run], differences: dict[str, float]) -> list[dict]:
+# What each command imports before it merges anything: its entry point's module.
+ENTRY_MODULES = {"evosearch": "evosearch.cli", "mergekit": "mergekit.scripts.run_yaml"}
+
+
+def startup_cpu_seconds(work: Path, threads: int, repeats: int) -> dict[str, float]:
+    """Each tool's fixed cost: the least CPU time of a fresh interpreter importing its entry point."""
+    return {tool: min(timed_child([sys.executable, "-c", f"import {module}"], work / f"{tool}-import.log",
+                                  threads)[1] for _ in range(repeats))
+            for tool, module in ENTRY_MODULES.items()}
+
+
+def net_ratio(cpu: dict[str, float], startup: dict[str, float]) -> Optional[float]:
+    """mergekit / evosearch in CPU time once each tool's start-up is taken off (None if noise swallows it)."""
+    net = {tool: cpu[tool] - startup[tool] for tool in cpu}
+    return net["mergekit"] / net["evosearch"] if min(net.values()) > 0 else None
+
+
+def summarise(runs: list[Run], differences: dict[str, float], startup: dict[str, float]) -> list[dict]:
     rows = []
+    tools = ("evosearch", "mergekit")
     for method in dict.fromkeys(r.method for r in runs):
-        best = {tool: min((r for r in runs if r.method == method and r.tool == tool), key=lambda r: r.seconds)
-                for tool in ("evosearch", "mergekit")}
-        peak = {tool: max(r.peak_rss_bytes for r in runs if r.method == method and r.tool == tool)
-                for tool in ("evosearch", "mergekit")}
-        rows.append({"method": method, "evosearch_seconds": best["evosearch"].seconds,
-                     "mergekit_seconds": best["mergekit"].seconds,
-                     "speedup": best["mergekit"].seconds / best["evosearch"].seconds,
+        mine = {tool: [r for r in runs if r.method == method and r.tool == tool] for tool in tools}
+        wall = {tool: min(r.seconds for r in mine[tool]) for tool in tools}
+        cpu = {tool: min(r.cpu_seconds for r in mine[tool]) for tool in tools}
+        peak = {tool: max(r.peak_rss_bytes for r in mine[tool]) for tool in tools}
+        rows.append({"method": method, "evosearch_seconds": wall["evosearch"], "mergekit_seconds": wall["mergekit"],
+                     "speedup": wall["mergekit"] / wall["evosearch"],
+                     "evosearch_cpu_seconds": cpu["evosearch"], "mergekit_cpu_seconds": cpu["mergekit"],
+                     "cpu_speedup": cpu["mergekit"] / cpu["evosearch"],
+                     "cpu_speedup_net_of_startup": net_ratio(cpu, startup),
                      "evosearch_peak_rss_bytes": peak["evosearch"], "mergekit_peak_rss_bytes": peak["mergekit"],
-                     "max_abs_difference": differences.get(method),
-                     "parity_checked": method in differences})
+                     "max_abs_difference": differences.get(method), "parity_checked": method in differences})
     return rows
 
 
 def table(rows: list[dict]) -> str:
     mib = 1 << 20
     return markdown_table(
-        ["method", "evosearch s", "mergekit s", "speed-up (mergekit / evosearch)", "evosearch peak RSS MiB",
-         "mergekit peak RSS MiB", "max abs diff"],
-        [[r["method"], f"{r['evosearch_seconds']:.2f}", f"{r['mergekit_seconds']:.2f}", f"{r['speedup']:.2f}x",
+        ["method", "evosearch s (CPU s)", "mergekit s (CPU s)", "speed-up wall (CPU)", "CPU speed-up net of start-up",
+         "evosearch peak RSS MiB", "mergekit peak RSS MiB", "max abs diff"],
+        [[r["method"], f"{r['evosearch_seconds']:.1f} ({r['evosearch_cpu_seconds']:.1f})",
+          f"{r['mergekit_seconds']:.1f} ({r['mergekit_cpu_seconds']:.1f})",
+          f"{r['speedup']:.2f}x ({r['cpu_speedup']:.2f}x)", f"{r['cpu_speedup_net_of_startup']:.2f}x" if r["cpu_speedup_net_of_startup"] else "n/a",
           f"{r['evosearch_peak_rss_bytes'] / mib:.0f}", f"{r['mergekit_peak_rss_bytes'] / mib:.0f}",
           f"{r['max_abs_difference']:.1e}" if r["parity_checked"] else "n/a (random drop)"] for r in rows])
 
 
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--repeats", type=int, default=3, help="runs per tool and recipe (the best time counts)")
-    p.add_argument("--cache", default=str(Path(tempfile.gettempdir()) / "evosearch_bench_family"),
-                   help="where the generated model family is kept between runs")
-    p.add_argument("--out", default=None, help="where the JSON goes (default bench/results; --smoke: a temp dir)")
-    p.add_argument("--smoke", action="store_true", help="tiny family, one repeat")
-    args = p.parse_args(argv)
-    args.size = "smoke" if args.smoke else "full"
-    if args.smoke:
-        args.repeats = 1
-        args.out = args.out or str(Path(tempfile.gettempdir()) / "evosearch_bench_smoke")
-    args.out = args.out or str(RESULTS)
-    if args.repeats < 1:
-        p.error("--repeats must be at least 1")
-    return args
+    add_family_arguments(p, repeats_help="runs per tool and recipe (the best time counts)")
+    p.add_argument("--threads", type=int, default=1,
+                   help="torch threads of both tools' processes (OMP_NUM_THREADS); 1 suits a shared machine")
+    return resolve_family_arguments(p, p.parse_args(argv))
 
 
 def main(argv=None) -> int:
@@ -173,24 +188,29 @@ def main(argv=None) -> int:
                 order = ["evosearch", "mergekit"] if repeat % 2 == 0 else ["mergekit", "evosearch"]
                 for tool in order:
                     cmd = commands(method, recipe, work, outs[tool])[tool]
-                    seconds, rss = timed_child(cmd, work / f"{method}-{tool}-{repeat}.log")
-                    runs.append(Run(tool, method, repeat, seconds, rss))
-                    print(f"{method} {tool} #{repeat}: {seconds:.2f} s, peak RSS {rss / (1 << 20):.0f} MiB",
-                          flush=True)
+                    seconds, cpu, rss = timed_child(cmd, work / f"{method}-{tool}-{repeat}.log", args.threads)
+                    runs.append(Run(tool, method, repeat, seconds, cpu, rss))
+                    print(f"{method} {tool} #{repeat}: {seconds:.2f} s ({cpu:.2f} CPU s), peak RSS "
+                          f"{rss / (1 << 20):.0f} MiB", flush=True)
                 if recipe["merge_method"] in ("ties", "task_arithmetic") and method not in differences:
                     differences[method] = max_abs_difference(outs["evosearch"], outs["mergekit"])
                 for out in outs.values():
                     shutil.rmtree(out)
-    rows = summarise(runs, differences)
+        startup = startup_cpu_seconds(work, args.threads, args.repeats)
+    rows = summarise(runs, differences, startup)
     path = write_result(args.out, "merge_speed", {
-        "settings": {"size": args.size, "parameters": params, "repeats": args.repeats, "family": str(paths["base"].parent),
+        "settings": {"size": args.size, "parameters": params, "repeats": args.repeats, "threads": args.threads,
+                     "family": str(paths["base"].parent),
                      "parity_tolerance": PARITY_TOLERANCE, "dare_seed": DARE_SEED,
-                     "timing": "wall seconds of the whole command (interpreter start-up included), best of repeats",
+                     "timing": "wall and CPU (user + system) seconds of the whole command, interpreter start-up "
+                               "included; each the best of the repeats",
                      "peak_rss": "ru_maxrss of each fresh child, max over repeats",
                      "recipes": recipes({k: Path(k) for k in paths})},
-        "summary": rows, "runs": [asdict(r) for r in runs]})
+        "startup_cpu_seconds": startup, "summary": rows, "runs": [asdict(r) for r in runs]})
     print()
     print(table(rows))
+    print(f"start-up (CPU s to import the entry point, best of {args.repeats}): "
+          f"evosearch {startup['evosearch']:.1f}, mergekit {startup['mergekit']:.1f}")
     print(f"wrote {path}")
     failed = [r["method"] for r in rows if r["parity_checked"] and r["max_abs_difference"] > PARITY_TOLERANCE]
     if failed:

@@ -21,7 +21,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from common import RESULTS, ROOT, markdown_table, write_result
+from common import RESULTS, ROOT, SMOKE_OUT, markdown_table, write_result
 
 JOB_FILE = ROOT / "examples" / "job_ps_cmaes.yaml"
 TARGET = 0.8  # share of worker time that should be forward passes + build
@@ -59,8 +59,6 @@ def candidate_tasks(spec, n: int, seed: int) -> list:
 
 def measure(spec, tasks: list, workers: int) -> dict:
     """Start `workers` actors, warm each up with one candidate, then time the whole fixed set."""
-    import ray
-
     from evosearch.driver import ensure_ray
     from workers.candidate import CandidateWorker
     from workers.pool import ActorOptions, WorkerPool
@@ -72,9 +70,7 @@ def measure(spec, tasks: list, workers: int) -> dict:
                                         w.device, w.dtype),
                       num_workers=workers, options=ActorOptions(num_cpus=1), call="run", max_retries=0).start()
     try:
-        # `start` returns once the first actor is ready; the timed set must start with all of them loaded.
-        ray.get([slot.actor.__ray_ready__.remote() for slot in pool._slots])
-        startup = time.perf_counter() - started
+        startup = time.perf_counter() - started  # `start` waits until every actor has loaded
         warm = list(pool.map_unordered(tasks[:workers], lambda t: (t,)))
         failed = [o.error for o in warm if not o.ok]
         timed_start = time.perf_counter()
@@ -114,8 +110,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     if args.smoke:
         args.candidates, args.limit = 4, 20
         args.zoo = str(Path(tempfile.gettempdir()) / "evosearch_bench_tiny_zoo")
-        args.out = args.out or str(Path(tempfile.gettempdir()) / "evosearch_bench_smoke")
-    args.out = args.out or str(RESULTS)
+    args.out = args.out or str(SMOKE_OUT if args.smoke else RESULTS)
     if args.candidates < max(args.workers):
         p.error(f"--candidates {args.candidates} is fewer than the largest worker count")
     return args

@@ -63,6 +63,7 @@ def test_merge_speed_smoke_times_both_tools_and_checks_parity(tmp_path):
         assert rows[method]["parity_checked"] and rows[method]["max_abs_difference"] <= 1e-5, rows[method]
     assert not rows["dare_ties"]["parity_checked"] and rows["dare_ties"]["max_abs_difference"] is None
     assert len(result["runs"]) == 2 * 3 * result["settings"]["repeats"]
+    assert all(seconds > 0 for seconds in result["startup_cpu_seconds"].values()), result["startup_cpu_seconds"]
     assert "| ties |" in stdout and "n/a (random drop)" in stdout
 
 
@@ -90,5 +91,6 @@ def test_worker_scaling_smoke_measures_one_and_two_workers(tmp_path):
         assert sum(r["share"].values()) == pytest.approx(1.0)
         assert all(0 <= s <= 1 for s in r["share"].values()) and r["share"]["forward"] > 0, r
         assert r["forward_plus_build_share"] == pytest.approx(r["share"]["forward"] + r["share"]["build"])
-    assert result["scaling_2_over_1"] == pytest.approx(runs[2]["candidates_per_minute"] / runs[1]["candidates_per_minute"])
+    ratio = runs[2]["candidates_per_minute"] / runs[1]["candidates_per_minute"]
+    assert result["scaling_2_over_1"] == pytest.approx(ratio)
     assert "scaling 2 workers / 1 worker" in stdout
