@@ -3,11 +3,11 @@
 A search worker keeps its sources resident and builds each candidate in memory: `build_merged_model`
 (PSMerger over resident tensors, then the merged state loaded into a causal-LM module), the code path
 `CandidateWorker._build_ps` runs. Here the benchmark family of `merge_speed.py` (base + 3 variants,
-101M parameters each) is resident and each recipe is built; its effective bandwidth is (bytes of every
+103M parameters each) is resident and each recipe is built; its effective bandwidth is (bytes of every
 source tensor read + bytes of the merged tensors written) / build seconds, against a large torch tensor
 copy (bytes read + written / seconds, best of several) on the same threads.
 
-    .venv/bin/python bench/build_bandwidth.py             # 101M-parameter family, best of 3
+    .venv/bin/python bench/build_bandwidth.py             # 103M-parameter family, best of 3
     .venv/bin/python bench/build_bandwidth.py --smoke     # tiny family, seconds
 """
 

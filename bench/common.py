@@ -80,7 +80,7 @@ def resolve_family_arguments(p: argparse.ArgumentParser, args: argparse.Namespac
 
 # --- the benchmark model family --------------------------------------------------------------------
 # Zoo-style (Llama architecture, the zoo's character tokenizer and vocabulary, tied embeddings), but
-# large enough that merging it is measurable: "full" has 101M parameters, "smoke" a few thousand.
+# large enough that merging it is measurable: "full" has 103M parameters, "smoke" 0.2M.
 FAMILY_SHAPES = {
     "full": dict(hidden_size=1024, intermediate_size=2816, num_hidden_layers=8, num_attention_heads=16),
     "smoke": dict(hidden_size=64, intermediate_size=128, num_hidden_layers=4, num_attention_heads=4),

@@ -1,6 +1,6 @@
 """Merge speed and memory: `evosearch merge` vs `mergekit-yaml` (mergekit 0.1.5) on the same recipes.
 
-A zoo-style Llama family (base + 3 fine-tune-like variants, 101M parameters each, random weights) is
+A zoo-style Llama family (base + 3 fine-tune-like variants, 103M parameters each, random weights) is
 generated once under the cache directory. Each recipe (TIES and task arithmetic with per-layer gradient
 parameters; DARE-TIES with a seed) is merged by both tools, each in its own fresh subprocess writing a
 fresh directory; the order alternates between repeats and the source files are read once beforehand so
@@ -8,7 +8,7 @@ both start from a warm page cache. Reported: wall time (best of the repeats), th
 evosearch, each child's peak RSS (`wait4`), and the largest absolute difference between the two outputs'
 tensors (deterministic methods only: DARE drops weights at random, and the two tools draw differently).
 
-    .venv/bin/python bench/merge_speed.py             # 101M-parameter family, 3 repeats
+    .venv/bin/python bench/merge_speed.py             # 103M-parameter family, 3 repeats
     .venv/bin/python bench/merge_speed.py --smoke     # tiny family, 1 repeat (seconds)
 """
 
