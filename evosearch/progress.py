@@ -62,13 +62,21 @@ class LiveProgress:
             self.console.print(event_table(self.last))
 
 
+def status_rows(jobs_progress: list[tuple]) -> list[dict]:
+    """One record per (JobRecord, JobProgress): what `status --json` prints and the table shows."""
+    return [{"job": job.name, "status": progress.status, "message": job.message, "generation": progress.generation,
+             "done": progress.done, "failed": progress.failed, "best_search": dict(progress.best),
+             "elapsed_seconds": progress.elapsed_seconds, "candidates_per_minute": progress.candidates_per_minute}
+            for job, progress in jobs_progress]
+
+
 def status_table(jobs_progress: list[tuple]) -> Table:
     """One row per (JobRecord, JobProgress)."""
     table = Table(title="evosearch jobs", title_justify="left")
     for column in ("job", "status", "generation", "done", "failed", "best (search split)", "elapsed", "per min"):
         table.add_column(column)
-    for job, progress in jobs_progress:
-        table.add_row(job.name, progress.status, "-" if progress.generation is None else str(progress.generation),
-                      str(progress.done), str(progress.failed), _best(progress.best),
-                      _duration(progress.elapsed_seconds), f"{progress.candidates_per_minute:.1f}")
+    for row in status_rows(jobs_progress):
+        table.add_row(row["job"], row["status"], "-" if row["generation"] is None else str(row["generation"]),
+                      str(row["done"]), str(row["failed"]), _best(row["best_search"]),
+                      _duration(row["elapsed_seconds"]), f"{row['candidates_per_minute']:.1f}")
     return table

@@ -188,7 +188,8 @@ def _fmt(value: Optional[float]) -> str:
 def status_command(job: Optional[str] = typer.Argument(None, help="job name or job file (default: every job)"),
                    store: Optional[str] = typer.Option(None, "--store", help="store URL (default: runs/*/)"),
                    address: Optional[str] = typer.Option(None, "--address", help="a Ray head's dashboard "
-                                                         "(http://HEAD:8265): show the submitted job's Ray state too")) -> None:
+                                                         "(http://HEAD:8265): show the submitted job's Ray state too"),
+                   as_json: bool = typer.Option(False, "--json", help="print JSON")) -> None:
     """Progress of one job, or of every job in the store (or under runs/); with --address, the Ray state of
     a job submitted with `evosearch submit` as well.
 
@@ -197,15 +198,17 @@ def status_command(job: Optional[str] = typer.Argument(None, help="job name or j
       evosearch status
 
       evosearch status zoo-ps-cmaes --address http://127.0.0.1:8265
+
+      evosearch status --json
     """
-    from evosearch.progress import status_table
+    from evosearch.progress import status_rows, status_table
 
     if address is not None:
         from evosearch.submit_cli import print_cluster_status
 
         if job is None:
             _fail("--address needs a job (name or job file)", USAGE)
-        print_cluster_status(job, address, store)
+        print_cluster_status(job, address, store, as_json)
         return
     if job is not None:
         opened, record = _locate(job, store)
@@ -214,10 +217,13 @@ def status_command(job: Optional[str] = typer.Argument(None, help="job name or j
         stores = [_open_store(store, must_exist=True)] if store else [
             _open_store(f"sqlite:///{p.resolve()}", must_exist=True) for p in sorted(Path("runs").glob("*/evosearch.db"))]
         rows = [(r, s.progress(r.id)) for s in stores for r in s.list_jobs()]
-        if not rows:
+        if not rows and not as_json:
             typer.echo("no jobs (pass --store URL, or run from the directory holding runs/)")
             return
-    Console().print(status_table(rows))
+    if as_json:
+        typer.echo(json.dumps(status_rows(rows), indent=2))
+    else:
+        Console().print(status_table(rows))
 
 
 def register(app: typer.Typer) -> None:

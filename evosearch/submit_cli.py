@@ -7,6 +7,7 @@ Exit codes as for the other verbs: 0 ok, 2 usage (a bad job file, checked before
 from __future__ import annotations
 
 import datetime as dt
+import json
 import os
 from pathlib import Path
 from typing import Optional
@@ -123,35 +124,48 @@ def _when(ms: Optional[int]) -> str:
     return "-" if not ms else dt.datetime.fromtimestamp(ms / 1000, dt.timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
 
 
-def print_cluster_status(job: str, address: Optional[str], store_url: Optional[str]) -> None:
+def print_cluster_status(job: str, address: Optional[str], store_url: Optional[str], as_json: bool = False) -> None:
     """`status JOB --address`: the Ray state of the job's latest submission, then the store's progress
     when the store can be opened from here (a SQLite store lives on the head)."""
-    from evosearch.progress import status_table
-    from storage import Store, StoreError
+    from evosearch.progress import status_rows, status_table
 
     _, found = _find(job, address)
+    cluster_row = {"submission": found.submission_id, "ray_state": found.status, "started": _when(found.start_time),
+                   "ended": _when(found.end_time), "message": found.message.splitlines()[0] if found.message else ""}
+    progress, why_not = _store_progress(job, found.job_name, store_url)
+    if as_json:
+        typer.echo(json.dumps({"cluster": cluster_row, "progress": None if progress is None else status_rows(progress)[0],
+                               "progress_error": why_not}, indent=2))
+        return
     table = Table(title=f"{found.job_name} on the cluster", title_justify="left")
     for column in ("submission", "ray state", "started", "ended", "message"):
         table.add_column(column)
-    table.add_row(found.submission_id, found.status, _when(found.start_time), _when(found.end_time),
-                  found.message.splitlines()[0] if found.message else "")
+    table.add_row(*cluster_row.values())
     console = Console()
     console.print(table)
+    if progress is None:
+        console.print(f"progress: {why_not}", markup=False, highlight=False)
+    else:
+        console.print(status_table(progress))
+
+
+def _store_progress(job: str, job_name: str, store_url: Optional[str]) -> tuple[Optional[list], Optional[str]]:
+    """([(JobRecord, JobProgress)], None) from the job's store, or (None, why) when it cannot be read here."""
+    from storage import Store, StoreError
 
     is_file = job.endswith((".yaml", ".yml")) or Path(job).is_file()
     url = store_url or (load_job(job).store if is_file else None)
     if url is None:
-        default = Path("runs") / found.job_name / "evosearch.db"
+        default = Path("runs") / job_name / "evosearch.db"
         url = f"sqlite:///{default.resolve()}" if default.is_file() else None
     if url is None or (url.startswith("sqlite:///") and not Path(url.removeprefix("sqlite:///")).is_file()):
-        console.print("progress: the store is not reachable from here (pass --store URL or the job file)")
-        return
+        return None, "the store is not reachable from here (pass --store URL or the job file)"
     try:
         store = Store.open(url)
-        record = store.get_job(found.job_name)
-        console.print(status_table([(record, store.progress(record.id))]))
+        record = store.get_job(job_name)
+        return [(record, store.progress(record.id))], None
     except StoreError as e:
-        console.print(f"progress: {e}", markup=False, highlight=False)
+        return None, str(e)
 
 
 def register(app: typer.Typer) -> None:

@@ -207,6 +207,9 @@ def test_cli_run_front_status_resume_and_one_line_errors(ray_local, tiny_zoo, tm
     for args in (["status", "cli"], ["status"]):
         status = runner.invoke(app, args)
         assert status.exit_code == 0 and "cli" in status.stdout and "finished" in status.stdout
+    (row,) = json.loads(runner.invoke(app, ["status", "cli", "--json"]).stdout)
+    assert (row["job"], row["status"], row["generation"], row["done"], row["failed"]) == ("cli", "finished", 0, 4, 0)
+    assert set(row["best_search"]) == {"zoo_target"}
 
     resumed = runner.invoke(app, ["resume", "cli"])
     assert resumed.exit_code == 0 and "(0 evaluated this run)" in resumed.output

@@ -178,6 +178,9 @@ def test_submit_runs_the_job_on_the_cluster_and_its_front_lands_in_the_store(ray
     status = _cli(ray_head, "status", str(job_file), "--address", ray_head.address)
     assert status.returncode == 0, status.stderr
     assert "SUCCEEDED" in status.stdout and "finished" in status.stdout
+    as_json = json.loads(_cli(ray_head, "status", str(job_file), "--address", ray_head.address, "--json").stdout)
+    assert as_json["cluster"]["ray_state"] == "SUCCEEDED" and as_json["cluster"]["submission"] == submission_id
+    assert as_json["progress"]["status"] == "finished" and as_json["progress"]["done"] == 4
     logs = _cli(ray_head, "logs", "submitted", "--address", ray_head.address)
     assert logs.returncode == 0 and "submitted: finished after 1 generation(s)" in logs.stdout
     followed = _cli(ray_head, "logs", "submitted", "--address", ray_head.address, "--follow", timeout=120)
