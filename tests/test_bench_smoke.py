@@ -94,3 +94,16 @@ def test_worker_scaling_smoke_measures_one_and_two_workers(tmp_path):
     ratio = runs[2]["candidates_per_minute"] / runs[1]["candidates_per_minute"]
     assert result["scaling_2_over_1"] == pytest.approx(ratio)
     assert "scaling 2 workers / 1 worker" in stdout
+
+
+def test_fitness_cost_smoke_times_anchors_against_full_tasks(tmp_path):
+    result, stdout = _smoke("fitness_cost.py", tmp_path)
+    items = result["items_per_candidate"]
+    assert items["anchors"] == 4 * result["k_per_task"] and items["full"] > items["anchors"]
+    seconds = result["median_seconds"]
+    for side in ("anchors", "full"):
+        assert all(seconds[side][key] >= 0 for key in ("build", "forward", "overhead")), seconds[side]
+        assert seconds[side]["wall"] >= seconds[side]["forward"] > 0, seconds[side]
+    assert seconds["full"]["forward"] > seconds["anchors"]["forward"]
+    assert result["speedup_wall"] == pytest.approx(seconds["full"]["wall"] / seconds["anchors"]["wall"])
+    assert "| anchors | 20 |" in stdout and "x faster per candidate" in stdout
