@@ -5,7 +5,6 @@ from __future__ import annotations
 import warnings
 from typing import Any, Literal, Optional, Union
 
-import cma
 import numpy as np
 from pydantic import Field, field_validator
 
@@ -60,6 +59,8 @@ class CMAESOptimizer(Optimizer):
             opts["popsize"] = config.popsize
         if config.tolx is not None:
             opts["tolx"] = config.tolx
+        import cma  # here, not at import: every CLI verb loads this module and cma pulls in scipy.stats
+
         self._rng = {"state": np.random.RandomState(seed).get_state()}
         with numpy_global_rng(self._rng), warnings.catch_warnings():
             warnings.simplefilter("ignore")  # cma warns about e.g. 1-D problems on stderr
