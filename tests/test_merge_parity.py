@@ -90,3 +90,30 @@ def test_matches_mergekit(case, family, tmp_path):
     base = load_file(f"{family[0]}/model.safetensors")
     # The merge must actually change something, or parity would be vacuous.
     assert any((ours[n] - base[n]).abs().max() > 1e-3 for n in base)
+
+
+@pytest.fixture(scope="module")
+def tied_family(tmp_path_factory):
+    """Weights on a coarse grid (as bf16 checkpoints nearly are): task vectors are exact multiples of 1/64,
+    so many entries share a magnitude and the density cut falls inside a run of equal ones."""
+    from safetensors.torch import save_file
+
+    paths = save_llama_family(tmp_path_factory.mktemp("tied"), n_finetunes=2)
+    base = {n: torch.round(t * 256) / 256 for n, t in load_file(f"{paths[0]}/model.safetensors").items()}
+    save_file(base, f"{paths[0]}/model.safetensors", metadata={"format": "pt"})
+    gen = torch.Generator().manual_seed(7)
+    for path in paths[1:]:
+        tuned = {n: t + torch.randint(-3, 4, t.shape, generator=gen).float() / 64 for n, t in base.items()}
+        save_file(tuned, f"{path}/model.safetensors", metadata={"format": "pt"})
+    return [str(p) for p in paths]
+
+
+def test_ties_keeps_what_mergekit_keeps_when_equal_magnitudes_straddle_the_density_cut(tied_family, tmp_path):
+    base, ft0, ft1 = tied_family
+    config = {"merge_method": "ties", "base_model": base, "models": [
+        {"model": ft0, "parameters": {"weight": 0.7, "density": 0.35}},
+        {"model": ft1, "parameters": {"weight": [0.4, 1.0], "density": 0.6}}]}
+    reference = _mergekit(copy.deepcopy(config), tmp_path / "mergekit")
+    ours = PSMerger.open(parse_recipe(copy.deepcopy(config))).merge_all()
+    worst = max((ours[n] - reference[n]).abs().max().item() for n in reference)
+    assert worst <= TOLERANCE, f"max abs diff {worst:g}"
