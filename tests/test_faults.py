@@ -199,3 +199,74 @@ def test_second_node_lost_mid_job_the_job_finishes_on_the_head(two_nodes, tiny_z
     cands = _assert_each_candidate_once(store, job_id, generations=2, per_generation=4)
     requeued = [c for c in cands if c.attempts > 1]
     assert len(requeued) == 1 and not requeued[0].worker.endswith(f":{lost.pid}")
+
+
+def _pg_spec(zoo, tmp_path: Path, name: str, url: str):
+    return parse_job({**zoo_job(zoo, name=name, generations=2, report={"when": "never"}), "store": url,
+                      "output_dir": str(tmp_path / name)})
+
+
+@pytest.mark.timeout(300)
+def test_postgresql_stopped_and_restarted_mid_job_the_driver_retries_and_finishes(ray_local, tiny_zoo, pg_server,
+                                                                                 tmp_path, caplog):
+    import logging
+    import uuid
+
+    from pg import PG_PASSWORD
+    from storage import RetryPolicy
+
+    url = pg_server.create_database(f"f_{uuid.uuid4().hex[:12]}")
+    spec = _pg_spec(tiny_zoo, tmp_path, "pg-outage", url)
+    store = Store.open(url, retry=RetryPolicy(attempts=30, first_delay_s=0.2, max_delay_s=1.0))
+    outage: list[float] = []
+
+    def on_event(event) -> None:
+        # Once the first candidate is recorded, the database goes away for 3 s while the driver writes on.
+        if not outage and event.done >= 1:
+            pg_server.stop()
+            outage.append(time.monotonic())
+            threading.Timer(3.0, pg_server.start).start()
+
+    with caplog.at_level(logging.WARNING):
+        summary = run_job(spec, store, on_event=on_event)
+    assert outage, "the job ended before the database could be stopped"
+    assert summary.status == "finished" and summary.generations == 2
+    _assert_each_candidate_once(store, summary.job_id, generations=2, per_generation=4)
+    assert len(store.front(summary.job_id)) >= 1
+    assert "retrying" in caplog.text and PG_PASSWORD not in caplog.text
+
+
+@pytest.mark.timeout(300)
+def test_two_jobs_at_once_on_one_postgresql_both_finish_without_cross_talk(ray_local, tiny_zoo, pg_server, tmp_path):
+    import uuid
+
+    url = pg_server.create_database(f"f_{uuid.uuid4().hex[:12]}")
+    specs = [_pg_spec(tiny_zoo, tmp_path, name, url) for name in ("pg-a", "pg-b")]
+    summaries: dict[str, object] = {}
+    errors: list[BaseException] = []
+
+    def drive(spec) -> None:
+        try:
+            with Store.open(url) as store:  # each driver its own connection pool, as two processes would
+                summaries[spec.name] = run_job(spec, store)
+        except BaseException as e:  # noqa: BLE001 - reported by the assert below
+            errors.append(e)
+
+    threads = [threading.Thread(target=drive, args=(spec,)) for spec in specs]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert not errors, errors
+    with Store.open(url) as store:
+        ids = {}
+        for spec in specs:
+            summary = summaries[spec.name]
+            assert summary.status == "finished" and summary.generations == 2
+            cands = _assert_each_candidate_once(store, summary.job_id, generations=2, per_generation=4)
+            ids[spec.name] = {c.id for c in cands}
+            assert all(c.job_id == summary.job_id for c in cands)
+            front = {c.id for c in store.front(summary.job_id)}
+            assert front and front <= ids[spec.name], "a job's front holds another job's candidate"
+        assert not ids["pg-a"] & ids["pg-b"]
+        assert {j.name: j.status for j in store.list_jobs()} == {"pg-a": "finished", "pg-b": "finished"}
