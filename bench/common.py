@@ -68,6 +68,23 @@ def add_family_arguments(p: argparse.ArgumentParser, repeats_help: str) -> None:
     p.add_argument("--smoke", action="store_true", help="tiny family, one repeat")
 
 
+TINY_ZOO = Path(tempfile.gettempdir()) / "evosearch_bench_tiny_zoo"  # smoke runs build the tiny zoo here once
+
+
+def add_zoo_arguments(p: argparse.ArgumentParser, smoke_help: str) -> None:
+    """The options of the benchmarks that run on the zoo (`runs/zoo`; the tiny zoo in smoke runs)."""
+    p.add_argument("--zoo", default="runs/zoo", help="a built zoo (`evosearch zoo build DIR`)")
+    p.add_argument("--out", default=None, help="where the JSON goes (default bench/results; --smoke: a temp dir)")
+    p.add_argument("--smoke", action="store_true", help=smoke_help)
+
+
+def resolve_zoo_arguments(args: argparse.Namespace) -> argparse.Namespace:
+    if args.smoke:
+        args.zoo = str(TINY_ZOO)
+    args.out = args.out or str(SMOKE_OUT if args.smoke else RESULTS)
+    return args
+
+
 def resolve_family_arguments(p: argparse.ArgumentParser, args: argparse.Namespace) -> argparse.Namespace:
     args.size = "smoke" if args.smoke else "full"
     if args.smoke:

@@ -17,11 +17,10 @@ import argparse
 import json
 import os
 import statistics
-import tempfile
 import time
 from pathlib import Path
 
-from common import RESULTS, ROOT, SMOKE_OUT, markdown_table, write_result
+from common import RESULTS, ROOT, add_zoo_arguments, markdown_table, resolve_zoo_arguments, write_result
 
 os.environ.setdefault("TQDM_DISABLE", "1")  # lm-eval's per-task bars; read when tqdm is first imported
 CALIBRATION_FILE = ROOT / "examples" / "calibrate_zoo.yaml"
@@ -30,19 +29,15 @@ FITNESS_REPORT = RESULTS / "fitness_report.json"
 
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--zoo", default="runs/zoo", help="a built zoo (`evosearch zoo build DIR`)")
+    add_zoo_arguments(p, "tiny zoo, k random docs per task as anchors, 2 recipes")
     p.add_argument("--calibration", default="zoo-calib", help="stored calibration whose anchors are timed")
     p.add_argument("--store", default="runs/zoo-calib/evosearch.db", help="its SQLite store")
     p.add_argument("--k", type=int, default=25, help="anchors per task")
     p.add_argument("--candidates", type=int, default=6, help="random recipes timed both ways")
-    p.add_argument("--out", default=None, help="where the JSON goes (default bench/results; --smoke: a temp dir)")
-    p.add_argument("--smoke", action="store_true", help="tiny zoo, k random docs per task as anchors, 2 recipes")
     args = p.parse_args(argv)
     if args.smoke:
         args.candidates, args.k = 2, 5
-        args.zoo = str(Path(tempfile.gettempdir()) / "evosearch_bench_tiny_zoo")
-    args.out = args.out or str(SMOKE_OUT if args.smoke else RESULTS)
-    return args
+    return resolve_zoo_arguments(args)
 
 
 def _space(zoo):

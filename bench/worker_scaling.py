@@ -17,11 +17,10 @@ import argparse
 import json
 import os
 import sys
-import tempfile
 import time
 from pathlib import Path
 
-from common import RESULTS, ROOT, SMOKE_OUT, markdown_table, write_result
+from common import ROOT, add_zoo_arguments, markdown_table, resolve_zoo_arguments, write_result
 
 JOB_FILE = ROOT / "examples" / "job_ps_cmaes.yaml"
 TARGET = 0.8  # share of worker time that should be forward passes + build
@@ -99,18 +98,15 @@ def measure(spec, tasks: list, workers: int) -> dict:
 
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--zoo", default="runs/zoo", help="a built zoo (`evosearch zoo build DIR`)")
+    add_zoo_arguments(p, "tiny zoo (built once into a temp dir), 4 recipes, 20 docs")
     p.add_argument("--candidates", type=int, default=16, help="recipes in the fixed set")
     p.add_argument("--limit", type=int, default=200, help="docs of the search split scored per candidate")
     p.add_argument("--workers", type=int, nargs="+", default=[1, 2], help="worker counts to measure")
     p.add_argument("--seed", type=int, default=0, help="seed of the random recipes")
-    p.add_argument("--out", default=None, help="where the JSON goes (default bench/results; --smoke: a temp dir)")
-    p.add_argument("--smoke", action="store_true", help="tiny zoo (built once into a temp dir), 4 recipes, 20 docs")
     args = p.parse_args(argv)
     if args.smoke:
         args.candidates, args.limit = 4, 20
-        args.zoo = str(Path(tempfile.gettempdir()) / "evosearch_bench_tiny_zoo")
-    args.out = args.out or str(SMOKE_OUT if args.smoke else RESULTS)
+    args = resolve_zoo_arguments(args)
     if args.candidates < max(args.workers):
         p.error(f"--candidates {args.candidates} is fewer than the largest worker count")
     return args

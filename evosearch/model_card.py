@@ -37,7 +37,7 @@ def search_section(job_name: str, spec: JobSpec, candidate: CandidateRecord, rul
     splits = splits or {}
     docs = f"first {spec.fitness.limit} docs of each task" if spec.fitness.limit else "every doc of each task"
     estimate = ("accuracy on the search split" if spec.fitness.mode == "full"
-                else f"IRT estimate ({spec.fitness.estimator}) from {spec.fitness.k} anchor items of the search split")
+                else f"estimate by {spec.fitness.estimator} from {spec.fitness.k} anchor items per task of the search split")
     lines = ["", "## Evosearch", "",
              f"- Job: `{job_name}`; candidate id {candidate.id} (generation {candidate.generation}, "
              f"index {candidate.index}); recipe hash `{candidate.recipe_hash}`",
