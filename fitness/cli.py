@@ -172,6 +172,8 @@ def calibrate_command(calibration_file: Path = typer.Argument(..., help="the cal
                     progress.advance(bar)
 
                 _evaluate(spec, todo, _to_store(store, record.id, on_stored))
+        # Its models matched this file's, so this file's settings (sizes, report) now describe it.
+        store.set_calibration_spec(record.id, spec.to_dict())
         version, new = _fit(store, spec)
     except KeyboardInterrupt:
         _fail(f"interrupted; models scored so far are stored; run `evosearch calibrate {calibration_file}` "

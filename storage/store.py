@@ -363,6 +363,13 @@ class Store:
 
         return self._transaction(f"reading calibration {name!r}", read, read_only=True)
 
+    def set_calibration_spec(self, calibration_id: int, spec: dict) -> None:
+        """The settings of the file that last ran against this calibration (its models are unchanged)."""
+        def write(session: Session) -> None:
+            _calibration(session, calibration_id).spec = _without_passwords(spec)
+
+        self._transaction(f"updating the settings of calibration {calibration_id}", write)
+
     def set_calibration_fit(self, calibration_id: int, irt_params: dict, fit_version: int) -> None:
         """Store a fit as `fit_version` and make it the current one; other versions are kept."""
         def write(session: Session) -> None:

@@ -138,6 +138,8 @@ def test_calibrate_resumes_then_reports(ray_local, tiny_zoo, tmp_path):
     third = runner.invoke(app, ["calibrate", str(path)])
     assert third.exit_code == 0 and "13 already stored, 0 to score" in third.stdout
     assert "IRT fit version 2 (unchanged)" in third.stdout
+    # The stored settings are those of the last file run (6 random merges, not the first run's 4).
+    assert Store.open(url).get_calibration("tiny-calib").spec["n_random"] == 6
 
     out = tmp_path / "bench" / "report.json"
     shown = runner.invoke(app, ["fitness", "report", "tiny-calib", "--store", url, "--json", "--out", str(out)])
@@ -166,6 +168,8 @@ def test_calibrate_resumes_then_reports(ray_local, tiny_zoo, tmp_path):
     refused = runner.invoke(app, ["fitness", "report", str(tmp_path / "big.yaml"), "--out", str(tmp_path / "r3.json")])
     assert refused.exit_code == 2 and refused.stderr.count("\n") == 1, refused.output
     assert refused.stderr.startswith("error: calibration 'tiny-calib': ")
+    by_name = runner.invoke(app, ["fitness", "report", "tiny-calib", "--store", url, "--out", str(tmp_path / "r4.json")])
+    assert by_name.exit_code == 2 and by_name.stderr == refused.stderr  # the stored report settings are big.yaml's
 
     unknown = runner.invoke(app, ["fitness", "report", "other", "--store", url])
     assert unknown.exit_code == 2 and "unknown calibration 'other'" in unknown.stderr
