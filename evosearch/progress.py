@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import datetime, timezone
 from typing import Optional
 
 from rich.console import Console
@@ -62,12 +63,25 @@ class LiveProgress:
             self.console.print(event_table(self.last))
 
 
+def _seconds_since(when: Optional[datetime]) -> Optional[float]:
+    return None if when is None else max(0.0, (datetime.now(timezone.utc) - when).total_seconds())
+
+
 def status_rows(jobs_progress: list[tuple]) -> list[dict]:
     """One record per (JobRecord, JobProgress): what `status --json` prints and the table shows."""
     return [{"job": job.name, "status": progress.status, "message": job.message, "generation": progress.generation,
              "done": progress.done, "failed": progress.failed, "best_search": dict(progress.best),
-             "elapsed_seconds": progress.elapsed_seconds, "candidates_per_minute": progress.candidates_per_minute}
+             "elapsed_seconds": progress.elapsed_seconds, "candidates_per_minute": progress.candidates_per_minute,
+             "seconds_since_last_write": _seconds_since(progress.last_write)}
             for job, progress in jobs_progress]
+
+
+def _status_cell(row: dict) -> str:
+    """`running` alone says nothing of a driver killed with SIGKILL: the age of its last write does."""
+    quiet = row["seconds_since_last_write"]
+    if row["status"] != "running" or quiet is None:
+        return row["status"]
+    return f"running (last write {_duration(quiet)} ago)"
 
 
 def status_table(jobs_progress: list[tuple]) -> Table:
@@ -76,7 +90,7 @@ def status_table(jobs_progress: list[tuple]) -> Table:
     for column in ("job", "status", "generation", "done", "failed", "best (search split)", "elapsed", "per min"):
         table.add_column(column)
     for row in status_rows(jobs_progress):
-        table.add_row(row["job"], row["status"], "-" if row["generation"] is None else str(row["generation"]),
+        table.add_row(row["job"], _status_cell(row), "-" if row["generation"] is None else str(row["generation"]),
                       str(row["done"]), str(row["failed"]), _best(row["best_search"]),
                       _duration(row["elapsed_seconds"]), f"{row['candidates_per_minute']:.1f}")
     return table

@@ -108,3 +108,6 @@ class JobProgress:
     best: dict[str, float]  # objective -> best search-split estimate over done candidates
     elapsed_seconds: float
     candidates_per_minute: float
+    # The job's latest write (a candidate, a generation, a status): a "running" job whose driver was killed
+    # with SIGKILL stays "running", and only the age of this tells it from a live one.
+    last_write: datetime | None = None

@@ -302,9 +302,11 @@ class Store:
             end = utcnow() if job.status == "running" else job.updated_at
             elapsed = max(0.0, (end - job.created_at).total_seconds())
             done, failed = counts.get("done", 0), counts.get("failed", 0)
+            recorded = session.scalar(select(func.max(Candidate.recorded_at)).where(Candidate.job_id == job_id))
             return JobProgress(job_id=job.id, status=job.status, generation=generation, done=done, failed=failed,
                                best=best, elapsed_seconds=elapsed,
-                               candidates_per_minute=(done + failed) * 60.0 / elapsed if elapsed > 0 else 0.0)
+                               candidates_per_minute=(done + failed) * 60.0 / elapsed if elapsed > 0 else 0.0,
+                               last_write=max(filter(None, (job.updated_at, recorded))))
 
         return self._transaction(f"reading the progress of job {job_id}", read, read_only=True)
 

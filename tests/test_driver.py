@@ -311,6 +311,12 @@ def test_killed_driver_process_resumes_without_reevaluating(ray_local, tiny_zoo,
     assert store is not None and proc.returncode == -signal.SIGKILL, "the run ended before it could be killed"
     job_id = store.get_job("killed").id
     assert store.get_job(job_id).status == "running"  # nobody had the chance to say otherwise
+    # What tells a dead driver from a live one: the age of its last write, which stops growing with it.
+    from evosearch.progress import status_rows
+
+    time.sleep(1.5)
+    (row,) = status_rows([(store.get_job(job_id), store.progress(job_id))])
+    assert row["status"] == "running" and row["seconds_since_last_write"] >= 1.5
     before = {c.index: c for c in store.candidates(job_id, generation=1)}
     assert 0 < len(before) < 4
 
