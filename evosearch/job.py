@@ -98,7 +98,7 @@ Objective = Annotated[Union[Annotated[TaskObjective, Tag("TaskObjective")], Anno
 
 class FitnessSpec(_Section):
     """`full`: score = accuracy on every doc of the search split. `reduced`: IRT estimate from k anchors
-    chosen on a stored calibration (`calibration` names it, or gives inline settings)."""
+    chosen on a stored calibration (`calibration` names it: run `evosearch calibrate` first, into the job's store)."""
 
     mode: Literal["reduced", "full"] = "reduced"
     calibration: Optional[str] = Field(default=None, description="name of a stored calibration")
