@@ -177,11 +177,7 @@ class SearchDriver:
         from fitness.splits import search_only
 
         f = self.spec.fitness
-        calibration = self.store.get_calibration(f.calibration)
-        missing = [t for t in self.spec.search_tasks if t not in calibration.tasks]
-        if missing:
-            raise DriverError(f"calibration {f.calibration!r} does not cover task {missing[0]!r} "
-                              f"(it has {', '.join(calibration.tasks)})")
+        calibration = stored_calibration(self.spec, self.store)
         # Anchors and the IRT fit must never touch a hold-out doc: the calibration loses them first.
         calibration = search_only(calibration, {t: s.search_doc_ids for t, s in self.splits.items()})
         settings = IRTSpec.model_validate(calibration.spec.get("irt", {})).settings(calibration.spec.get("seed", 0))
@@ -434,6 +430,24 @@ def _search_only(scores: list) -> list:
                         anchor_accuracy=s.anchor_accuracy, full=s.full) for s in scores if s.split == "search"]
 
 
+def stored_calibration(spec: JobSpec, store):
+    """The calibration a reduced-fitness job names, from the job's store; DriverError unless it is there and
+    covers every search task."""
+    from storage import StoreError
+
+    name = spec.fitness.calibration
+    try:
+        calibration = store.get_calibration(name)
+    except StoreError as e:
+        raise DriverError(f"job {spec.name}: fitness.calibration: {e} (run `evosearch calibrate` with "
+                          "this store first)") from None
+    missing = [t for t in spec.search_tasks if t not in calibration.tasks]
+    if missing:
+        raise DriverError(f"calibration {name!r} does not cover task {missing[0]!r} "
+                          f"(it has {', '.join(calibration.tasks)})")
+    return calibration
+
+
 def run_job(spec: JobSpec, store, resume: bool = False, *, stop_after: Optional[int] = None,
             on_event: Optional[Callable[[RunEvent], None]] = None) -> RunSummary:
     """Runs a job from its spec (`resume=False`: a new job of that name) or continues the stored job of
@@ -451,6 +465,8 @@ def run_job(spec: JobSpec, store, resume: bool = False, *, stop_after: Optional[
             check_search_models(spec.source_paths, spec.search_space)
         except SourceError as e:
             raise DriverError(f"job {spec.name}: {e}") from None
+        if spec.fitness.mode == "reduced":
+            stored_calibration(spec, store)  # before the job is stored: a job without one could never run
         try:
             job = store.create_job(spec.name, spec.to_dict(), spec.seed, spec.output_dir)
         except StoreError as e:

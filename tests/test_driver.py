@@ -269,6 +269,11 @@ def test_reduced_fitness_scores_anchors_with_a_stored_calibration(ray_local, tin
                     fitness={"mode": "reduced", "calibration": "zoo-target"})
     with pytest.raises(DriverError, match="does not cover task 'zoo_math'"):
         run_job(missing, store)
+    unknown = _spec(tiny_zoo, tmp_path, name="uncalibrated2", fitness={"mode": "reduced", "calibration": "nope"})
+    with pytest.raises(DriverError, match="fitness.calibration: unknown calibration 'nope' in store .* "
+                                          r"\(run `evosearch calibrate` with this store first\)"):
+        run_job(unknown, store)
+    assert not {"uncalibrated", "uncalibrated2"} & {j.name for j in store.list_jobs()}  # refused before stored
 
 
 def _has_job(db: Path, name: str) -> bool:
