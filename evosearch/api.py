@@ -179,13 +179,13 @@ class Job:
 
 def open_job(name: str, store: Optional[str] = None) -> Job:
     """A job by name or job file, in `store` (a URL) or, by default, the job's store (as `evosearch front`)."""
-    from evosearch.run_cli import _default_store
+    from evosearch.config_file import default_store_url
 
     url = store
     if name.endswith((".yaml", ".yml")) or Path(name).is_file():
         spec = load_job(name)
         name, url = spec.name, store or spec.store
-    url = url or _default_store(name)
+    url = url or default_store_url(name)
     if url.startswith("sqlite:///") and not Path(url.removeprefix("sqlite:///")).is_file():
         raise QueryError(f"no store at {url.removeprefix('sqlite:///')} (pass store=URL)")
     opened = Store.open(url)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +29,21 @@ def known(name: str, choices, what: str) -> str:
     """`name` if it is one of `choices`; else ValueError `unknown WHAT 'x'; known: a, b` (pydantic's message)."""
     if name not in choices:
         raise ValueError(f"unknown {what} {name!r}; known: {', '.join(choices)}")
+    return name
+
+
+_SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
+
+
+def is_safe_name(name: str) -> bool:
+    """Whether `name` can be a job's or calibration's name: it becomes `runs/NAME/`, which must stay in runs/."""
+    return bool(_SAFE_NAME.match(name)) and ".." not in name
+
+
+def safe_name(name: str, what: str) -> str:
+    """`name` if `is_safe_name`; else ValueError (pydantic's message for a job or calibration file)."""
+    if not is_safe_name(name):
+        raise ValueError(f"{what} name {name!r} must be letters, digits, '.', '_' or '-' (no '/' or '..')")
     return name
 
 

@@ -11,7 +11,6 @@ is replaced by its directory before the space is parsed, so recipes always carry
 from __future__ import annotations
 
 import copy
-import re
 from pathlib import Path
 from typing import Annotated, Any, Literal, Optional, Union
 
@@ -19,11 +18,10 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, ValidationError, field_validator, \
     model_validator
 
-from evosearch.config_file import known, model_dirs, read_yaml_file, store_url
+from evosearch.config_file import known, model_dirs, read_yaml_file, safe_name, store_url
 from evosearch.optimizers import AnyOptimizerConfig, OptimizerError, parse_optimizer_config
 from evosearch.spaces import PS_SOURCE, SpaceConfig, SpaceError, parse_space_config
 
-_SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
 REPORT_SUFFIX = "_report"
 # Cost objectives computed from the recipe alone (no evaluation): name -> spaces it makes sense for.
 COST_TERMS = {"path_length": ("dfs", "ps+dfs")}
@@ -188,9 +186,7 @@ class JobSpec(_Section):
     @field_validator("name")
     @classmethod
     def _safe_name(cls, v: str) -> str:
-        if not _SAFE_NAME.match(v) or ".." in v:
-            raise ValueError(f"job name {v!r} must be letters, digits, '.', '_' or '-' (no '/' or '..')")
-        return v
+        return safe_name(v, "job")
 
     @model_validator(mode="after")
     def _defaults(self) -> "JobSpec":

@@ -14,8 +14,8 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from evosearch.config_file import default_store_url
-from evosearch.job import _SAFE_NAME, JobError, JobSpec, load_job
+from evosearch.config_file import default_store_url, is_safe_name
+from evosearch.job import JobError, JobSpec, load_job
 
 USAGE, FAILURE = 2, 1
 _err = Console(stderr=True)
@@ -24,10 +24,6 @@ _err = Console(stderr=True)
 def _fail(message: str, code: int) -> None:
     _err.print(f"error: {message}", markup=False, highlight=False, soft_wrap=True)
     raise typer.Exit(code)
-
-
-def _default_store(name: str) -> str:
-    return default_store_url(name)
 
 
 def _open_store(url: str, must_exist: bool):
@@ -52,10 +48,10 @@ def _locate(job: str, store_url: Optional[str]):
         except JobError as e:
             _fail(str(e), USAGE)
         name, url = spec.name, store_url or spec.store
-    elif not _SAFE_NAME.match(job) or ".." in job:
+    elif not is_safe_name(job):
         # A name becomes a path (runs/NAME/): one that could leave runs/ names no job.
         _fail(f"{job!r} is neither a job file nor a job name (letters, digits, '.', '_' or '-')", USAGE)
-    store = _open_store(url or _default_store(name), must_exist=True)
+    store = _open_store(url or default_store_url(name), must_exist=True)
     try:
         return store, store.get_job(name)
     except StoreError as e:

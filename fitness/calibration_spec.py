@@ -9,14 +9,13 @@ resolved against the current directory and kept absolute, so stored recipes carr
 from __future__ import annotations
 
 import copy
-import re
 from pathlib import Path
 from typing import Any, Optional
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 # The job file's model naming, error locations and task index: one spelling of each rule for both files.
-from evosearch.config_file import known, model_dirs, read_yaml_file, store_url
+from evosearch.config_file import known, model_dirs, read_yaml_file, safe_name, store_url
 from evosearch.job import JobError, WorkersSpec, _resolve_models, _task_index, validated
 from evosearch.spaces import PSSpaceConfig, SpaceError, parse_space_config
 from fitness.anchors import ANCHOR_STRATEGIES
@@ -24,7 +23,6 @@ from fitness.calibration import DEFAULT_STRATEGIES
 from fitness.estimators import ESTIMATORS
 from fitness.irt import ABILITY_SCOPES, IRTFitSettings
 
-_SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
 
 
 class CalibrationSpecError(ValueError):
@@ -95,9 +93,7 @@ class CalibrationSpec(_Section):
     @field_validator("name")
     @classmethod
     def _safe_name(cls, v: str) -> str:
-        if not _SAFE_NAME.match(v) or ".." in v:
-            raise ValueError(f"calibration name {v!r} must be letters, digits, '.', '_' or '-' (no '/' or '..')")
-        return v
+        return safe_name(v, "calibration")
 
     @field_validator("include_path", mode="before")
     @classmethod

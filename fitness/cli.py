@@ -20,40 +20,20 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from evosearch.config_file import default_store_url
+from evosearch.run_cli import FAILURE, USAGE, _err, _fail, _open_store
 from fitness.calibration_spec import CalibrationSpec, CalibrationSpecError, load_calibration_spec
 
-USAGE, FAILURE = 2, 1
 # The bar for the reduced fitness on the held-out merges.
 BAR = {"min_reduction": 20.0, "max_mae_points": 3.0, "min_spearman": 0.9}
 DEFAULT_REPORT_OUT = Path("bench/results/fitness_report.json")
-_err = Console(stderr=True)
 
 fitness_app = typer.Typer(help="The reduced fitness: honest error figures of a stored calibration.",
                           no_args_is_help=True)
 
 
-def _fail(message: str, code: int) -> None:
-    _err.print(f"error: {message}", markup=False, highlight=False, soft_wrap=True)
-    raise typer.Exit(code)
-
-
 def _first_line(exc: BaseException) -> str:
     text = str(exc).strip()
     return text.splitlines()[0] if text else type(exc).__name__
-
-
-def _open_store(url: str, must_exist: bool):
-    from storage import Store, StoreError
-
-    path = url.removeprefix("sqlite:///") if url.startswith("sqlite:///") else None
-    if path is not None and must_exist and not Path(path).is_file():
-        _fail(f"no store at {path} (pass --store URL)", USAGE)
-    if path is not None:
-        Path(path).parent.mkdir(parents=True, exist_ok=True)
-    try:
-        return Store.open(url)
-    except StoreError as e:
-        _fail(str(e), USAGE)
 
 
 # --- calibrate -------------------------------------------------------------------------------------------
