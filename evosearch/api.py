@@ -16,7 +16,7 @@ from typing import Any, Optional
 
 import numpy as np
 
-from evosearch.job import JobSpec, load_job
+from evosearch.job import JobError, JobSpec, load_job
 from storage import CandidateRecord, JobRecord, Store, StoreError
 
 SPLITS = ("search", "report")
@@ -179,13 +179,14 @@ class Job:
 
 def open_job(name: str, store: Optional[str] = None) -> Job:
     """A job by name or job file, in `store` (a URL) or, by default, the job's store (as `evosearch front`)."""
-    from evosearch.config_file import default_store_url
+    from evosearch.config_file import name_and_store
 
-    url = store
-    if name.endswith((".yaml", ".yml")) or Path(name).is_file():
-        spec = load_job(name)
-        name, url = spec.name, store or spec.store
-    url = url or default_store_url(name)
+    try:
+        name, url, _ = name_and_store(name, store, load_job, "job")
+    except JobError:  # a bad job file: its own one-line error, as `load_job` gives it
+        raise
+    except ValueError as e:  # a name that could leave runs/
+        raise QueryError(str(e)) from None
     if url.startswith("sqlite:///") and not Path(url.removeprefix("sqlite:///")).is_file():
         raise QueryError(f"no store at {url.removeprefix('sqlite:///')} (pass store=URL)")
     opened = Store.open(url)

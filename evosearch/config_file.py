@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import yaml
 
@@ -50,6 +50,18 @@ def safe_name(name: str, what: str) -> str:
 def default_store_url(name: str) -> str:
     """A job's or calibration's store when its file names none: `runs/NAME/evosearch.db` here."""
     return f"sqlite:///{(Path('runs') / name / 'evosearch.db').resolve()}"
+
+
+def name_and_store(ref: str, store: str | None, load: Callable[[str], Any], what: str) -> tuple[str, str, Any]:
+    """(name, store URL, the loaded file or None) of a job or calibration given by its file (read by `load`,
+    which raises its own one-line ValueError) or by its name, whose default store is `runs/NAME/evosearch.db`.
+    A name that could leave runs/ is a ValueError: it names nothing."""
+    if ref.endswith((".yaml", ".yml")) or Path(ref).is_file():
+        spec = load(ref)
+        return spec.name, store or spec.store, spec
+    if not is_safe_name(ref):
+        raise ValueError(f"{ref!r} is neither a {what} file nor a {what} name (letters, digits, '.', '_' or '-')")
+    return ref, store or default_store_url(ref), None
 
 
 SQLITE_PREFIX = "sqlite:///"

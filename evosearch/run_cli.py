@@ -14,7 +14,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from evosearch.config_file import default_store_url, is_safe_name
+from evosearch.config_file import name_and_store
 from evosearch.job import JobError, JobSpec, load_job
 
 USAGE, FAILURE = 2, 1
@@ -41,17 +41,11 @@ def _locate(job: str, store_url: Optional[str]):
     """(store, JobRecord) for a job given by name or by its job file."""
     from storage import StoreError
 
-    name, url = job, store_url
-    if job.endswith((".yaml", ".yml")) or Path(job).is_file():
-        try:
-            spec = load_job(job)
-        except JobError as e:
-            _fail(str(e), USAGE)
-        name, url = spec.name, store_url or spec.store
-    elif not is_safe_name(job):
-        # A name becomes a path (runs/NAME/): one that could leave runs/ names no job.
-        _fail(f"{job!r} is neither a job file nor a job name (letters, digits, '.', '_' or '-')", USAGE)
-    store = _open_store(url or default_store_url(name), must_exist=True)
+    try:
+        name, url, _ = name_and_store(job, store_url, load_job, "job")
+    except ValueError as e:  # JobError is one
+        _fail(str(e), USAGE)
+    store = _open_store(url, must_exist=True)
     try:
         return store, store.get_job(name)
     except StoreError as e:

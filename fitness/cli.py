@@ -19,7 +19,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from evosearch.config_file import default_store_url
+from evosearch.config_file import name_and_store
 from evosearch.run_cli import FAILURE, USAGE, _err, _fail, _open_store
 from fitness.calibration_spec import CalibrationSpec, CalibrationSpecError, load_calibration_spec
 
@@ -230,15 +230,11 @@ def report_command(
     from fitness.errors import FitnessError
     from storage import StoreError
 
-    spec = None
-    name, url = calibration, store
-    if calibration.endswith((".yaml", ".yml")) or Path(calibration).is_file():
-        try:
-            spec = load_calibration_spec(calibration)
-        except CalibrationSpecError as e:
-            _fail(str(e), USAGE)
-        name, url = spec.name, store or spec.store
-    opened = _open_store(url or default_store_url(name), must_exist=True)
+    try:
+        name, url, spec = name_and_store(calibration, store, load_calibration_spec, "calibration")
+    except ValueError as e:  # CalibrationSpecError is one
+        _fail(str(e), USAGE)
+    opened = _open_store(url, must_exist=True)
     try:
         record = opened.get_calibration(name)
     except StoreError as e:

@@ -184,6 +184,12 @@ def test_job_names_cannot_leave_their_directory(tiny_zoo, tmp_path, monkeypatch,
     assert f"name: job name {name!r} must be" in one_line_error(invoke("run", job_file), 2)
     for verb in ("status", "front", "resume"):
         assert f"{name!r} is neither a job file nor a job name" in one_line_error(invoke(verb, name), 2)
+    assert f"{name!r} is neither a calibration file nor a calibration name" in one_line_error(
+        invoke("fitness", "report", name), 2)
+    from evosearch.api import QueryError, open_job
+
+    with pytest.raises(QueryError, match="is neither a job file nor a job name"):
+        open_job(name)
     assert tree(tmp_path) == before
 
 
