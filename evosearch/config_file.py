@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Any, Callable
+from typing import Annotated, Any, Callable
 
 import yaml
+from pydantic import BeforeValidator
 
 
 def read_yaml_file(path: str | Path, what: str, error: type[Exception]) -> Any:
@@ -23,6 +24,14 @@ def read_yaml_file(path: str | Path, what: str, error: type[Exception]) -> Any:
         raise error(f"{p}: not valid YAML{at}: {problem}") from None
     except (OSError, UnicodeDecodeError) as e:
         raise error(f"{p}: unreadable {what} file ({type(e).__name__})") from None
+
+
+def _listed(value: Any) -> Any:
+    return [value] if isinstance(value, str) else value
+
+
+# A list of strings that a YAML file may also give as one string (`methods: ties`, `include_path: tasks/`).
+OneOrMore = Annotated[list[str], BeforeValidator(_listed)]
 
 
 def known(name: str, choices, what: str) -> str:

@@ -18,7 +18,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, ValidationError, field_validator, \
     model_validator
 
-from evosearch.config_file import known, model_dirs, read_yaml_file, safe_name, store_url
+from evosearch.config_file import OneOrMore, known, model_dirs, read_yaml_file, safe_name, store_url
 from evosearch.optimizers import AnyOptimizerConfig, OptimizerError, parse_optimizer_config
 from evosearch.spaces import PS_SOURCE, SpaceConfig, SpaceError, parse_space_config
 
@@ -129,12 +129,7 @@ class FitnessSpec(_Section):
 
 
 class TasksSpec(_Section):
-    include_path: list[str] = Field(min_length=1)
-
-    @field_validator("include_path", mode="before")
-    @classmethod
-    def _one_or_many(cls, v):
-        return [v] if isinstance(v, str) else v
+    include_path: OneOrMore = Field(min_length=1)
 
 
 class WorkersSpec(_Section):

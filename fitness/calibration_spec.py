@@ -15,7 +15,7 @@ from typing import Any, Optional
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 # The job file's model naming, error locations and task index: one spelling of each rule for both files.
-from evosearch.config_file import known, model_dirs, read_yaml_file, safe_name, store_url
+from evosearch.config_file import OneOrMore, known, model_dirs, read_yaml_file, safe_name, store_url
 from evosearch.job import JobError, WorkersSpec, _resolve_models, _task_index, validated
 from evosearch.spaces import PSSpaceConfig, SpaceError, parse_space_config
 from fitness.anchors import ANCHOR_STRATEGIES
@@ -85,7 +85,7 @@ class CalibrationSpec(_Section):
     n_heldout: int = Field(default=16, ge=0, description="merges scored for the report only, never fitted")
     seed: int = 0
     tasks: list[str] = Field(min_length=1, description="lm-eval task names, scored on every doc")
-    include_path: list[str] = Field(min_length=1)
+    include_path: OneOrMore = Field(min_length=1)
     workers: WorkersSpec = Field(default_factory=WorkersSpec)
     irt: IRTSpec = Field(default_factory=IRTSpec)
     report: ReportSettings = Field(default_factory=ReportSettings)
@@ -94,11 +94,6 @@ class CalibrationSpec(_Section):
     @classmethod
     def _safe_name(cls, v: str) -> str:
         return safe_name(v, "calibration")
-
-    @field_validator("include_path", mode="before")
-    @classmethod
-    def _one_or_many(cls, v):
-        return [v] if isinstance(v, str) else v
 
     @field_validator("tasks")
     @classmethod

@@ -21,6 +21,7 @@ from typing import Literal, Optional, Union
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from evosearch.config_file import OneOrMore
 from evosearch.recipe import (
     MERGE_METHODS,
     METHODS_NEEDING_BASE,
@@ -48,7 +49,7 @@ class PSSpaceConfig(BaseModel):
     kind: Literal["ps"] = "ps"
     sources: list[str] = Field(min_length=1, description="models that get per-model genes, in recipe order")
     base_model: Optional[str] = None
-    methods: list[str] = Field(min_length=1, description="one method = fixed; several = a categorical gene")
+    methods: OneOrMore = Field(min_length=1, description="one method = fixed; several = a categorical gene")
     num_layers: Optional[int] = Field(default=None, gt=0, description="needed when layer_groups is not 1")
     layer_groups: Union[int, Literal["every_layer"]] = 1
     tensor_groups: list[str] = Field(default_factory=list, description="tensor-name substrings, e.g. mlp")
@@ -62,11 +63,6 @@ class PSSpaceConfig(BaseModel):
     seed: int = Field(default=0, description="DARE/DELLA drop seed, fixed so decoding stays deterministic")
     dtype: Literal["float32", "float16", "bfloat16"] = "float32"
     tokenizer_source: Optional[str] = None
-
-    @field_validator("methods", mode="before")
-    @classmethod
-    def _one_or_many(cls, v):
-        return [v] if isinstance(v, str) else v
 
     @field_validator("methods")
     @classmethod
