@@ -172,7 +172,7 @@ class SearchDriver:
     def _fitness(self):
         if self.spec.fitness.mode == "full":
             return None
-        from fitness.calibration_spec import IRTSpec
+        from fitness.calibration_spec import stored_irt_settings
         from fitness.reduced import ReducedFitness
         from fitness.splits import search_only
 
@@ -180,9 +180,8 @@ class SearchDriver:
         calibration = stored_calibration(self.spec, self.store)
         # Anchors and the IRT fit must never touch a hold-out doc: the calibration loses them first.
         calibration = search_only(calibration, {t: s.search_doc_ids for t, s in self.splits.items()})
-        settings = IRTSpec.model_validate(calibration.spec.get("irt", {})).settings(calibration.spec.get("seed", 0))
         return ReducedFitness.from_calibration(calibration, estimator=f.estimator, k=f.k, strategy=f.strategy,
-                                               seed=self.spec.seed, irt_settings=settings)
+                                               seed=self.spec.seed, irt_settings=stored_irt_settings(calibration.spec))
 
     def _docs(self, tasks: list[str], split: str) -> Optional[dict[str, list[int]]]:
         from fitness.splits import split_docs

@@ -49,6 +49,13 @@ class IRTSpec(_Section):
         return IRTFitSettings(dims=self.dims, ability_scope=self.ability_scope, seed=seed)
 
 
+def stored_irt_settings(stored_spec: Optional[dict]) -> IRTFitSettings:
+    """The IRT settings a stored calibration was fitted with (its spec as `CalibrationSpec.to_dict` wrote it;
+    defaults where a hand-made calibration stored none). ValueError when they do not validate."""
+    stored_spec = stored_spec or {}
+    return IRTSpec.model_validate(stored_spec.get("irt", {})).settings(int(stored_spec.get("seed", 0)))
+
+
 class ReportSettings(_Section):
     """What `evosearch fitness report` measures on the held-out members: every estimator x strategy x k."""
 

@@ -168,14 +168,14 @@ def calibrate_command(calibration_file: Path = typer.Argument(..., help="the cal
 
 def _report_settings(record, spec: Optional[CalibrationSpec]):
     """The report and IRT settings of the file when given, else those stored with the calibration."""
-    from fitness.calibration_spec import IRTSpec, ReportSettings
+    from fitness.calibration_spec import ReportSettings, stored_irt_settings
 
     if spec is not None:
         return spec.report, spec.irt_settings
     stored = record.spec or {}
     try:
         report = ReportSettings.model_validate(stored.get("report", {}))
-        irt = IRTSpec.model_validate(stored.get("irt", {})).settings(int(stored.get("seed", 0)))
+        irt = stored_irt_settings(stored)
     except ValueError as e:
         _fail(f"calibration {record.name!r}: stored settings are unreadable: {_first_line(e)}", USAGE)
     return report, irt
