@@ -146,15 +146,16 @@ class Job:
         out = Path(out)
         recipe = parse_recipe(choice.candidate.recipe, source=f"recipe of candidate {choice.candidate.id}")
         out = export_recipe(recipe, out, force=force)  # the directory as resolved and written
-        verification = self._verify(out) if verify else None
+        splits = self.store.task_splits(self.record.id)
+        verification = self._verify(out, splits) if verify else None
         card = out / "README.md"
         card.write_text(card.read_text() + search_section(self.name, self.spec, choice.candidate, choice.rule,
-                                                          recipe_source_paths(recipe), verification,
-                                                          self.store.task_splits(self.record.id)))
+                                                          recipe_source_paths(recipe), verification, splits))
         return out
 
-    def _verify(self, out: Path):
-        """The exported directory, loaded with plain transformers, scored on the report split by lm-eval."""
+    def _verify(self, out: Path, splits: dict):
+        """The exported directory, loaded with plain transformers, scored on the report split by lm-eval
+        (`splits`: the job's carved hold-outs)."""
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
         from evosearch.model_card import Verification
@@ -168,7 +169,7 @@ class Job:
         model = AutoModelForCausalLM.from_pretrained(out, local_files_only=True, trust_remote_code=False)
         tokenizer = AutoTokenizer.from_pretrained(out, local_files_only=True, trust_remote_code=False)
         evaluator = LmEvalEvaluator(spec.tasks.include_path, tasks, batch_size=spec.workers.batch_size)
-        samples = split_docs(tasks, self.store.task_splits(self.record.id), "report", spec.fitness.limit)
+        samples = split_docs(tasks, splits, "report", spec.fitness.limit)
         return Verification(evaluator.evaluate(model, tokenizer, samples=samples).accuracy, spec.fitness.limit)
 
     def plot(self, path: str | Path) -> Path:
