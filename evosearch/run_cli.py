@@ -73,6 +73,22 @@ def _drive(spec: JobSpec, store, resume: bool) -> None:
                + (f" ({summary.reason})" if summary.reason else ""))
 
 
+def load_runnable_job(job_file: Path) -> JobSpec:
+    """The job file validated, and its models checked against its space (headers only, about a second),
+    before anything is stored or sent; a usage error (exit 2) otherwise."""
+    from evosearch.merge.preflight import check_search_models
+    from evosearch.merge.sources import SourceError
+
+    try:
+        spec = load_job(job_file)
+        check_search_models(spec.source_paths, spec.search_space)
+    except JobError as e:
+        _fail(str(e), USAGE)
+    except SourceError as e:
+        _fail(f"{job_file}: {e}", USAGE)
+    return spec
+
+
 def run_command(job_file: Path = typer.Argument(..., help="the job YAML")) -> None:
     """Run a job on a local Ray (started if none is running), with a live progress view.
 
@@ -86,17 +102,10 @@ def run_command(job_file: Path = typer.Argument(..., help="the job YAML")) -> No
       RAY_ADDRESS=127.0.0.1:6379 evosearch run examples/job_dfs.yaml
     """
     from evosearch.merge.export import ExportError, output_dir
-    from evosearch.merge.preflight import check_search_models
-    from evosearch.merge.sources import SourceError
 
+    spec = load_runnable_job(job_file)
     try:
-        spec = load_job(job_file)
-        check_search_models(spec.source_paths, spec.search_space)
         output_dir(spec.output_dir, force=True)  # a directory, or one that can be made; it may hold files
-    except JobError as e:
-        _fail(str(e), USAGE)
-    except SourceError as e:
-        _fail(f"{job_file}: {e}", USAGE)
     except ExportError as e:
         _fail(f"{job_file}: output_dir: {e}", USAGE)
     # Nothing is made before the driver has taken the job: its default store (in output_dir) makes its folder.

@@ -18,7 +18,7 @@ from rich.table import Table
 
 from evosearch import submit as cluster
 from evosearch.job import JobError, load_job
-from evosearch.run_cli import FAILURE, USAGE, _fail
+from evosearch.run_cli import FAILURE, USAGE, _fail, load_runnable_job
 
 ADDRESS_HELP = "the Ray dashboard of the head, e.g. http://HEAD:8265 (default: $RAY_ADDRESS)"
 
@@ -62,17 +62,8 @@ def submit_command(
 
     Example: evosearch submit examples/job_ps_cmaes.yaml --address http://127.0.0.1:8265
     """
-    from evosearch.merge.preflight import check_search_models
-    from evosearch.merge.sources import SourceError
-
-    try:
-        spec = load_job(job_file)
-        # Here, not on the cluster: a misfit found there would be one more failed submission to read.
-        check_search_models(spec.source_paths, spec.search_space)
-    except JobError as e:
-        _fail(str(e), USAGE)
-    except SourceError as e:
-        _fail(f"{job_file}: {e}", USAGE)
+    # Checked here, not on the cluster: a misfit found there would be one more failed submission to read.
+    spec = load_runnable_job(job_file)
     address = _address(address)
     try:
         submission_id = cluster.submit(spec, job_file, address, resume=resume)
