@@ -107,8 +107,8 @@ def _recipe_summary(recipe: dict) -> str:
 
 
 def run_search(zoo, method: str, seed: int, args, store, out_dir: Path) -> MethodRun:
-    from evosearch.driver import run_job
-    from evosearch.job import parse_job
+    from evosearch.search.driver import run_job
+    from evosearch.search.job import parse_job
 
     spec = parse_job(search_job(zoo, method, seed, args, out_dir), where=f"{method}-s{seed}")
     summary = run_job(spec, store)

@@ -30,7 +30,7 @@ def job_spec(zoo, limit: int):
     """examples/job_ps_cmaes.yaml pointed at `zoo`, in full mode with a doc limit."""
     import yaml
 
-    from evosearch.job import parse_job
+    from evosearch.search.job import parse_job
 
     raw = yaml.safe_load(JOB_FILE.read_text())
     raw["sources"] = {name: str(path) for name, path in zoo.models.items()}
@@ -58,7 +58,7 @@ def candidate_tasks(spec, n: int, seed: int) -> list:
 
 def measure(spec, tasks: list, workers: int) -> dict:
     """Start `workers` actors, warm each up with one candidate, then time the whole fixed set."""
-    from evosearch.driver import ensure_ray
+    from evosearch.search.ray_session import ensure_ray
     from workers.candidate import CandidateWorker
     from workers.pool import ActorOptions, WorkerPool
 

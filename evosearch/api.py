@@ -15,20 +15,21 @@ from pathlib import Path
 from typing import Any, Optional
 
 import numpy as np
+from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from evosearch.job import JobError, JobSpec, load_job
+from evosearch.config_file import name_and_store
+from evosearch.merge.export import export_recipe
+from evosearch.optimizers.pareto import knee_index
+from evosearch.recipe import parse_recipe, recipe_source_paths
+from evosearch.search.job import JobError, JobSpec, load_job, spec_of_job
+from evosearch.views.model_card import Verification, search_section
+from evosearch.views.plot import plot_job
+from evosearch.views.scores import SPLITS, QueryError, split_scores
+from fitness.evaluator import LmEvalEvaluator
+from fitness.splits import split_docs
 from storage import CandidateRecord, JobRecord, Store, StoreError
 
-SPLITS = ("search", "report")
-
-
-class QueryError(ValueError):
-    """A job, candidate or objective that does not exist, or a choice that cannot be made; one line."""
-
-
-def split_scores(candidate: CandidateRecord, split: str) -> dict[str, Optional[float]]:
-    """objective -> the candidate's number on `split`: the search-split estimate, or the report-split score."""
-    return {s.objective: s.estimated if split == "search" else s.full for s in candidate.scores if s.split == split}
+__all__ = ["Choice", "Job", "QueryError", "SPLITS", "open_job", "split_scores"]
 
 
 @dataclass(frozen=True)
@@ -46,8 +47,6 @@ class Job:
 
     @cached_property
     def spec(self) -> JobSpec:
-        from evosearch.driver import spec_of_job
-
         return spec_of_job(self.record)
 
     @property
@@ -124,8 +123,6 @@ class Job:
         front = self.front_candidates()
         if not front:
             raise QueryError(f"job {self.name} has no committed front yet")
-        from evosearch.optimizers.pareto import knee_index
-
         table = np.array([[split_scores(c, "search").get(o, math.nan) for o in spec.objective_names] for c in front],
                          dtype=float)
         chosen = front[knee_index(table, spec.directions)]
@@ -138,11 +135,6 @@ class Job:
         return self.export_choice(self.choose(candidate, best, knee), out, force=force, verify=verify)
 
     def export_choice(self, choice: Choice, out: str | Path, force: bool = False, verify: bool = False) -> Path:
-        from evosearch.merge.export import export_recipe
-        from evosearch.model_card import search_section
-        from evosearch.recipe import parse_recipe
-        from fitness.reduced import recipe_source_paths
-
         out = Path(out)
         recipe = parse_recipe(choice.candidate.recipe, source=f"recipe of candidate {choice.candidate.id}")
         out = export_recipe(recipe, out, force=force)  # the directory as resolved and written
@@ -156,12 +148,6 @@ class Job:
     def _verify(self, out: Path, splits: dict):
         """The exported directory, loaded with plain transformers, scored on the report split by lm-eval
         (`splits`: the job's carved hold-outs)."""
-        from transformers import AutoModelForCausalLM, AutoTokenizer
-
-        from evosearch.model_card import Verification
-        from fitness.evaluator import LmEvalEvaluator
-        from fitness.splits import split_docs
-
         spec = self.spec
         tasks = spec.report_tasks
         if not tasks:
@@ -173,15 +159,11 @@ class Job:
         return Verification(evaluator.evaluate(model, tokenizer, samples=samples).accuracy, spec.fitness.limit)
 
     def plot(self, path: str | Path) -> Path:
-        from evosearch.plot import plot_job
-
         return plot_job(self, Path(path))
 
 
 def open_job(name: str, store: Optional[str] = None) -> Job:
     """A job by name or job file, in `store` (a URL) or, by default, the job's store (as `evosearch front`)."""
-    from evosearch.config_file import name_and_store
-
     try:
         name, url, _ = name_and_store(name, store, load_job, "job")
     except JobError:  # a bad job file: its own one-line error, as `load_job` gives it

@@ -7,7 +7,9 @@ from pathlib import Path
 from typing import Annotated, Any, Callable
 
 import yaml
-from pydantic import BeforeValidator
+from pydantic import BaseModel, BeforeValidator, ValidationError
+
+from evosearch.errors import UsageError, validation_error_parts
 
 
 def read_yaml_file(path: str | Path, what: str, error: type[Exception]) -> Any:
@@ -94,3 +96,14 @@ def model_dirs(sources: dict[str, str], base_model: str | None) -> list[str]:
     if base_model and base_model not in paths:
         paths.append(base_model)
     return paths
+
+
+def parse_section(section: type[BaseModel], field: str, data: Any, source: str, tags: Any,
+                  error: type[UsageError]) -> Any:
+    """One job-file section (`field` of the wrapper model `section`, a union told apart by `tags`) validated;
+    `error` is one line `SOURCE.field.path: message`."""
+    try:
+        return getattr(section.model_validate({field: data}), field)
+    except ValidationError as e:
+        loc, msg = validation_error_parts(e, skip=(field, *tags))
+        raise error(f"{source}{'.' + loc if loc else ''}: {msg}") from None

@@ -21,6 +21,8 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from evosearch.config_file import read_yaml_file
+from evosearch.errors import RecipeError, validation_error_line
+from evosearch.merge.methods import METHODS, get_method
 
 ScalarParameter = Union[bool, int, float, str]
 ScalarOrGradient = Union[ScalarParameter, list[ScalarParameter]]
@@ -35,32 +37,6 @@ class ConditionalParameter(BaseModel):
 
 
 ParameterSetting = Union[ConditionalParameter, list[ConditionalParameter], ScalarOrGradient]
-
-
-class RecipeError(ValueError):
-    """A recipe that cannot be built; the message is one line naming the field, model or tensor."""
-
-
-# Per-method parameter names, as mergekit spells them. `per_model` parameters may be set per source
-# model (and globally as a default); `global_` ones only at the top level.
-MethodSpec = dict[str, frozenset[str]]
-_GTA_GLOBAL = frozenset({"normalize", "rescale", "int8_mask", "lambda"})
-MERGE_METHODS: dict[str, MethodSpec] = {
-    "linear": {"per_model": frozenset({"weight"}), "global_": frozenset({"normalize"})},
-    # mergekit accepts (and ignores) density for plain task arithmetic; accepted so its YAMLs load.
-    "task_arithmetic": {"per_model": frozenset({"weight", "density"}), "global_": _GTA_GLOBAL},
-    "ties": {"per_model": frozenset({"weight", "density"}), "global_": _GTA_GLOBAL},
-    "dare_ties": {"per_model": frozenset({"weight", "density"}), "global_": _GTA_GLOBAL},
-    "dare_linear": {"per_model": frozenset({"weight", "density"}), "global_": _GTA_GLOBAL},
-    "breadcrumbs": {"per_model": frozenset({"weight", "density", "gamma"}), "global_": _GTA_GLOBAL},
-    "breadcrumbs_ties": {"per_model": frozenset({"weight", "density", "gamma"}), "global_": _GTA_GLOBAL},
-    "della": {"per_model": frozenset({"weight", "density", "epsilon"}), "global_": _GTA_GLOBAL},
-    "della_linear": {"per_model": frozenset({"weight", "density", "epsilon"}), "global_": _GTA_GLOBAL},
-    "model_stock": {"per_model": frozenset(), "global_": frozenset({"filter_wise"})},
-    "slerp": {"per_model": frozenset(), "global_": frozenset({"t"})},
-}
-# Methods that subtract a base model and so require `base_model`.
-METHODS_NEEDING_BASE = frozenset(MERGE_METHODS) - {"linear"}
 
 
 class InputModel(BaseModel):
@@ -86,31 +62,31 @@ class PSRecipe(BaseModel):
     @field_validator("merge_method")
     @classmethod
     def _known_method(cls, v: str) -> str:
-        if v not in MERGE_METHODS:
-            raise ValueError(f"unknown merge_method {v!r}; known: {', '.join(sorted(MERGE_METHODS))}")
+        get_method(v)
         return v
 
     @model_validator(mode="after")
     def _check(self) -> "PSRecipe":
-        spec = MERGE_METHODS[self.merge_method]
+        method = METHODS[self.merge_method]
         if not self.models:
             raise ValueError("models: at least one model is required")
-        if self.merge_method in METHODS_NEEDING_BASE and self.base_model is None:
-            raise ValueError(f"base_model is required by merge_method {self.merge_method!r}")
-        allowed_global = spec["global_"] | spec["per_model"]
+        method.check_models([m.model for m in self.models], self.base_model)
         for name in self.parameters:
-            if name not in allowed_global:
+            if name not in method.shared_names | method.per_model_names:
                 raise ValueError(f"parameters.{name}: unknown parameter for merge_method {self.merge_method!r}")
         for i, m in enumerate(self.models):
             for name in m.parameters:
-                if name not in spec["per_model"]:
+                if name not in method.per_model_names:
                     raise ValueError(
                         f"models[{i}] ({m.model}).parameters.{name}: unknown per-model parameter "
                         f"for merge_method {self.merge_method!r}"
                     )
-        if self.merge_method == "slerp" and len({m.model for m in self.models} | {self.base_model}) != 2:
-            raise ValueError("slerp merges exactly two models, one of which is base_model")
         return self
+
+    @property
+    def method(self):
+        """The registry's `MergeMethod` of `merge_method`."""
+        return METHODS[self.merge_method]
 
     def source_paths(self) -> list[str]:
         """Every model the merge reads, base first, without duplicates."""
@@ -207,10 +183,7 @@ def parse_recipe(data: dict[str, Any], *, source: str = "recipe") -> Union[PSRec
             return PSRecipe.from_mergekit(data)
         return _RecipeFile(recipe=data).recipe
     except ValidationError as e:
-        err = e.errors()[0]
-        loc = ".".join(str(x) for x in err["loc"] if x not in ("recipe", "ps", "dfs"))
-        msg = err["msg"].removeprefix("Value error, ")
-        raise RecipeError(f"{source}: {loc + ': ' if loc else ''}{msg}") from None
+        raise RecipeError(validation_error_line(e, where=source, skip=("recipe", "ps", "dfs"))) from None
 
 
 def load_recipe(path: str | Path) -> Union[PSRecipe, DFSRecipe]:
@@ -219,6 +192,28 @@ def load_recipe(path: str | Path) -> Union[PSRecipe, DFSRecipe]:
 
 def recipe_to_yaml(recipe: Union[PSRecipe, DFSRecipe]) -> str:
     return yaml.safe_dump(recipe.model_dump(mode="json"), sort_keys=False)
+
+
+def recipe_source_paths(recipe: Union[PSRecipe, DFSRecipe]) -> list[str]:
+    """Every model directory a recipe reads weights from (a PS+DFS recipe's PS part included)."""
+    if isinstance(recipe, PSRecipe):
+        return recipe.source_paths()
+    paths: list[str] = []
+    for source in recipe.sources:
+        paths += source.source_paths() if isinstance(source, PSRecipe) else [source]
+    return list(dict.fromkeys(paths))
+
+
+def recipe_sources(recipe: Union[dict, PSRecipe, DFSRecipe]) -> tuple[list[str], Optional[list[float]]]:
+    """The models a candidate was merged from and, where its method says so (`MergeMethod.mixing_weights`),
+    the weight of each in the merge as an affine mix (MERGE^3's prior for the merge-aware estimators); None
+    for DFS and for settings that are no plain numbers (per-layer weights)."""
+    if isinstance(recipe, dict):
+        recipe = parse_recipe(recipe)
+    paths = recipe_source_paths(recipe)
+    if not isinstance(recipe, PSRecipe):
+        return paths, None
+    return paths, recipe.method.mixing_weights(recipe, paths)
 
 
 def recipe_hash(recipe: Union[PSRecipe, DFSRecipe]) -> str:

@@ -17,6 +17,9 @@ from dataclasses import dataclass
 from typing import Any, Callable
 
 import numpy as np
+from sklearn.cluster import KMeans
+from sklearn.exceptions import ConvergenceWarning
+from threadpoolctl import threadpool_limits
 
 from fitness.errors import FitnessError
 from fitness.irt import IRTParams, check_responses
@@ -68,11 +71,6 @@ def _task_seed(seed: int, task: str) -> int:
 
 def _cluster_anchors(features: np.ndarray, k: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
     """Positions (into `features`' rows) of k medoid anchors and their weights."""
-    # Imported here: sklearn costs a CLI verb that never clusters (e.g. `evosearch merge`) half a second.
-    from sklearn.cluster import KMeans
-    from sklearn.exceptions import ConvergenceWarning
-    from threadpoolctl import threadpool_limits
-
     n = len(features)
     # One thread: the problem is tiny, and OpenMP threads contending with torch's made it ~50x slower.
     # Fewer distinct rows than k is handled below, so sklearn's warning about it is expected.

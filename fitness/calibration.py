@@ -2,8 +2,7 @@
 
 1. `calibration_population` - the sources, the base and N random merges of a PS search space (uniform
    genomes, decoded by the space), plus held-out merges drawn from an independent seed stream.
-2. `run_calibration` - every member on the FULL tasks, in-process or over a Ray `WorkerPool`; each
-   model is handed to `on_model` as soon as it finishes, so the caller stores it in its own transaction.
+2. Scoring them on the FULL tasks is the search layer's (`evosearch.search.calibrate`): it needs workers.
 3. `fitness_report` - for every anchor strategy, k and estimator: the held-out models' estimated
    scores (from their answers on the anchors) against their true full-task scores.
 """
@@ -11,50 +10,29 @@
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, NamedTuple, Optional, Sequence, Union
+from typing import Any, NamedTuple, Optional, Sequence, Union
 
 import numpy as np
 
-from evosearch.recipe import recipe_hash
+from evosearch.recipe import recipe_hash, recipe_sources
 from evosearch.spaces import PSSpace, PSSpaceConfig
 from fitness.errors import FitnessError
 from fitness.estimators import ESTIMATORS, MERGE_AWARE_ESTIMATORS
 from fitness.irt import IRTFitSettings
-from fitness.reduced import ReducedFitness, fit_calibration, recipe_sources
+from fitness.reduced import ReducedFitness, fit_calibration
 from fitness.report_math import mean_absolute_error_points, spearman_rank_correlation, worst_error_points
+from storage.records import CalibrationRecord
 
-ROLES = ("source", "base", "random", "heldout")
 DEFAULT_STRATEGIES = ("random", "irt_clustering", "correctness_clustering")
+# The bar the reduced fitness must clear on the held-out merges.
+BAR = {"min_reduction": 20.0, "max_mae_points": 3.0, "min_spearman": 0.9}
 
 
 class CalibrationMember(NamedTuple):
     label: str
     role: str  # source | base | random | heldout
     recipe: dict  # sources and the base as a one-model linear merge of weight 1 (the model itself)
-
-
-@dataclass
-class CalibratedModel:
-    """One member's full-task responses; the attribute names are those of CalibrationModelRecord."""
-
-    label: str
-    role: str
-    recipe: Optional[dict]
-    responses: dict[str, dict[int, int]]  # task -> doc id -> 0/1
-    accuracy: dict[str, float]
-    seconds: Optional[float] = None
-
-
-@dataclass
-class Calibration:
-    """A calibration in memory, read the same way as a stored CalibrationRecord."""
-
-    tasks: list[str]
-    models: list[Any] = field(default_factory=list)
-    irt_params: Optional[dict] = None
-    name: str = ""
 
 
 def identity_recipe(path: str) -> dict:
@@ -106,58 +84,6 @@ def calibration_population(space: Union[PSSpace, PSSpaceConfig, dict], n_random:
     return members
 
 
-def run_calibration(members: Sequence[CalibrationMember], runner: Any, tasks: Optional[list[str]] = None,
-                    on_model: Optional[Callable[[CalibratedModel], None]] = None,
-                    key_prefix: str = "calib") -> list[CalibratedModel]:
-    """Score every member on every doc of `tasks` (default: all the worker's tasks) with `runner`: a
-    `CandidateWorker` or a factory making one (in this process, one after another), or a `WorkerPool` of
-    them. Each
-    finished model goes to `on_model` at once. Members that fail are reported together at the end
-    (one line, the first failure named) after every other member has been scored and handed over."""
-    from workers.candidate import CandidateTask
-    from workers.pool import WorkerPool
-
-    labels = [m.label for m in members]
-    if len(set(labels)) != len(labels):
-        raise FitnessError("calibration members' labels are not unique")
-    by_key = {f"{key_prefix}/{m.label}": m for m in members}
-    jobs = [CandidateTask(key=key, recipe=m.recipe, samples=None, tasks=tasks) for key, m in by_key.items()]
-
-    if not isinstance(runner, WorkerPool) and not hasattr(runner, "run"):
-        runner = runner()
-    if isinstance(runner, WorkerPool):
-        outcomes = ((o.item, o.value, o.error) for o in runner.map_unordered(jobs, lambda job: (job,)))
-    else:
-        outcomes = (_run_here(runner, job) for job in jobs)
-
-    done: list[CalibratedModel] = []
-    failures: list[str] = []
-    for job, result, error in outcomes:
-        member = by_key[job.key]
-        if error is not None:
-            failures.append(f"{member.label}: {error}")
-            continue
-        model = CalibratedModel(label=member.label, role=member.role, recipe=member.recipe,
-                                responses=result.correct, accuracy=result.accuracy,
-                                seconds=result.build_seconds + result.eval_seconds + result.overhead_seconds)
-        done.append(model)
-        if on_model is not None:
-            on_model(model)
-    if failures:
-        raise FitnessError(f"{len(failures)} of {len(members)} calibration models failed; first: {failures[0]}")
-    order = {label: i for i, label in enumerate(labels)}
-    return sorted(done, key=lambda m: order[m.label])
-
-
-def _run_here(worker: Any, job: Any) -> tuple[Any, Any, Optional[str]]:
-    from workers.candidate import CandidateError
-
-    try:
-        return job, worker.run(job), None
-    except CandidateError as exc:
-        return job, None, f"CandidateError: {exc}"
-
-
 def _true_scores(model: Any, task: str) -> float:
     if task in model.accuracy:
         return float(model.accuracy[task])
@@ -187,7 +113,8 @@ def fitness_report(calibration_models: Sequence[Any], heldout_models: Sequence[A
     for name in estimators:
         if name not in ESTIMATORS:
             raise FitnessError(f"unknown estimator {name!r} (known: {', '.join(ESTIMATORS)})")
-    calibration = Calibration(tasks=list(tasks), models=[m for m in calibration_models if m.role != "heldout"])
+    calibration = CalibrationRecord(name="", tasks=list(tasks),
+                                    models=[m for m in calibration_models if m.role != "heldout"])
     params = fit_calibration(calibration, irt_settings)
     truth = {t: [_true_scores(m, t) for m in heldout_models] for t in tasks}
     merge_sources = {}
@@ -231,6 +158,11 @@ def _row(estimator: str, strategy: str, k: int, fitness: ReducedFitness, estimat
         "spearman_per_task": {t: _json_number(r) for t, r in rho.items()},
         "n_heldout": len(all_true) // max(len(tasks), 1), "n_calibration": n_calibration,
     }
+
+
+def meets_bar(row: dict[str, Any]) -> bool:
+    return (row["reduction"] >= BAR["min_reduction"] and row["mae_points"] <= BAR["max_mae_points"]
+            and row["spearman"] is not None and row["spearman"] >= BAR["min_spearman"])
 
 
 def format_report(rows: Sequence[dict[str, Any]]) -> str:

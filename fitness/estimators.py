@@ -26,6 +26,7 @@ Every estimator maps (EstimationContext, CandidateAnswers) -> {task: estimated a
 from __future__ import annotations
 
 import dataclasses
+import functools
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping, Sequence
 
@@ -117,7 +118,7 @@ class EstimationContext:
         errors: dict[str, list[float]] = {task: [] for task in anchors.tasks}
         complete = [row for row in R if not np.isnan(row[anchor_idx]).any()]
         for row in complete:
-            estimate = pirt(unbiased, CandidateAnswers(dict(zip(anchor_ids, row[anchor_idx]))))
+            estimate = ESTIMATORS["pirt"](unbiased, CandidateAnswers(dict(zip(anchor_ids, row[anchor_idx]))))
             for task in anchors.tasks:
                 errors[task].append(estimate[task] - float(np.nanmean(row[params.task_items(task)])))
         if not complete:
@@ -283,30 +284,6 @@ def _gpirt_value(context: EstimationContext, task: str, view: _TaskView) -> floa
 Estimator = Callable[[EstimationContext, CandidateAnswers], dict[str, float]]
 
 
-def weighted_anchor(context: EstimationContext, answers: CandidateAnswers) -> dict[str, float]:
-    return _per_task(context, answers, None, _weighted_anchor_value)
-
-
-def irt(context: EstimationContext, answers: CandidateAnswers) -> dict[str, float]:
-    return _per_task(context, answers, _plain_ability, _irt_value)
-
-
-def pirt(context: EstimationContext, answers: CandidateAnswers) -> dict[str, float]:
-    return _per_task(context, answers, _plain_ability, _pirt_value)
-
-
-def gpirt(context: EstimationContext, answers: CandidateAnswers) -> dict[str, float]:
-    return _per_task(context, answers, _plain_ability, _gpirt_value)
-
-
-def mpirt(context: EstimationContext, answers: CandidateAnswers) -> dict[str, float]:
-    return _per_task(context, answers, _merge_ability, _pirt_value)
-
-
-def mgpirt(context: EstimationContext, answers: CandidateAnswers) -> dict[str, float]:
-    return _per_task(context, answers, _merge_ability, _gpirt_value)
-
-
 def anchor_regression(context: EstimationContext, answers: CandidateAnswers) -> dict[str, float]:
     if not context.regression:
         raise FitnessError(f"anchor_regression needs at least {MIN_REGRESSION_MODELS} calibration models that "
@@ -316,13 +293,21 @@ def anchor_regression(context: EstimationContext, answers: CandidateAnswers) -> 
     return {task: float(np.clip(r.intercept + np.dot(r.coef, values), 0.0, 1.0)) for task, r in context.regression.items()}
 
 
+def _estimator(ability_of: AbilityFn | None, formula: TaskFormula) -> Estimator:
+    """The per-task estimator that finds the candidate's ability with `ability_of` (None: none needed) and
+    turns it, task by task, into an accuracy with `formula` (picklable: it ships to Ray workers)."""
+    return functools.partial(_per_task, ability_of=ability_of, formula=formula)
+
+
+# The ability behind each IRT estimator: the plain fit on the anchors, or MERGE^3's, pulled towards the
+# mix of the candidate's sources. Adding an estimator is one entry here.
 ESTIMATORS: dict[str, Estimator] = {
-    "weighted_anchor": weighted_anchor,
-    "irt": irt,
-    "pirt": pirt,
-    "gpirt": gpirt,
-    "mpirt": mpirt,
-    "mgpirt": mgpirt,
+    "weighted_anchor": _estimator(None, _weighted_anchor_value),
+    "irt": _estimator(_plain_ability, _irt_value),
+    "pirt": _estimator(_plain_ability, _pirt_value),
+    "gpirt": _estimator(_plain_ability, _gpirt_value),
+    "mpirt": _estimator(_merge_ability, _pirt_value),
+    "mgpirt": _estimator(_merge_ability, _gpirt_value),
     "anchor_regression": anchor_regression,
 }
 MERGE_AWARE_ESTIMATORS = frozenset({"mpirt", "mgpirt"})

@@ -16,8 +16,10 @@ from typing import Sequence
 
 import torch
 
+from evosearch.errors import RunFailure, one_line
 
-class EvaluationError(RuntimeError):
+
+class EvaluationError(RunFailure, RuntimeError):
     """A task lm-eval cannot load or run; the message is one line naming the task or file."""
 
 
@@ -56,7 +58,7 @@ class _ForwardTimer:
 @functools.cache
 def _quiet_hflm():
     """lm-eval's HF wrapper without its per-call progress bars (two per task for every candidate)."""
-    from lm_eval.models.huggingface import HFLM
+    from lm_eval.models.huggingface import HFLM  # lm-eval only when evaluating: it takes seconds to import
 
     class QuietHFLM(HFLM):
         def loglikelihood(self, requests, disable_tqdm: bool = True):
@@ -71,18 +73,13 @@ def _quiet_hflm():
     return QuietHFLM
 
 
-def _one_line(e: BaseException) -> str:
-    text = str(e).strip().splitlines()
-    return f"{type(e).__name__}: {text[0] if text else ''}".rstrip(": ")
-
-
 class LmEvalEvaluator:
     """Build once per process (or Ray actor); call `evaluate` for every candidate model."""
 
     def __init__(self, include_path: str | Path | Sequence[str | Path], tasks: Sequence[str],
                  batch_size: int = 64, device: str = "cpu", metric: str = "acc",
                  include_defaults: bool = False) -> None:
-        from lm_eval.tasks import TaskManager
+        from lm_eval.tasks import TaskManager  # see `_quiet_hflm`: views of a job never load lm-eval
 
         paths = [include_path] if isinstance(include_path, (str, Path)) else list(include_path)
         for p in paths:
@@ -107,7 +104,7 @@ class LmEvalEvaluator:
         try:
             loaded = self._manager.load([name])["tasks"]
         except Exception as e:  # lm-eval raises many types for a bad YAML or dataset
-            raise EvaluationError(f"lm-eval rejected task {name!r}{where}: {_one_line(e)}") from None
+            raise EvaluationError(f"lm-eval rejected task {name!r}{where}: {one_line(e)}") from None
         if name not in loaded:
             raise EvaluationError(f"{name!r}{where} is a group or tag, not a task; name its tasks instead")
         task = loaded[name]
@@ -128,7 +125,7 @@ class LmEvalEvaluator:
     def evaluate(self, model: torch.nn.Module, tokenizer, tasks: list[str] | None = None,
                  samples: dict[str, list[int]] | None = None) -> EvalResult:
         """Score `model` on `tasks` (default: all loaded), restricted to `samples[task]` doc ids if given."""
-        import lm_eval.evaluator
+        import lm_eval.evaluator  # see `_quiet_hflm`
 
         started = time.perf_counter()
         names = list(tasks) if tasks is not None else (list(samples) if samples else self.task_names)
@@ -156,7 +153,7 @@ class LmEvalEvaluator:
         except EvaluationError:
             raise
         except Exception as e:
-            raise EvaluationError(f"lm-eval failed on tasks {names}: {_one_line(e)}") from None
+            raise EvaluationError(f"lm-eval failed on tasks {names}: {one_line(e)}") from None
         finally:
             for h in hooks:
                 h.remove()

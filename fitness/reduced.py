@@ -7,19 +7,19 @@ Ray workers, and `to_dict` / `from_dict` store it as JSON.
 
 The calibration is read by attribute only (duck typing): `.tasks`, `.models` (each with `.label`,
 `.role`, `.recipe`, `.responses` {task: {doc_id: 0/1}}) and optionally `.irt_params` (an
-`IRTParams.to_dict()`), as `storage.records.CalibrationRecord` and `fitness.calibration.Calibration` have.
+`IRTParams.to_dict()`), as `storage.records.CalibrationRecord` has.
 """
 
 from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Any, Mapping, Optional, Sequence, Union
+from typing import Any, Mapping, Optional, Sequence
 
 import numpy as np
 
-from evosearch.recipe import DFSRecipe, PSRecipe, parse_recipe
+from evosearch.merge.sources import source_key
+from evosearch.recipe import parse_recipe, recipe_source_paths
 from fitness.anchors import AnchorSelector
 from fitness.errors import FitnessError
 from fitness.estimators import (MERGE_AWARE_ESTIMATORS, MIN_REGRESSION_MODELS, CandidateAnswers, EstimationContext,
@@ -39,55 +39,6 @@ def item_id(task: str, doc_id: int) -> str:
 def split_item_id(item: str) -> tuple[str, int]:
     task, _, doc = item.rpartition("/")
     return task, int(doc)
-
-
-def source_key(path: str) -> str:
-    """One spelling per model directory (recipes may write a path relative or with a trailing slash)."""
-    return str(Path(path).expanduser().resolve())
-
-
-def recipe_source_paths(recipe: Union[PSRecipe, DFSRecipe]) -> list[str]:
-    """Every model directory a recipe reads weights from (a PS+DFS recipe's PS part included)."""
-    if isinstance(recipe, PSRecipe):
-        return recipe.source_paths()
-    paths: list[str] = []
-    for source in recipe.sources:
-        paths += source.source_paths() if isinstance(source, PSRecipe) else [source]
-    return list(dict.fromkeys(paths))
-
-
-def recipe_sources(recipe: Union[dict, PSRecipe, DFSRecipe]) -> tuple[list[str], Optional[list[float]]]:
-    """The models a candidate was merged from and, where the recipe says so with plain numbers, the weight
-    of each in the merge as an affine mix (MERGE^3's prior for the merge-aware estimators).
-
-    Task-arithmetic family: base + sum_i w_i (m_i - base) = (1 - sum w) base + sum w_i m_i. Linear: the
-    weights. Slerp: (1 - t, t). Anything else (per-layer weights, model_stock, DFS): no weights (uniform)."""
-    if isinstance(recipe, dict):
-        recipe = parse_recipe(recipe)
-    paths = recipe_source_paths(recipe)
-    if not isinstance(recipe, PSRecipe):
-        return paths, None
-    if recipe.merge_method == "slerp":
-        t = recipe.parameters.get("t")
-        return paths, ([1.0 - t, t] if _is_number(t) else None)
-    if recipe.merge_method == "model_stock":
-        return paths, None
-
-    def weight_of(path: str) -> Any:
-        listed = next((m for m in recipe.models if m.model == path), None)
-        return (listed.parameters if listed else {}).get("weight", recipe.parameters.get("weight", 1.0))
-
-    weights = {p: weight_of(p) for p in paths}
-    if not all(_is_number(w) for w in weights.values()):
-        return paths, None
-    if recipe.merge_method == "linear":
-        return paths, [float(weights[p]) for p in paths]
-    others = [p for p in paths if p != recipe.base_model]
-    return paths, [1.0 - sum(float(weights[p]) for p in others)] + [float(weights[p]) for p in others]
-
-
-def _is_number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
 @dataclass(frozen=True)
@@ -240,7 +191,7 @@ class ReducedFitness:
                  source_weights: Optional[Sequence[float]] = None) -> dict[str, float]:
         """Task -> estimated full-task accuracy in [0, 1], from the candidate's answers (`correct`: task ->
         doc id -> 0/1, at least every anchor; other docs are ignored). `source_models` (calibration labels
-        or model directories, e.g. from `recipe_sources`) are needed by the merge-aware estimators only."""
+        or model directories, e.g. from `evosearch.recipe.recipe_sources`) are needed by the merge-aware estimators only."""
         sources = [self._calibration_label(m) for m in source_models] if self.estimator in MERGE_AWARE_ESTIMATORS else []
         answers = CandidateAnswers(self._anchor_responses(correct), sources,
                                    None if not sources or source_weights is None else list(source_weights))

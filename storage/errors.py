@@ -1,7 +1,9 @@
 """The one exception the store raises."""
 
+from evosearch.errors import RunFailure
 
-class StoreError(RuntimeError):
+
+class StoreError(RunFailure, RuntimeError):
     """A store operation that failed; the message is one line and never holds a database password."""
 
     def __init__(self, message: str):

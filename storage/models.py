@@ -70,6 +70,8 @@ class Job(Base):
     output_dir: Mapped[str] = mapped_column(Text)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    # objective name -> "max" | "min": what `progress` needs to tell the best value of each
+    objectives: Mapped[dict[str, str]] = mapped_column(JSON, server_default="{}")
 
 
 class Calibration(Base):
@@ -159,8 +161,8 @@ class Generation(Base):
     __table_args__ = (UniqueConstraint("job_id", "generation"),)
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
-    job_id: Mapped[int] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"))
     generation: Mapped[int] = mapped_column(Integer)
+    job_id: Mapped[int] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"))
     optimizer_state: Mapped[bytes] = mapped_column(LargeBinary)
     front_candidate_ids: Mapped[list[int]] = mapped_column(JSON)
     hypervolume: Mapped[float | None] = mapped_column(Float)

@@ -8,6 +8,7 @@ from typing import Any
 
 JOB_STATUSES = ("created", "running", "stopped", "failed", "finished")
 CANDIDATE_STATUSES = ("done", "failed")
+DIRECTIONS = ("max", "min")
 SCORE_SPLITS = ("search", "report")
 CALIBRATION_MODEL_ROLES = ("source", "base", "random", "heldout")
 
@@ -23,6 +24,7 @@ class JobRecord:
     output_dir: str
     created_at: datetime
     updated_at: datetime
+    objectives: dict[str, str] = field(default_factory=dict)  # objective name -> "max" | "min"
 
 
 @dataclass
@@ -76,9 +78,11 @@ class CalibrationModelRecord:
 
 @dataclass
 class CalibrationRecord:
+    """A calibration: stored (with `id`), or in memory (a fitness report's fitted population)."""
+
     name: str
     tasks: list[str]
-    spec: dict[str, Any]
+    spec: dict[str, Any] = field(default_factory=dict)
     id: int | None = None
     created_at: datetime | None = None
     models: list[CalibrationModelRecord] = field(default_factory=list)

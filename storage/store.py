@@ -6,7 +6,7 @@ from __future__ import annotations
 import logging
 import math
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, TypeVar
 
 from sqlalchemy import Engine, func, select
@@ -28,20 +28,9 @@ from storage.models import (
     TaskSplit,
     utcnow,
 )
-from storage.records import (
-    CALIBRATION_MODEL_ROLES,
-    CANDIDATE_STATUSES,
-    JOB_STATUSES,
-    SCORE_SPLITS,
-    CalibrationModelRecord,
-    CalibrationRecord,
-    CandidateRecord,
-    GenerationRecord,
-    JobProgress,
-    JobRecord,
-    ScoreRecord,
-    TaskSplitRecord,
-)
+from storage.records import (CALIBRATION_MODEL_ROLES, CANDIDATE_STATUSES, DIRECTIONS, JOB_STATUSES, SCORE_SPLITS,
+                             CalibrationModelRecord, CalibrationRecord, CandidateRecord, GenerationRecord,
+                             JobProgress, JobRecord, ScoreRecord, TaskSplitRecord)
 from storage.retry import RetryPolicy, is_transient
 
 log = logging.getLogger(__name__)
@@ -89,10 +78,16 @@ class Store:
 
     # jobs
 
-    def create_job(self, name: str, spec: dict, seed: int, output_dir: str) -> JobRecord:
+    def create_job(self, name: str, spec: dict, seed: int, output_dir: str,
+                   objectives: Mapping[str, str] | None = None) -> JobRecord:
+        """A new job. `objectives` (name -> "max" or "min") tells `progress` which value of each is the best;
+        an objective it does not name is maximised."""
         if not isinstance(name, str) or not name.strip():
             raise StoreError(f"job name {name!r} is empty")
         spec = _without_passwords(spec)
+        objectives = dict(objectives or {})
+        for objective, direction in objectives.items():
+            _check_choice(f"direction of objective {objective!r}", direction, DIRECTIONS)
 
         tries = 0
 
@@ -107,7 +102,7 @@ class Store:
                 raise StoreError(f"job name {name!r} is taken in store {self.url_for_display}")
             now = utcnow()
             job = Job(name=name, spec=spec, seed=int(seed), status="created", message=None,
-                      output_dir=str(output_dir), created_at=now, updated_at=now)
+                      output_dir=str(output_dir), created_at=now, updated_at=now, objectives=objectives)
             session.add(job)
             session.flush()
             return _job_record(job)
@@ -296,8 +291,7 @@ class Store:
                 .where(Candidate.job_id == job_id, Candidate.status == "done", Score.split == "search",
                        Score.estimated.is_not(None))
                 .group_by(Score.objective)).all()
-            minimised = _minimised_objectives(job.spec)
-            best = {objective: lowest if objective in minimised else highest
+            best = {objective: lowest if job.objectives.get(objective) == "min" else highest
                     for objective, highest, lowest in extremes}
             end = utcnow() if job.status == "running" else job.updated_at
             elapsed = max(0.0, (end - job.created_at).total_seconds())
@@ -478,19 +472,10 @@ def _generation(session: Session, job_id: int, generation: int | None) -> Genera
     return session.scalar(query.order_by(Generation.generation.desc()).limit(1))
 
 
-def _minimised_objectives(spec: dict) -> set[str]:
-    """Objectives the job spec declares with direction min/minimize; the rest are maximised."""
-    objectives = (spec.get("objectives") if isinstance(spec, dict) else None) or []
-    if isinstance(objectives, dict):  # {name: direction}
-        objectives = [{"name": name, "direction": direction} for name, direction in objectives.items()]
-    return {str(objective.get("name")) for objective in objectives
-            if isinstance(objective, dict) and str(objective.get("direction", "")).lower() in ("min", "minimize")}
-
-
 def _job_record(job: Job) -> JobRecord:
     return JobRecord(id=job.id, name=job.name, spec=job.spec, seed=job.seed, status=job.status,
                      message=job.message, output_dir=job.output_dir, created_at=job.created_at,
-                     updated_at=job.updated_at)
+                     updated_at=job.updated_at, objectives=dict(job.objectives or {}))
 
 
 def _number(value: float | None) -> float | None:

@@ -6,6 +6,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from fitness.irt import IRTParams, fit_irt
+
 
 @dataclass
 class SimulatedBench:
@@ -59,3 +61,16 @@ def merge_abilities(rng: np.random.Generator, sources: np.ndarray, n_merges: int
     weights = rng.dirichlet(np.ones(len(sources)), size=n_merges)
     mixed = np.einsum("ms,std->mtd", weights, sources)
     return mixed + noise_sd * rng.standard_normal(mixed.shape), weights
+
+
+def fitted_population(rng: np.random.Generator, n_models: int, skipped: float = 0.0
+                      ) -> tuple[SimulatedBench, np.ndarray, np.ndarray, list[str], IRTParams]:
+    """A 3-task bench of 600 items each, `n_models` abilities drawn for it, their answers (a `skipped` share
+    left unanswered, NaN) and the 2PL fit to them: (bench, abilities, responses, model ids, params)."""
+    bench = make_bench(rng, n_tasks=3, items_per_task=600)
+    abilities = draw_abilities(rng, n_models, 3)
+    responses = bench.answer(abilities, rng)
+    if skipped:
+        responses[rng.random(responses.shape) < skipped] = np.nan
+    model_ids = [f"model{m}" for m in range(n_models)]
+    return bench, abilities, responses, model_ids, fit_irt(responses, bench.item_ids, bench.item_tasks, model_ids)

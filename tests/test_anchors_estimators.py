@@ -19,7 +19,7 @@ from fitness.estimators import (ESTIMATORS, CandidateAnswers, EstimationContext,
 from fitness.irt import IRTParams, fit_irt
 from fitness.report_math import (item_reduction_factor, mean_absolute_error_points, spearman_rank_correlation,
                                  summarise_errors, worst_error_points)
-from irt_simulation import draw_abilities, make_bench, merge_abilities
+from irt_simulation import draw_abilities, fitted_population, make_bench, merge_abilities
 
 N_CALIBRATION, N_SOURCES = 40, 3
 
@@ -27,11 +27,8 @@ N_CALIBRATION, N_SOURCES = 40, 3
 @pytest.fixture(scope="module")
 def world():
     rng = np.random.default_rng(11)
-    bench = make_bench(rng, n_tasks=3, items_per_task=600)
-    calibration = draw_abilities(rng, N_CALIBRATION, 3)
-    responses = bench.answer(calibration, rng)
-    model_ids = [f"model{m}" for m in range(N_CALIBRATION)]  # the first N_SOURCES are the merge sources
-    params = fit_irt(responses, bench.item_ids, bench.item_tasks, model_ids)
+    # The first N_SOURCES models are the merge sources.
+    bench, calibration, responses, model_ids, params = fitted_population(rng, N_CALIBRATION)
     held_out = bench.answer(draw_abilities(rng, 50, 3), rng)
     merged, merge_weights = merge_abilities(rng, calibration[:N_SOURCES], 50)
     return dict(bench=bench, responses=responses, params=params, model_ids=model_ids, held_out=held_out,

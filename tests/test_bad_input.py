@@ -1,5 +1,6 @@
 """Malformed input through the `evosearch` command line: every row of one table is a file, flag or URL a
-user could get wrong. Each must fail with the right exit code (2 usage, 1 failure) and ONE line naming the
+user could get wrong. Each must fail with the right exit code (2 usage, 1 failure: the same for every verb,
+`evosearch.cli.common.verb`) and ONE line naming the
 file, field, model, tensor or URL at fault, while a real SQLite store that already holds a finished job,
 and every file on disk, stay exactly as they were."""
 
@@ -188,28 +189,28 @@ CASES: list[tuple[str, int, str, Callable[[Bed], list]]] = [
      lambda b: ["run", b.source("lang", b.broken("config.json", "{"))]),
     ("models: corrupt safetensors", 2, "sources: model {tmp}/broken: unreadable model.safetensors",
      lambda b: ["run", b.source("lang", b.broken("model.safetensors", "not a header"))]),
-    ("models: tokenizer source without one (merge)", 1, "model {misfits}/no-tokenizer: no tokenizer in",
+    ("models: tokenizer source without one (merge)", 2, "model {misfits}/no-tokenizer: no tokenizer in",
      lambda b: ["merge", b.recipe(_ta(b, 0.5)), b.tmp / "out", "--tokenizer-source", b.misfits / "no-tokenizer"]),
     ("models: missing path", 2, "job.yaml: sources.lang: no model at {tmp}/gone",
      lambda b: ["run", b.source("lang", b.tmp / "gone")]),
     # --- recipes: `evosearch merge RECIPE OUT` ----------------------------------------------------------
-    ("recipe: per-layer list empty", 1, "recipe.yaml: models[0].parameters.weight: empty list",
+    ("recipe: per-layer list empty", 2, "recipe.yaml: models[0].parameters.weight: empty list",
      lambda b: ["merge", b.recipe(_ta(b, [])), b.tmp / "out"]),
-    ("recipe: per-layer list of a wrong type", 1, "weight",
+    ("recipe: per-layer list of a wrong type", 2, "weight",
      lambda b: ["merge", b.recipe(_ta(b, [0.5, "heavy"])), b.tmp / "out"]),
-    ("recipe: DFS indicator of the wrong length", 1, "recipe.yaml: indicator has 3 slots, expected M*L*r = 4",
+    ("recipe: DFS indicator of the wrong length", 2, "recipe.yaml: indicator has 3 slots, expected M*L*r = 4",
      lambda b: ["merge", b.dfs([True, False, True]), b.tmp / "out"]),
-    ("recipe: DFS scales of the wrong size", 1, "recipe.yaml: scales must be a 2x2 table",
+    ("recipe: DFS scales of the wrong size", 2, "recipe.yaml: scales must be a 2x2 table",
      lambda b: ["merge", b.dfs([True] * 4, scales=[[1.0, 1.0, 1.0], [1.0, 1.0]]), b.tmp / "out"]),
-    ("recipe: DFS path longer than the cap", 1, "DFS path has 3 layers, more than max_path 2",
+    ("recipe: DFS path longer than the cap", 2, "DFS path has 3 layers, more than max_path 2",
      lambda b: ["merge", b.dfs([True, True, False, True]), b.tmp / "out", "--max-path", "2"]),
-    ("recipe: DFS path empty", 1, "recipe.yaml: indicator selects no layer: the path is empty",
+    ("recipe: DFS path empty", 2, "recipe.yaml: indicator selects no layer: the path is empty",
      lambda b: ["merge", b.dfs([False] * 4), b.tmp / "out"]),
-    ("recipe: file missing", 1, "{tmp}/nope.yaml: recipe file not found",
+    ("recipe: file missing", 2, "{tmp}/nope.yaml: recipe file not found",
      lambda b: ["merge", b.tmp / "nope.yaml", b.tmp / "out"]),
-    ("recipe: DFS sources that do not fit", 1, "{misfits}/wide",
+    ("recipe: DFS sources that do not fit", 2, "{misfits}/wide",
      lambda b: ["merge", b.dfs([True] * 4, sources=("math", str(b.misfits / "wide"))), b.tmp / "out"]),
-    ("recipe: bad YAML", 1, "recipe.yaml: not valid YAML at line 1, column 11",
+    ("recipe: bad YAML", 2, "recipe.yaml: not valid YAML at line 1, column 11",
      lambda b: ["merge", b.text("recipe.yaml", "kind: [dfs"), b.tmp / "out"]),
     # --- store URLs ---------------------------------------------------------------------------------------
     ("store: bad scheme", 2, "store URL scheme 'mysql' is not supported",
@@ -234,9 +235,9 @@ CASES: list[tuple[str, int, str, Callable[[Bed], list]]] = [
      lambda b: ["export", FINISHED_JOB, b.file(), "--store", b.store]),
     ("export: plot under a regular file", 2, "output {tmp}/a-file/front.png: cannot be created, {tmp}/a-file is not",
      lambda b: ["plot", FINISHED_JOB, b.file() / "front.png", "--store", b.store]),
-    ("merge: non-empty directory without --force", 1, "output directory {tmp}/taken is not empty",
+    ("merge: non-empty directory without --force", 2, "output directory {tmp}/taken is not empty",
      lambda b: ["merge", b.recipe(_ta(b, 0.5)), b.taken()]),
-    ("merge: parent is a regular file", 1, "output {tmp}/a-file/out: cannot be created",
+    ("merge: parent is a regular file", 2, "output {tmp}/a-file/out: cannot be created",
      lambda b: ["merge", b.recipe(_ta(b, 0.5)), b.file() / "out"]),
 ]
 
@@ -281,8 +282,8 @@ def test_bad_input_is_one_line_and_changes_nothing(world, tmp_path, monkeypatch,
 
 
 def test_run_job_refuses_models_its_space_cannot_build_before_touching_the_store(world, tmp_path):
-    from evosearch.driver import DriverError, run_job
-    from evosearch.job import parse_job
+    from evosearch.search.driver import DriverError, run_job
+    from evosearch.search.job import parse_job
     from storage import Store
 
     zoo = world[0]

@@ -107,3 +107,9 @@ def test_fitness_cost_smoke_times_anchors_against_full_tasks(tmp_path):
     assert seconds["full"]["forward"] > seconds["anchors"]["forward"]
     assert result["speedup_wall"] == pytest.approx(seconds["full"]["wall"] / seconds["anchors"]["wall"])
     assert "| anchors | 20 |" in stdout and "x faster per candidate" in stdout
+
+
+def test_cli_startup_smoke_times_every_verb(tmp_path):
+    result, stdout = _smoke("cli_startup.py", tmp_path)
+    assert set(result["rows"]) == {"--help", "status", "status job"} and "evosearch --help" in stdout
+    assert all(0 < r["best_s"] <= r["median_s"] for r in result["rows"].values())

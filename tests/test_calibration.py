@@ -11,8 +11,9 @@ import pytest
 import torch
 
 from evosearch.recipe import parse_recipe, recipe_hash
+from evosearch.search.calibrate import run_calibration
 from fitness.calibration import (CalibrationMember, calibration_population, fitness_report, format_report,
-                                 identity_recipe, run_calibration)
+                                 identity_recipe)
 from fitness.errors import FitnessError
 from fitness.reduced import ReducedFitness, fit_calibration
 from test_reduced_fitness import simulated_calibration

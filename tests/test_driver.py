@@ -19,8 +19,8 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from evosearch.driver import DriverError, run_job
-from evosearch.job import parse_job
+from evosearch.search.driver import DriverError, run_job
+from evosearch.search.job import parse_job
 from evosearch.optimizers.pareto import non_dominated_mask
 from storage import Store
 from test_job import zoo_job
@@ -254,7 +254,7 @@ def test_reduced_fitness_scores_anchors_with_a_stored_calibration(ray_local, tin
         assert round(search.anchor_accuracy * 8, 6) == int(round(search.anchor_accuracy * 8))
     assert all(any(s.split == "report" and s.full is not None for s in c.scores) for c in store.front(summary.job_id))
     # With a carved hold-out, the anchors come from the search side only and the IRT fit never sees the rest.
-    from evosearch.driver import SearchDriver
+    from evosearch.search.driver import SearchDriver
 
     carved = _spec(tiny_zoo, tmp_path, name="reduced-holdout", generations=1,
                    objectives=[{"task": "zoo_target", "direction": "max", "report_holdout": True}],
@@ -317,7 +317,7 @@ def test_killed_driver_process_resumes_without_reevaluating(ray_local, tiny_zoo,
     job_id = store.get_job("killed").id
     assert store.get_job(job_id).status == "running"  # nobody had the chance to say otherwise
     # What tells a dead driver from a live one: the age of its last write, which stops growing with it.
-    from evosearch.progress import status_rows
+    from evosearch.views.progress import status_rows
 
     time.sleep(1.5)
     (row,) = status_rows([(store.get_job(job_id), store.progress(job_id))])
@@ -380,7 +380,7 @@ def test_single_split_task_gets_a_recorded_hold_out_the_search_never_scores(ray_
 
     # The hold-out is read back, not carved again, when the job goes on; the card names it.
     from evosearch.api import Job
-    from evosearch.driver import SearchDriver
+    from evosearch.search.driver import SearchDriver
 
     assert SearchDriver(spec, store, store.get_job("holdout"))._task_splits() == splits
     job = Job(store, store.get_job("holdout"))

@@ -12,7 +12,7 @@ from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerFast
 from typer.testing import CliRunner
 
-from evosearch.merge.cli import merge_command
+from evosearch.cli.merge import merge_command
 from evosearch.merge.export import ExportError, export_recipe, parse_size
 from evosearch.merge.ps import PSMerger, build_merged_model
 from evosearch.merge.sources import SourceError, SourceModel
@@ -171,7 +171,7 @@ def test_cli_errors_are_one_line_and_write_nothing(case, needle, tmp_path, famil
         out.mkdir()
         (out / "x").write_text("x")
     result = _run(_write(tmp_path / "r.yml", recipe), out)
-    assert result.exit_code == 1
+    assert result.exit_code == 2  # every case is bad input: a usage error, as for every verb
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: ") and needle in lines[0], result.stderr
     assert (case == "taken") == out.exists() and _no_leftovers(tmp_path)

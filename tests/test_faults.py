@@ -24,8 +24,8 @@ from typing import Callable, Optional
 import psutil
 import pytest
 
-from evosearch.driver import run_job
-from evosearch.job import parse_job
+from evosearch.search.driver import run_job
+from evosearch.search.job import parse_job
 from storage import Store
 from test_job import write_job, zoo_job
 from test_submit import BIN, EVOSEARCH, _base_env, _free_ports

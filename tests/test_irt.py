@@ -11,7 +11,7 @@ from scipy.stats import pearsonr, spearmanr
 
 from fitness.errors import FitnessError
 from fitness.irt import AbilityPrior, IRTFitSettings, IRTParams, fit_ability, fit_irt
-from irt_simulation import draw_abilities, make_bench
+from irt_simulation import draw_abilities, fitted_population, make_bench
 
 N_MODELS = 40
 
@@ -19,12 +19,7 @@ N_MODELS = 40
 @pytest.fixture(scope="module")
 def calibrated():
     rng = np.random.default_rng(0)
-    bench = make_bench(rng, n_tasks=3, items_per_task=600)
-    abilities = draw_abilities(rng, N_MODELS, 3)
-    responses = bench.answer(abilities, rng)
-    responses[rng.random(responses.shape) < 0.05] = np.nan  # some models skipped some items
-    model_ids = [f"model{m}" for m in range(N_MODELS)]
-    params = fit_irt(responses, bench.item_ids, bench.item_tasks, model_ids)
+    bench, abilities, responses, _, params = fitted_population(rng, N_MODELS, skipped=0.05)  # some items skipped
     return bench, abilities, responses, params, rng
 
 

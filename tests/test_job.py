@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from evosearch.job import JobError, JobSpec, load_job, parse_job, population_size
+from evosearch.search.job import JobError, JobSpec, load_job, parse_job
 
 
 def zoo_job(zoo, name: str = "job", **overrides) -> dict:
@@ -49,7 +49,7 @@ def test_good_job_resolves_names_paths_and_defaults(tiny_zoo, tmp_path, monkeypa
     assert spec.search_space.base_model == base == spec.base_model
     assert spec.output_dir == str(tmp_path / "runs" / "job")
     assert spec.store == f"sqlite:///{tmp_path / 'runs' / 'job' / 'evosearch.db'}"
-    assert spec.optimizer.max_generations == 2 and population_size(spec) == 4
+    assert spec.optimizer.max_generations == 2 and spec.population_size == 4
     assert spec.objective_names == ["zoo_target"] and spec.report_tasks == ["zoo_target_report"]
     assert spec.source_paths[0] == base and set(spec.source_paths) == set(map(str, tiny_zoo.models.values()))
     assert spec.report.when == "end" and spec.workers.count == 1
@@ -84,7 +84,7 @@ def test_nsga2_with_a_cost_objective_on_a_dfs_space(tiny_zoo):
                               {"cost": "path_length", "direction": "min"}])
     spec = parse_job(job)
     assert spec.objective_names == ["zoo_target", "path_length"] and spec.directions == ["max", "min"]
-    assert population_size(spec) == 6
+    assert spec.population_size == 6
 
 
 def _set(path: str, value):
@@ -193,7 +193,7 @@ def test_example_jobs_load_against_the_zoo(tiny_zoo, tmp_path, monkeypatch, exam
     spec = load_job(example)
     assert spec.output_dir == str(tmp_path / "runs" / spec.name)
     assert all(Path(p).is_dir() for p in spec.source_paths)
-    assert population_size(spec) > 1
+    assert spec.population_size > 1
 
 
 def test_the_three_example_jobs_exist():
@@ -202,7 +202,7 @@ def test_the_three_example_jobs_exist():
 
 @pytest.mark.parametrize("name", ["calibrate_zoo.yaml", "demo_calibrate.yaml"])
 def test_example_calibrations_load_against_the_zoo(tiny_zoo, tmp_path, monkeypatch, name):
-    from fitness.calibration_spec import load_calibration_spec
+    from evosearch.search.calibration_spec import load_calibration_spec
 
     (tmp_path / "runs").mkdir()
     (tmp_path / "runs" / "zoo").symlink_to(tiny_zoo.root)

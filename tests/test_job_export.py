@@ -29,7 +29,7 @@ def finished_job(zoo, root: Path, name: str) -> str:
     `dfs` (zoo_target and path length, NSGA-II on a DFS space, report split scored every generation) or
     `dfs3` (the same with zoo_math as a third objective)."""
     if name not in _FINISHED:
-        from evosearch.driver import run_job
+        from evosearch.search.driver import run_job
 
         objectives = [{"task": "zoo_target", "direction": "max"}, {"cost": "path_length", "direction": "min"}]
         if name == "dfs3":
@@ -189,7 +189,7 @@ def test_bad_input_is_a_one_line_error_with_its_exit_code(ps_store, tmp_path, mo
     assert (full / "model.safetensors").is_file() and not (full / "keep.txt").exists()
 
 
-def test_a_missing_source_fails_with_exit_1_and_a_failed_candidate_is_refused(ps_store, tmp_path):
+def test_a_missing_source_and_a_failed_candidate_are_refused_with_exit_2(ps_store, tmp_path):
     import shutil
     import sqlite3
     from contextlib import closing
@@ -203,7 +203,7 @@ def test_a_missing_source_fails_with_exit_1_and_a_failed_candidate_is_refused(ps
                      (recipe.replace(source, str(tmp_path / "gone")), first))
         conn.execute("UPDATE candidates SET status = 'failed', error = 'CUDA OOM\nmore' WHERE id = ?", (second,))
     store = f"sqlite:///{db}"
-    for candidate, code, needle in ((first, 1, str(tmp_path / "gone")), (second, 2, "failed (CUDA OOM)")):
+    for candidate, code, needle in ((first, 2, str(tmp_path / "gone")), (second, 2, "failed (CUDA OOM)")):
         out = tmp_path / f"c{candidate}"
         result = _export("ps", str(out), "--candidate", str(candidate), "--store", store)
         assert result.exit_code == code, result.output

@@ -5,19 +5,15 @@ from __future__ import annotations
 import pytest
 import torch
 
-from evosearch.merge.parameters import (
-    METHOD_PARAMETERS,
-    evaluate_setting,
-    layer_position,
-    resolve_tensor_parameters,
-)
+from evosearch.merge.methods import METHODS
+from evosearch.merge.parameters import evaluate_setting, layer_position, resolve_tensor_parameters
 from evosearch.merge.ps import PSMerger, build_merged_model, merge_state_dict, tensor_seed
 from evosearch.merge.sources import SourceModel
 from evosearch.recipe import RecipeError, parse_recipe
 from tiny_llama import save_llama_family
 
-WEIGHT = METHOD_PARAMETERS["ties"].per_model["weight"]
-FLAG = METHOD_PARAMETERS["ties"].shared["normalize"]
+WEIGHT = METHODS["ties"].parameter("weight")
+FLAG = METHODS["ties"].parameter("normalize")
 
 
 @pytest.fixture(scope="module")

@@ -43,7 +43,7 @@ class _Killed(Exception):
 
 def test_plot_of_a_killed_job_with_an_uncommitted_generation(ray_local, tiny_zoo, tmp_path):
     from evosearch.api import Job
-    from evosearch.driver import run_job
+    from evosearch.search.driver import run_job
     from storage import Store
     from test_driver import _spec
 

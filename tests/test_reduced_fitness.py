@@ -10,22 +10,24 @@ import pickle
 import numpy as np
 import pytest
 
-from fitness.calibration import CalibratedModel, Calibration, identity_recipe
+from evosearch.recipe import recipe_sources
+from fitness.calibration import identity_recipe
 from fitness.errors import FitnessError
 from fitness.irt import IRTParams
-from fitness.reduced import ReducedFitness, ResponseMatrix, fit_calibration, recipe_sources
+from fitness.reduced import ReducedFitness, ResponseMatrix, fit_calibration
+from storage import CalibrationModelRecord, CalibrationRecord
 from irt_simulation import draw_abilities, make_bench, merge_abilities
 
 N_SOURCES, N_RANDOM, ITEMS = 3, 27, 300
 SOURCE_PATHS = [f"/zoo/models/src{i}" for i in range(N_SOURCES)]
 
 
-def _as_model(bench, label: str, role: str, row: np.ndarray, recipe: dict | None) -> CalibratedModel:
+def _as_model(bench, label: str, role: str, row: np.ndarray, recipe: dict | None) -> CalibrationModelRecord:
     responses = {t: {} for t in bench.tasks}
     for item, value in zip(bench.item_ids, row):
         task, _ = item.split("/")
         responses[task][len(responses[task])] = int(value)
-    return CalibratedModel(label=label, role=role, recipe=recipe, responses=responses,
+    return CalibrationModelRecord(label=label, role=role, recipe=recipe, responses=responses,
                            accuracy={t: float(np.mean(list(d.values()))) for t, d in responses.items()})
 
 
@@ -47,7 +49,7 @@ def simulated_calibration(seed: int = 5, n_heldout: int = 12) -> dict:
     merged, weights = merge_abilities(rng, abilities[:N_SOURCES], n_heldout)
     heldout = [_as_model(bench, f"heldout-{i:03d}", "heldout", row, _linear(w))
                for i, (row, w) in enumerate(zip(bench.answer(merged, rng), weights))]
-    calibration = Calibration(tasks=list(bench.tasks), models=models + heldout, name="sim")
+    calibration = CalibrationRecord(tasks=list(bench.tasks), models=models + heldout, name="sim")
     return dict(bench=bench, calibration=calibration, heldout=heldout)
 
 
@@ -115,13 +117,13 @@ def test_stored_irt_params_are_reused_and_a_stale_fit_is_redone(world):
     params = fit_calibration(calibration)
     shifted = IRTParams.from_dict(params.to_dict())
     shifted.b += 0.5  # a stored fit that differs from a fresh one shows whether it was used
-    stored = Calibration(tasks=calibration.tasks, models=calibration.models, irt_params=shifted.to_dict())
+    stored = CalibrationRecord(name="", tasks=calibration.tasks, models=calibration.models, irt_params=shifted.to_dict())
     reused = ReducedFitness.from_calibration(stored, k=10)
     assert np.allclose(reused.context.params.b, shifted.b)
 
     stale = IRTParams.from_dict({**params.to_dict(), "model_ids": [f"other{i}" for i in range(len(params.model_ids))]})
     refit = ReducedFitness.from_calibration(
-        Calibration(tasks=calibration.tasks, models=calibration.models, irt_params=stale.to_dict()), k=10)
+        CalibrationRecord(name="", tasks=calibration.tasks, models=calibration.models, irt_params=stale.to_dict()), k=10)
     assert refit.context.params.model_ids == params.model_ids
     assert np.allclose(refit.context.params.b, params.b)
 
@@ -178,7 +180,7 @@ def test_bad_input_is_one_line(fitness, world):
         ReducedFitness.from_calibration(world["calibration"], estimator="best")
     with pytest.raises(FitnessError, match=rf"task 'task0' has {ITEMS} items, fewer than k={ITEMS + 1}"):
         ReducedFitness.from_calibration(world["calibration"], k=ITEMS + 1)
-    lonely = Calibration(tasks=world["calibration"].tasks, models=world["calibration"].models[:1], name="tiny")
+    lonely = CalibrationRecord(tasks=world["calibration"].tasks, models=world["calibration"].models[:1], name="tiny")
     with pytest.raises(FitnessError, match=r"calibration 'tiny' has 1 model\(s\) to fit IRT on"):
         ReducedFitness.from_calibration(lonely)
     assert ResponseMatrix.from_calibration(world["calibration"]).values.shape == (N_SOURCES + N_RANDOM, 2 * ITEMS)

@@ -49,7 +49,7 @@ def test_pickle_only_model_is_refused_unless_allow_pickle(tiny_zoo, tmp_path):
     misfits = make_misfits(tiny_zoo, tmp_path / "models")
     base = str(tiny_zoo.models["base"])
     recipe = write_yaml(tmp_path / "recipe.yaml", _ta(base, str(misfits / "pickled")))
-    refused = one_line_error(invoke("merge", recipe, tmp_path / "out"), 1)
+    refused = one_line_error(invoke("merge", recipe, tmp_path / "out"), 2)
     assert f"model {misfits / 'pickled'}: only pickle weights (pytorch_model.bin)" in refused
     assert "--allow-pickle" in refused and not (tmp_path / "out").exists()
 

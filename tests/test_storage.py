@@ -210,7 +210,7 @@ def test_commit_generation_last_generation_and_front(store):
 
 def test_progress_figures(store):
     spec = {"objectives": [{"name": "l1", "direction": "max"}, {"name": "cost", "direction": "min"}]}
-    job = store.create_job("alpha", spec, 0, "/runs/alpha")
+    job = store.create_job("alpha", spec, 0, "/runs/alpha", objectives={"l1": "max", "cost": "min"})
     progress = store.progress(job.id)
     assert (progress.generation, progress.done, progress.failed, progress.best) == (None, 0, 0, {})
 
@@ -295,7 +295,7 @@ def test_migration_matches_the_models_and_reopening_is_a_no_op(store, store_url)
     with store._engine.connect() as connection:
         context = MigrationContext.configure(connection, opts={"compare_type": True})
         assert compare_metadata(context, Base.metadata) == []
-        assert context.get_current_revision() == "0002"
+        assert context.get_current_revision() == "0003"
 
 
 def test_a_store_of_the_first_schema_is_upgraded_in_place_with_its_jobs_kept(tmp_path):
@@ -308,11 +308,24 @@ def test_a_store_of_the_first_schema_is_upgraded_in_place_with_its_jobs_kept(tmp
         command.upgrade(alembic_config(connection), "0001")
         connection.exec_driver_sql("INSERT INTO jobs (name, spec, seed, status, output_dir, created_at, updated_at) "
                                    "VALUES ('old', '{}', 3, 'finished', '/runs/old', '2026-11-20', '2026-11-20')")
+        # A job of the first schema whose directions only its spec holds: the upgrade reads them off once.
+        spec = '{"objectives": [{"name": "acc", "direction": "max"}, {"name": "cost", "direction": "min"}]}'
+        connection.exec_driver_sql("INSERT INTO jobs (name, spec, seed, status, output_dir, created_at, updated_at) "
+                                   f"VALUES ('two', '{spec}', 1, 'running', '/runs/two', '2026-11-20', '2026-11-20')")
     engine.dispose()
     with Store.open(f"sqlite:///{path}") as store:
         job = store.get_job("old")
-        assert (job.seed, job.status) == (3, "finished")
+        assert (job.seed, job.status, job.objectives) == (3, "finished", {})
         assert store.task_splits(job.id) == {}
+        two = store.get_job("two")
+        assert two.objectives == {"acc": "max", "cost": "min"}
+        rec = CandidateRecord(job_id=two.id, generation=0, index=0, genome=[0.5], recipe={}, recipe_hash="h",
+                              status="done", scores=[ScoreRecord("acc", "search", estimated=0.4),
+                                                     ScoreRecord("cost", "search", estimated=7.0)])
+        store.record_candidate(rec)
+        store.record_candidate(CandidateRecord(**{**rec.__dict__, "index": 1, "recipe_hash": "i", "scores": [
+            ScoreRecord("acc", "search", estimated=0.6), ScoreRecord("cost", "search", estimated=9.0)]}))
+        assert store.progress(two.id).best == {"acc": 0.6, "cost": 7.0}
 
 
 def test_task_splits_are_recorded_once_and_never_changed(store):

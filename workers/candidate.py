@@ -17,18 +17,16 @@ from typing import Optional, Union
 
 import torch
 
+from evosearch.errors import RunFailure, one_line
 from evosearch.merge.dfs_model import build_dfs_model
+from evosearch.merge.dtypes import TORCH_DTYPES
 from evosearch.merge.ps import build_merged_model, build_model
-from evosearch.merge.sources import SourceError, SourceModel
-from evosearch.recipe import DFSRecipe, PSRecipe, parse_recipe
+from evosearch.merge.sources import SourceError, SourceModel, load_tokenizer, source_key
+from evosearch.recipe import DFSRecipe, PSRecipe, parse_recipe, recipe_source_paths
 from fitness.evaluator import LmEvalEvaluator
-from fitness.reduced import recipe_source_paths, source_key
-from workers.pool import one_line
+from workers.pool import ActorOptions, WorkerPool
 
-_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
-
-
-class CandidateError(RuntimeError):
+class CandidateError(RunFailure, RuntimeError):
     """A candidate that could not be built or scored; the message is one line naming its key and the cause."""
 
 
@@ -83,10 +81,10 @@ class CandidateWorker:
                  allow_pickle: bool = False) -> None:
         if not sources:
             raise SourceError("worker: no source models given")
-        if dtype is not None and dtype not in _DTYPES:
-            raise SourceError(f"worker: dtype {dtype!r} is not one of {', '.join(_DTYPES)}")
+        if dtype is not None and dtype not in TORCH_DTYPES:
+            raise SourceError(f"worker: dtype {dtype!r} is not one of {', '.join(TORCH_DTYPES)}")
         self.device = resolve_device(device)
-        self.dtype = _DTYPES[dtype] if dtype else None
+        self.dtype = TORCH_DTYPES[dtype] if dtype else None
         self._modules: dict[str, torch.nn.Module] = {}  # resolved path -> the source as a model
         self._tensors: dict[str, dict[str, torch.Tensor]] = {}  # resolved path -> its tensors (the module's)
         self._configs: dict[str, object] = {}  # resolved path -> its transformers config
@@ -112,21 +110,12 @@ class CandidateWorker:
         self._tensors[key] = {n: module_state[n] for n in names}
         self._modules[key] = module
         self._configs[key] = source.config
-        self._tokenizers[key] = self._load_tokenizer(path)
+        self._tokenizers[key] = load_tokenizer(path)
 
     def _place(self, tensor: torch.Tensor) -> torch.Tensor:
         if self.dtype is not None and tensor.is_floating_point():
             return tensor.to(self.device, self.dtype)
         return tensor.to(self.device)
-
-    @staticmethod
-    def _load_tokenizer(path: str):
-        from transformers import AutoTokenizer
-
-        try:
-            return AutoTokenizer.from_pretrained(path, local_files_only=True, trust_remote_code=False)
-        except Exception as exc:  # transformers raises many types for a missing or bad tokenizer
-            raise SourceError(f"model {path}: cannot load its tokenizer ({one_line(exc)})") from None
 
     @property
     def source_paths(self) -> list[str]:
@@ -143,7 +132,7 @@ class CandidateWorker:
     def _tokenizer(self, path: str):
         key = source_key(path)
         if key not in self._tokenizers:
-            self._tokenizers[key] = self._load_tokenizer(path)
+            self._tokenizers[key] = load_tokenizer(path)
         return self._tokenizers[key]
 
     # --- building -----------------------------------------------------------------------------------
@@ -217,9 +206,8 @@ class CandidateWorker:
 def candidate_pool(workers, sources: list[str], include_path: list[str], tasks: list[str],
                    num_workers: Optional[int] = None):
     """An unstarted Ray `WorkerPool` of CandidateWorkers as a job's or calibration's `workers` section
-    (`evosearch.job.WorkersSpec`) asks, on a Ray already joined or started (`evosearch.driver.ensure_ray`)."""
-    from workers.pool import ActorOptions, WorkerPool
-
+    (`evosearch.search.sections.WorkersSpec`) asks, on a Ray already joined or started
+    (`evosearch.search.ray_session.ensure_ray`)."""
     return WorkerPool(CandidateWorker, (sources, include_path, tasks, workers.batch_size, workers.device, workers.dtype),
                       num_workers=num_workers or workers.count,
                       options=ActorOptions(num_cpus=workers.num_cpus, num_gpus=workers.num_gpus),

@@ -23,6 +23,8 @@ from typing import Any, Generic, TypeVar
 import ray
 from ray.exceptions import ObjectLostError, RayActorError, RayTaskError, WorkerCrashedError
 
+from evosearch.errors import RunFailure, one_line
+
 log = logging.getLogger(__name__)
 
 Item = TypeVar("Item")
@@ -75,7 +77,7 @@ class _InFlight(Generic[Item]):
     attempts: int
 
 
-class WorkerStartError(RuntimeError):
+class WorkerStartError(RunFailure, RuntimeError):
     """An actor could not start (bad source path, out of memory while loading weights)."""
 
 
@@ -89,12 +91,11 @@ def init_failure_line(exc: RayActorError) -> str:
     return raised[-1] if raised else (lines[0] if lines else type(exc).__name__)
 
 
-def one_line(exc: BaseException) -> str:
-    """`Type: first line` of an exception (the remote cause for a task error), as the store shows it."""
+def remote_one_line(exc: BaseException) -> str:
+    """`Type: first line` of an exception, of the remote cause for a task error: as the store shows it."""
     if isinstance(exc, RayTaskError) and exc.cause is not None:
         exc = exc.cause
-    lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
-    return f"{type(exc).__name__}: {lines[0]}" if lines else type(exc).__name__
+    return one_line(exc)
 
 
 @dataclass
@@ -162,7 +163,7 @@ class WorkerPool(Generic[Item]):
         except RayActorError as exc:
             if exc.actor_init_failed:
                 raise WorkerStartError(f"worker failed to start: {init_failure_line(exc)}") from None
-            log.warning("%s died while starting; starting another: %s", slot.name, one_line(exc))
+            log.warning("%s died while starting; starting another: %s", slot.name, remote_one_line(exc))
             return self._restart(slot)
         slot.ready = None
         return slot
@@ -212,14 +213,14 @@ class WorkerPool(Generic[Item]):
                 starting[fresh.ready] = fresh
                 if flight.attempts <= self.max_retries:
                     log.warning("%s died on an item (attempt %d); re-queued: %s", flight.slot.name,
-                                flight.attempts, one_line(exc))
+                                flight.attempts, remote_one_line(exc))
                     queue.appendleft((flight.item, flight.attempts))
                 else:
-                    yield PoolOutcome(item=flight.item, error=f"worker died {flight.attempts} times: {one_line(exc)}",
+                    yield PoolOutcome(item=flight.item, error=f"worker died {flight.attempts} times: {remote_one_line(exc)}",
                                       attempts=flight.attempts, worker=flight.slot.name)
             except RayTaskError as exc:
                 idle.append(flight.slot)
-                yield PoolOutcome(item=flight.item, error=one_line(exc), attempts=flight.attempts,
+                yield PoolOutcome(item=flight.item, error=remote_one_line(exc), attempts=flight.attempts,
                                   worker=flight.slot.name)
             else:
                 idle.append(flight.slot)

@@ -1,7 +1,4 @@
-"""Building merged models: parameter-space merges (`ps`), source I/O (`sources`) and HF export (`export`)."""
+"""The merge engine: source models (`sources`), parameter-space merges (`ps`, with the method registry in
+`methods`), data-flow-space merges (`dfs`, `dfs_model`) and the streaming export of either (`export`)."""
 
-from evosearch.merge.ps import PSMerger, build_merged_model, build_model, merge_state_dict
-from evosearch.merge.sources import ResidentModel, SourceError, SourceModel, check_compatible
-
-__all__ = ["PSMerger", "build_merged_model", "build_model", "merge_state_dict", "ResidentModel",
-           "SourceError", "SourceModel", "check_compatible"]
+DEFAULT_MAX_SHARD_SIZE = "5GB"  # the largest safetensors file an export writes, as transformers' default

@@ -24,12 +24,14 @@ from dataclasses import dataclass
 from typing import Any, Callable, Optional, Sequence
 
 import torch
-from transformers import PretrainedConfig
+from transformers import AutoModelForCausalLM, PretrainedConfig
+from transformers.initialization import no_init_weights
 
+from evosearch.errors import UsageError
 from evosearch.recipe import DFSRecipe
 
 
-class DFSError(ValueError):
+class DFSError(UsageError, ValueError):
     """A DFS recipe that cannot be built from these sources; the message is one line."""
 
 
@@ -170,9 +172,6 @@ def _field(cfg: PretrainedConfig, field: str) -> Any:
 
 def _tensor_names(config: PretrainedConfig) -> list[str]:
     """The persistent tensors of a model of `config`, found by building it on the meta device."""
-    from transformers import AutoModelForCausalLM
-    from transformers.initialization import no_init_weights
-
     with no_init_weights(), torch.device("meta"):
         model = AutoModelForCausalLM.from_config(config, trust_remote_code=False)
     names = list(model.state_dict())

@@ -17,6 +17,7 @@ from typing import Any, Optional, Sequence
 import torch
 from torch import nn
 from transformers import PretrainedConfig
+from transformers.initialization import no_init_weights
 
 from evosearch.merge.dfs import DFSError, DFSPlan, source_label
 from evosearch.recipe import DFSRecipe
@@ -94,8 +95,6 @@ def _check_placement(recipe: DFSRecipe, sources: Sequence[nn.Module]) -> None:
 
 def _empty_shell(model_class: type, config: PretrainedConfig) -> nn.Module:
     """A model of `config` whose tensors are on the meta device: no memory, no initialisation."""
-    from transformers.initialization import no_init_weights
-
     with no_init_weights(), torch.device("meta"):
         return model_class(config)
 

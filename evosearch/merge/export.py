@@ -22,17 +22,19 @@ import yaml
 from safetensors.torch import save_file
 from transformers import PretrainedConfig
 
+from evosearch.errors import UsageError
+from evosearch.merge import DEFAULT_MAX_SHARD_SIZE
+from evosearch.merge.dfs import DFSPlan
 from evosearch.merge.ps import PSMerger
 from evosearch.merge.sources import TOKENIZER_FILES, SourceError, SourceModel, TensorSource, load_tokenizer, \
     resolve_model_dir
-from evosearch.recipe import DFSRecipe, PSRecipe, RecipeError, recipe_hash, recipe_to_yaml
+from evosearch.recipe import DFSRecipe, PSRecipe, recipe_hash, recipe_to_yaml
 
-DEFAULT_MAX_SHARD_SIZE = "5GB"
 _UNITS = {"": 1, "b": 1, "k": 10**3, "kb": 10**3, "m": 10**6, "mb": 10**6, "g": 10**9, "gb": 10**9,
           "t": 10**12, "tb": 10**12, "kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40}
 
 
-class ExportError(ValueError):
+class ExportError(UsageError, ValueError):
     """The export cannot proceed; the message is one line naming the file or directory."""
 
 
@@ -70,7 +72,7 @@ class _PSProducer:
 
 @dataclass
 class _DFSProducer:
-    plan: object  # evosearch.merge.dfs.DFSPlan (imported lazily: its own module, its own owner)
+    plan: DFSPlan
     read: Callable[[int, str], torch.Tensor]
     config: PretrainedConfig
 
@@ -94,8 +96,6 @@ def _producer(recipe: Union[PSRecipe, DFSRecipe], allow_pickle: bool, max_path: 
         if merger.config is None:
             raise SourceError(f"model {recipe.base_model or recipe.models[0].model}: no config")
         return _PSProducer(merger, merger.config)
-    from evosearch.merge.dfs import DFSPlan
-
     sources = [open_source(s, allow_pickle) for s in recipe.sources]
     plan = DFSPlan.from_recipe(recipe, [s.config for s in sources], max_path=max_path)
     return _DFSProducer(plan, lambda i, name: sources[i].read(name), plan.output_config())

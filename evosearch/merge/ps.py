@@ -11,20 +11,14 @@ import hashlib
 from typing import Mapping, Optional, Union
 
 import torch
-from transformers import PretrainedConfig
+from transformers import AutoModelForCausalLM, PretrainedConfig
+from transformers.initialization import no_init_weights
 
-from evosearch.merge import methods
-from evosearch.merge.parameters import (
-    METHOD_PARAMETERS,
-    TensorParameters,
-    count_layers,
-    layer_position,
-    resolve_tensor_parameters,
-)
+from evosearch.merge.dtypes import torch_dtype
+from evosearch.merge.methods import TensorMerge, TensorParameters
+from evosearch.merge.parameters import count_layers, layer_position, resolve_tensor_parameters
 from evosearch.merge.sources import ResidentModel, SourceError, SourceModel, TensorSource, check_compatible
-from evosearch.recipe import PSRecipe, RecipeError
-
-_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+from evosearch.recipe import PSRecipe
 
 
 def tensor_seed(seed: int, tensor_name: str) -> int:
@@ -43,13 +37,13 @@ class PSMerger:
             raise SourceError(f"model {missing[0]}: not among the loaded sources")
         self.sources = {p: sources[p] for p in recipe.source_paths()}
         check_compatible(list(self.sources.values()))
-        self.method = recipe.merge_method
+        self.method = recipe.method
         self.base = recipe.base_model
         self.inputs = self._inputs()
         self._reference = self.sources[recipe.base_model or recipe.models[0].model]
         self._names = self._reference.tensor_names()
         self.num_layers = count_layers(self._names)
-        self.out_dtype = _DTYPES[recipe.dtype]
+        self.out_dtype = torch_dtype(recipe.dtype)
         self._scratch_buffer: Optional[torch.Tensor] = None
         self._validate()
 
@@ -75,13 +69,12 @@ class PSMerger:
 
     @property
     def name(self) -> str:
-        return f"ps-merge({self.method})"
+        return f"ps-merge({self.method.name})"
 
     # --- the merge ------------------------------------------------------------------------------
     def parameters_for(self, tensor_name: str) -> TensorParameters:
-        per_model = self.inputs if self.method == "linear" else [m for m in self.inputs if m != self.base]
         t = layer_position(tensor_name, self.num_layers)
-        return resolve_tensor_parameters(self.recipe, tensor_name, t, per_model)
+        return resolve_tensor_parameters(self.recipe, tensor_name, t, self.method.weighted_models(self.inputs, self.base))
 
     def merge_tensor(self, name: str) -> torch.Tensor:
         tensors = {m: self.sources[m].read(name) for m in self.inputs}
@@ -89,41 +82,21 @@ class PSMerger:
         if not first.is_floating_point():
             return tensors.get(self.base, first)  # integer buffers are copied, never averaged
         compute = torch.float64 if first.dtype == torch.float64 else torch.float32
+        device = first.device
         del first  # every reference dropped early lets a source tensor be freed once used
-        tensors = {m: t.to(compute) for m, t in tensors.items()}
-        params = self.parameters_for(name)
-        merged = self._apply(name, tensors, params)
-        return merged.to(self.out_dtype)
+        job = TensorMerge(name=name, tensors={m: t.to(compute) for m, t in tensors.items()}, base=self.base,
+                          params=self.parameters_for(name), seed=tensor_seed(self.recipe.seed, name),
+                          scratch=lambda elements: self._scratch(elements, compute, device))
+        del tensors
+        return self.method.merge(job).to(self.out_dtype)
 
-    def _apply(self, name: str, tensors: dict[str, torch.Tensor], params: TensorParameters) -> torch.Tensor:
-        shared = params.shared
-        if self.method == "linear":
-            return methods.linear(list(tensors.values()), [params.per_model[m]["weight"] for m in tensors],
-                                  normalize=shared["normalize"], where=f"tensor {name}")
-        base = tensors[self.base]
-        others = [m for m in tensors if m != self.base]
-        if self.method == "slerp":
-            return methods.slerp(shared["t"], base, tensors[others[0]])
-        if self.method == "model_stock":
-            return methods.model_stock(base, [tensors[m] for m in others], filter_wise=shared["filter_wise"])
-        generator = None
-        if methods.TASK_ARITHMETIC_VARIANTS[self.method].sparsify in (methods.Sparsify.random, methods.Sparsify.della):
-            generator = torch.Generator(device=base.device).manual_seed(tensor_seed(self.recipe.seed, name))
-        finetuned = [tensors.pop(m) for m in others]  # handed over, so each is freed once used
-        return methods.task_arithmetic(
-            base, finetuned, [params.per_model[m] for m in others],
-            methods.TASK_ARITHMETIC_VARIANTS[self.method], normalize=shared["normalize"],
-            rescale=shared["rescale"], lam=shared["lambda"], generator=generator,
-            where=[f"model {m}, tensor {name}" for m in others],
-            scratch=lambda elements: self._scratch(elements, base))
-
-    def _scratch(self, elements: int, like: torch.Tensor) -> torch.Tensor:
+    def _scratch(self, elements: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
         """A flat buffer of at least `elements`, kept from tensor to tensor (replaced by a larger one when
         needed), so the merge does not fault in fresh pages for the task vectors of every tensor."""
         buffer = self._scratch_buffer
-        if buffer is None or buffer.numel() < elements or buffer.dtype != like.dtype or buffer.device != like.device:
+        if buffer is None or buffer.numel() < elements or buffer.dtype != dtype or buffer.device != device:
             buffer = self._scratch_buffer = None  # the old one is freed before the new one is allocated
-            buffer = self._scratch_buffer = torch.empty(elements, dtype=like.dtype, device=like.device)
+            buffer = self._scratch_buffer = torch.empty(elements, dtype=dtype, device=device)
         return buffer
 
     # --- structure ------------------------------------------------------------------------------
@@ -136,22 +109,8 @@ class PSMerger:
 
     def _validate(self) -> None:
         """Resolve every parameter of every tensor now, so a bad recipe fails before anything is written."""
-        non_base = [m for m in self.inputs if m != self.base]
-        if self.method == "model_stock" and len(non_base) < 2:
-            raise RecipeError(f"model_stock needs at least two models besides base_model, got {len(non_base)}")
-        if self.method != "linear" and not non_base:
-            raise RecipeError(f"{self.method} needs at least one model besides base_model")
         for name in self._names:
-            params = self.parameters_for(name)
-            if self.method == "slerp" and not 0 <= params.shared["t"] <= 1:
-                raise RecipeError(f"parameters.t: {params.shared['t']:g} for tensor {name} is outside [0, 1]")
-            for model, values in params.per_model.items():
-                density, eps = values.get("density"), values.get("epsilon")
-                if density is not None and not 0 <= density <= 1:
-                    raise RecipeError(f"model {model}: density {density:g} for tensor {name} is outside [0, 1]")
-                if eps is not None and 0 < density < 1 and not (0 < density - eps and density + eps < 1):
-                    raise RecipeError(f"model {model}: della needs 0 < density - epsilon and density + epsilon "
-                                      f"< 1 for tensor {name} (density={density:g}, epsilon={eps:g})")
+            self.method.check_tensor(name, self.parameters_for(name))
 
     def merge_all(self) -> dict[str, torch.Tensor]:
         return {n: self.merge_tensor(n) for n in self._names}
@@ -184,9 +143,6 @@ def build_model(config: PretrainedConfig, state: Mapping[str, torch.Tensor]) -> 
     takes the tensors of `state` themselves as its parameters (no copy: a copy would cost as much again,
     and twice the memory), so it shares storage with whatever else holds them.
     """
-    from transformers import AutoModelForCausalLM
-    from transformers.initialization import no_init_weights
-
     first = next(iter(state.values()))
     dtype = first.dtype if first.is_floating_point() else torch.float32
     with no_init_weights(), torch.device(first.device):

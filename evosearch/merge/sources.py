@@ -13,10 +13,12 @@ from typing import Mapping, Optional, Protocol, Sequence
 
 import torch
 from safetensors import safe_open
-from transformers import AutoConfig, PretrainedConfig
+from transformers import AutoConfig, AutoTokenizer, PretrainedConfig
+
+from evosearch.errors import UsageError, first_line
 
 
-class SourceError(ValueError):
+class SourceError(UsageError, ValueError):
     """A source model that cannot be used; the message is one line naming the model (and tensor)."""
 
 
@@ -34,6 +36,11 @@ class TensorSource(Protocol):
 _SAFETENSORS_INDEX = "model.safetensors.index.json"
 _PICKLE_PATTERNS = ("*.bin", "*.pt", "*.pth")
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json")
+
+
+def source_key(path: str) -> str:
+    """One spelling per model directory (recipes may write a path relative or with a trailing slash)."""
+    return str(Path(path).expanduser().resolve())
 
 
 def resolve_model_dir(ref: str) -> Path:
@@ -165,13 +172,10 @@ def load_tokenizer(ref: str):
     root = resolve_model_dir(ref)
     if not any((root / f).is_file() for f in TOKENIZER_FILES):
         raise SourceError(f"model {ref}: no tokenizer in {root} (none of {', '.join(TOKENIZER_FILES)})")
-    from transformers import AutoTokenizer
-
     try:
         return AutoTokenizer.from_pretrained(root, trust_remote_code=False, local_files_only=True)
     except Exception as e:  # transformers raises many types for a bad tokenizer
-        text = str(e).strip().splitlines()
-        raise SourceError(f"model {ref}: cannot load its tokenizer ({text[0] if text else type(e).__name__})") from None
+        raise SourceError(f"model {ref}: cannot load its tokenizer ({first_line(e)})") from None
 
 
 def check_model_set(paths: Sequence[str], allow_pickle: bool = False) -> None:
@@ -198,7 +202,7 @@ def _load_config(root: Path, ref: str) -> PretrainedConfig:
     try:
         return AutoConfig.from_pretrained(root, trust_remote_code=False, local_files_only=True)
     except Exception as e:  # transformers raises many types for a bad config
-        raise SourceError(f"model {ref}: unreadable config.json ({str(e).splitlines()[0]})") from None
+        raise SourceError(f"model {ref}: unreadable config.json ({first_line(e)})") from None
 
 
 def _safetensors_files(root: Path, ref: str) -> list[Path]:
@@ -224,7 +228,7 @@ def _index_safetensors(files: Sequence[Path], ref: str) -> dict[str, _TensorLoca
                 for name in f.keys():
                     index[name] = _TensorLocation(file, tuple(f.get_slice(name).get_shape()))
         except Exception as e:  # safetensors raises its own error type for corrupt headers
-            raise SourceError(f"model {ref}: unreadable {file.name} ({str(e).splitlines()[0]})") from None
+            raise SourceError(f"model {ref}: unreadable {file.name} ({first_line(e)})") from None
     return index
 
 
@@ -232,7 +236,7 @@ def _torch_load(file: Path, ref: str) -> dict[str, torch.Tensor]:
     try:
         state = torch.load(file, map_location="cpu", weights_only=True, mmap=True)
     except Exception as e:
-        raise SourceError(f"model {ref}: cannot load {file.name} ({str(e).splitlines()[0]})") from None
+        raise SourceError(f"model {ref}: cannot load {file.name} ({first_line(e)})") from None
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise SourceError(f"model {ref}: {file.name} is not a state dict of tensors")
     return state

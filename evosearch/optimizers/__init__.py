@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Sequence, Union
 
-from pydantic import BaseModel, Field, ValidationError
+from pydantic import BaseModel, Field
 
+from evosearch.config_file import parse_section
 from evosearch.optimizers.base import NO_DATA_PENALTY, Optimizer, OptimizerError
 from evosearch.optimizers.cmaes import CMAESConfig, CMAESOptimizer
 from evosearch.optimizers.ga import GAConfig, GAOptimizer
@@ -13,11 +14,12 @@ from evosearch.optimizers.nsga2 import NSGA2Config, NSGA2Optimizer
 from evosearch.optimizers.pareto import Direction, ParetoFront, hypervolume, knee_index, non_dominated_sort
 from evosearch.optimizers.random_search import RandomSearch, RandomSearchConfig
 
-AnyOptimizerConfig = Annotated[Union[CMAESConfig, NSGA2Config, GAConfig, RandomSearchConfig],
-                               Field(discriminator="name")]
+# name -> the optimizer (which names its config class). Adding one is one entry here.
 OPTIMIZERS: dict[str, type[Optimizer]] = {
     cls.name: cls for cls in (CMAESOptimizer, NSGA2Optimizer, GAOptimizer, RandomSearch)
 }
+AnyOptimizerConfig = Annotated[Union[tuple(cls.config_class for cls in OPTIMIZERS.values())],
+                               Field(discriminator="name")]
 
 
 class _OptimizerSection(BaseModel):
@@ -27,14 +29,7 @@ class _OptimizerSection(BaseModel):
 def parse_optimizer_config(data: Any, *, source: str = "optimizer") -> Union[CMAESConfig, NSGA2Config, GAConfig,
                                                                                 RandomSearchConfig]:
     """Validate a job file's `optimizer` section; errors are one line naming the field."""
-    try:
-        return _OptimizerSection(optimizer=data).optimizer
-    except ValidationError as e:
-        err = e.errors()[0]
-        parts = [str(x) for x in err["loc"][1:]]
-        loc = ".".join(parts[1:] if parts and parts[0] in OPTIMIZERS else parts)
-        msg = err["msg"].removeprefix("Value error, ")
-        raise OptimizerError(f"{source}{'.' + loc if loc else ''}: {msg}") from None
+    return parse_section(_OptimizerSection, "optimizer", data, source, OPTIMIZERS, OptimizerError)
 
 
 def make_optimizer(config: Union[CMAESConfig, NSGA2Config, GAConfig, RandomSearchConfig], dim: int,

@@ -17,6 +17,7 @@ from typing import Any, ClassVar, Iterator, Optional, Sequence
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from evosearch.errors import UsageError
 from evosearch.optimizers.pareto import Direction, ObjectiveError, check_directions, non_dominated_mask
 
 # Penalty when no finite objective value has been seen yet.
@@ -24,13 +25,17 @@ NO_DATA_PENALTY = 1e9
 _STATE_FORMAT = 1
 
 
-class OptimizerError(ValueError):
+class OptimizerError(UsageError, ValueError):
     """Misuse of an optimizer or a state that does not fit it; the message is one line."""
 
 
-class OptimizerConfig(BaseModel):
+class OptimizerConfig(BaseModel, ABC):
     model_config = ConfigDict(extra="forbid")
     max_generations: int = Field(default=50, gt=0)
+
+    @abstractmethod
+    def population_size(self, dim: int) -> int:
+        """Candidates per generation on a space of `dim` genes."""
 
 
 class ScalarisingConfig(OptimizerConfig):
@@ -48,6 +53,7 @@ class ScalarisingConfig(OptimizerConfig):
 
 class Optimizer(ABC):
     name: ClassVar[str]
+    config_class: ClassVar[type[OptimizerConfig]]
     # Single-objective algorithms rank by the weighted sum; the others keep a Pareto archive.
     scalarising: ClassVar[bool] = False
 

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import math
 import warnings
 from typing import Any, Literal, Optional, Union
 
+import cma
 import numpy as np
 from pydantic import Field, field_validator
 
@@ -19,6 +21,9 @@ class CMAESConfig(ScalarisingConfig):
     tolfun: Optional[float] = Field(default=None, gt=0,
                                     description="stop when one generation's f-range falls below this (default off)")
     tolx: Optional[float] = Field(default=None, gt=0, description="stop when steps fall below this")
+
+    def population_size(self, dim: int) -> int:
+        return self.popsize if self.popsize is not None else 4 + int(3 * math.log(dim))  # cma's default
 
     @field_validator("x0")
     @classmethod
@@ -36,6 +41,7 @@ class CMAESOptimizer(Optimizer):
     name = "cmaes"
     scalarising = True
     config: CMAESConfig
+    config_class = CMAESConfig
 
     def __init__(self, config: CMAESConfig, dim: int, directions, seed: int):
         super().__init__(config, dim, directions, seed)
@@ -59,8 +65,6 @@ class CMAESOptimizer(Optimizer):
             opts["popsize"] = config.popsize
         if config.tolx is not None:
             opts["tolx"] = config.tolx
-        import cma  # here, not at import: every CLI verb loads this module and cma pulls in scipy.stats
-
         self._rng = {"state": np.random.RandomState(seed).get_state()}
         with numpy_global_rng(self._rng), warnings.catch_warnings():
             warnings.simplefilter("ignore")  # cma warns about e.g. 1-D problems on stderr

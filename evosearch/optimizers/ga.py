@@ -18,11 +18,15 @@ class GAConfig(ScalarisingConfig):
     n_offsprings: Optional[int] = Field(default=None, ge=1, description="per generation; default pop_size")
     eliminate_duplicates: bool = True
 
+    def population_size(self, dim: int) -> int:
+        return self.n_offsprings or self.pop_size
+
 
 class GAOptimizer(PymooOptimizer):
     name = "ga"
     scalarising = True
     config: GAConfig
+    config_class = GAConfig
 
     def _make_algorithm(self) -> GA:
         c = self.config

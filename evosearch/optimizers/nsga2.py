@@ -22,10 +22,14 @@ class NSGA2Config(OptimizerConfig):
     mutation_eta: float = Field(default=20.0, gt=0, description="polynomial mutation distribution index")
     eliminate_duplicates: bool = True
 
+    def population_size(self, dim: int) -> int:
+        return self.n_offsprings or self.pop_size
+
 
 class NSGA2Optimizer(PymooOptimizer):
     name = "nsga2"
     config: NSGA2Config
+    config_class = NSGA2Config
 
     def _make_algorithm(self) -> NSGA2:
         c = self.config

@@ -9,11 +9,14 @@ from dataclasses import dataclass
 from typing import Literal, Sequence
 
 import numpy as np
+from pymoo.indicators.hv import HV
+
+from evosearch.errors import UsageError
 
 Direction = Literal["min", "max"]
 
 
-class ObjectiveError(ValueError):
+class ObjectiveError(UsageError, ValueError):
     """Objective values or directions of the wrong shape or kind; the message is one line."""
 
 
@@ -92,8 +95,6 @@ def knee_index(objectives: np.ndarray, directions: Sequence[str]) -> int:
 def hypervolume(objectives: np.ndarray, directions: Sequence[str], reference: Sequence[float]) -> float:
     """Hypervolume dominated by the points and bounded by `reference` (given in the objectives' own
     directions); points that do not beat the reference in every objective add nothing."""
-    from pymoo.indicators.hv import HV
-
     f = to_minimisation(objectives, directions)
     ref = to_minimisation(np.asarray(reference, dtype=float).reshape(1, -1), directions)[0]
     f = f[np.all(np.isfinite(f), axis=1) & np.all(f < ref, axis=1)]

@@ -14,10 +14,14 @@ class RandomSearchConfig(OptimizerConfig):
     name: Literal["random"] = "random"
     pop_size: int = Field(default=40, ge=1, description="genomes per generation")
 
+    def population_size(self, dim: int) -> int:
+        return self.pop_size
+
 
 class RandomSearch(Optimizer):
     name = "random"
     config: RandomSearchConfig
+    config_class = RandomSearchConfig
 
     def __init__(self, config: RandomSearchConfig, dim: int, directions, seed: int):
         super().__init__(config, dim, directions, seed)

@@ -14,6 +14,7 @@ from typing import Any, Union
 import numpy as np
 from pydantic import BaseModel, ConfigDict, model_validator
 
+from evosearch.errors import UsageError
 from evosearch.recipe import DFSRecipe, PSRecipe
 
 Recipe = Union[PSRecipe, DFSRecipe]
@@ -23,7 +24,7 @@ Recipe = Union[PSRecipe, DFSRecipe]
 DECIMALS = 6
 
 
-class SpaceError(ValueError):
+class SpaceError(UsageError, ValueError):
     """A search-space config or a genome/recipe that does not fit the space; the message is one line."""
 
 

@@ -15,31 +15,15 @@ and the last entry, without a filter, is the `rest` value. Per-layer filters end
 
 from __future__ import annotations
 
-import math
 from typing import Literal, Optional, Union
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from evosearch.config_file import OneOrMore
-from evosearch.recipe import (
-    MERGE_METHODS,
-    METHODS_NEEDING_BASE,
-    ConditionalParameter,
-    InputModel,
-    ParameterSetting,
-    PSRecipe,
-    ScalarParameter,
-)
+from evosearch.merge.methods import METHODS
+from evosearch.recipe import ConditionalParameter, InputModel, ParameterSetting, PSRecipe, ScalarParameter
 from evosearch.spaces.base import DECIMALS, Range, SearchSpace, SpaceError, decode_choice, encode_choice
-
-DEFAULT_BOUNDS: dict[str, tuple[float, float]] = {
-    "weight": (0.0, 1.0),
-    "density": (0.1, 1.0),
-    "gamma": (0.0, 0.1),
-    "epsilon": (0.0, 0.1),
-}
-_DELLA = frozenset({"della", "della_linear"})
 # A tensor name that matches no filter: reads back the `rest` value of a conditional list.
 _REST_PROBE = "\x00rest"
 
@@ -68,15 +52,15 @@ class PSSpaceConfig(BaseModel):
     @classmethod
     def _known_methods(cls, v: list[str]) -> list[str]:
         for m in v:
-            if m not in MERGE_METHODS:
-                raise ValueError(f"unknown merge method {m!r}; known: {', '.join(sorted(MERGE_METHODS))}")
+            if m not in METHODS:
+                raise ValueError(f"unknown merge method {m!r}; known: {', '.join(sorted(METHODS))}")
         if len(set(v)) != len(v):
             raise ValueError("methods are listed twice")
         return v
 
     @model_validator(mode="after")
     def _check(self) -> "PSSpaceConfig":
-        needs_base = [m for m in self.methods if m in METHODS_NEEDING_BASE]
+        needs_base = [m for m in self.methods if METHODS[m].needs_base]
         if needs_base and self.base_model is None:
             raise ValueError(f"base_model is required by merge method {needs_base[0]!r}")
         if self.layer_groups != 1:
@@ -84,8 +68,8 @@ class PSSpaceConfig(BaseModel):
                 raise ValueError("num_layers is required when layer_groups is not 1")
             if self.layer_groups != "every_layer" and not 1 <= self.layer_groups <= self.num_layers:
                 raise ValueError(f"layer_groups must be in 1..num_layers ({self.num_layers})")
-        per_model = set().union(*(MERGE_METHODS[m]["per_model"] for m in self.methods))
-        global_ = set().union(*(MERGE_METHODS[m]["global_"] for m in self.methods))
+        per_model = set().union(*(METHODS[m].per_model_names for m in self.methods))
+        global_ = set().union(*(METHODS[m].shared_names for m in self.methods))
         for field, names, allowed, what in (
             ("bounds", self.bounds, per_model, "per-model"),
             ("fixed_per_model", self.fixed_per_model, per_model, "per-model"),
@@ -99,12 +83,23 @@ class PSSpaceConfig(BaseModel):
             both = set(getattr(self, a)) & set(getattr(self, b))
             if both:
                 raise ValueError(f"{sorted(both)[0]} is in both {a} and {b}")
+        defaults = self.default_ranges()
         for name in per_model - set(self.fixed_per_model) - set(self.bounds):
-            if name not in DEFAULT_BOUNDS:
+            if name not in defaults:
                 raise ValueError(f"bounds.{name}: no default range, give one")
         if len(set(self.tensor_groups)) != len(self.tensor_groups) or not all(self.tensor_groups):
             raise ValueError("tensor_groups must be distinct non-empty substrings")
         return self
+
+
+    def default_ranges(self) -> dict[str, Range]:
+        """The registry's search range of every per-model parameter of the listed methods that has one."""
+        ranges: dict[str, Range] = {}
+        for method in self.methods:
+            for p in METHODS[method].parameters:
+                if p.per_model and p.search_range is not None:
+                    ranges.setdefault(p.name, Range(low=p.search_range[0], high=p.search_range[1]))
+        return ranges
 
 
 class PSSpace(SearchSpace):
@@ -119,9 +114,8 @@ class PSSpace(SearchSpace):
         self._groups: list[Union[tuple[int, Optional[str]], str]] = (
             [(b, t) for b in range(self._blocks) for t in self._tgroups] + ["rest"] if self._grouped else ["all"]
         )
-        self._bounds = {name: Range(low=lo, high=hi) for name, (lo, hi) in DEFAULT_BOUNDS.items()} | c.bounds
-        self._searched = sorted(
-            set().union(*(MERGE_METHODS[m]["per_model"] for m in c.methods)) - set(c.fixed_per_model))
+        self._bounds = c.default_ranges() | c.bounds
+        self._searched = sorted(set().union(*(METHODS[m].per_model_names for m in c.methods)) - set(c.fixed_per_model))
         self._globals = sorted(c.search_globals)
         self._names = self._make_gene_names()
         # Decode every method at the box centre so an unbuildable config fails now, with one line.
@@ -199,7 +193,7 @@ class PSSpace(SearchSpace):
         method = c.methods[0]
         if len(c.methods) > 1:
             method, pos = c.methods[decode_choice(g[0], len(c.methods))], 1
-        accepted = MERGE_METHODS[method]["per_model"]
+        accepted = METHODS[method].per_model_names
         n_groups = len(self._groups)
         models = []
         for src in c.sources:
@@ -209,8 +203,7 @@ class PSSpace(SearchSpace):
                 pos += n_groups
             values |= {p: [round(v, DECIMALS)] * n_groups for p, v in c.fixed_per_model.items()}
             values = {p: v for p, v in values.items() if p in accepted}
-            if method in _DELLA:
-                _repair_della(values)
+            METHODS[method].repair(values, DECIMALS)
             models.append(InputModel(model=src, parameters={p: self._setting(v) for p, v in sorted(values.items())}))
         searched_globals: dict[str, ParameterSetting] = {}
         for p in self._globals:
@@ -219,7 +212,7 @@ class PSSpace(SearchSpace):
                 pos += n_groups
             else:
                 searched_globals[p], pos = c.search_globals[p].decode(g[pos]), pos + 1
-        allowed_globals = MERGE_METHODS[method]["global_"]
+        allowed_globals = METHODS[method].shared_names
         parameters = {p: v for p, v in sorted((c.parameters | searched_globals).items()) if p in allowed_globals}
         return PSRecipe(merge_method=method, models=models, base_model=c.base_model, parameters=parameters,
                         dtype=c.dtype, tokenizer_source=c.tokenizer_source, seed=c.seed)
@@ -257,17 +250,6 @@ class PSSpace(SearchSpace):
             genes += [0.5 if setting is None else c.search_globals[p].encode(_resolve(setting, probe))
                       for probe in probes]
         return np.asarray(genes, dtype=float)
-
-
-def _repair_della(values: dict[str, list[float]]) -> None:
-    """DELLA needs density +/- epsilon inside (0, 1) wherever 0 < density < 1: shrink epsilon to fit."""
-    if "density" not in values or "epsilon" not in values:
-        return
-    step = 10.0 ** -DECIMALS
-    for i, (d, e) in enumerate(zip(values["density"], values["epsilon"])):
-        if 0 < d < 1:
-            limit = math.floor((min(d, 1 - d) - step) / step) * step
-            values["epsilon"][i] = round(max(0.0, min(e, limit)), DECIMALS)
 
 
 def _resolve(setting: ParameterSetting, tensor_name: str) -> float:

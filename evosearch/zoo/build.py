@@ -14,6 +14,7 @@ from pathlib import Path
 import torch
 from transformers.utils import logging as hf_logging
 
+from evosearch.errors import UsageError
 from evosearch.zoo.tasks import TASKS, make_eval_items, task_name, training_texts, write_task_files
 from evosearch.zoo.tokenizer import build_tokenizer
 from evosearch.zoo.train import ModelShape, TrainSettings, new_model, packed_batches, train
@@ -23,7 +24,7 @@ MANIFEST_NAME = "zoo.json"
 BUILD_VERSION = 2
 
 
-class ZooError(RuntimeError):
+class ZooError(UsageError, RuntimeError):
     """A zoo that cannot be built or read; the message is one line naming the file or preset."""
 
 

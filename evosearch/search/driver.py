@@ -27,10 +27,22 @@ from typing import Callable, Optional
 
 import numpy as np
 
-from evosearch.job import JobSpec, TaskObjective, population_size
+from evosearch.errors import RunFailure, one_line
+from evosearch.merge.sources import SourceError
 from evosearch.optimizers import Optimizer, ParetoFront, make_optimizer
-from evosearch.recipe import recipe_hash
+from evosearch.recipe import recipe_hash, recipe_sources
+from evosearch.search.calibration_spec import stored_irt_settings
+from evosearch.search.costs import COST_TERMS
+from evosearch.search.events import RunEvent
+from evosearch.search.job import JobSpec, TaskObjective
+from evosearch.search.preflight import check_search_models
+from evosearch.search.ray_session import ensure_ray
 from evosearch.spaces import SearchSpace, build_space
+from fitness.evaluator import LmEvalEvaluator
+from fitness.reduced import ReducedFitness
+from fitness.splits import carve_holdout, search_only, split_docs
+from storage import CalibrationRecord, CandidateRecord, JobRecord, ScoreRecord, Store, StoreError
+from workers.candidate import CandidateTask, candidate_pool
 
 log = logging.getLogger(__name__)
 
@@ -39,27 +51,8 @@ log = logging.getLogger(__name__)
 GENOME_ATOL = 1e-9
 
 
-class DriverError(RuntimeError):
+class DriverError(RunFailure, RuntimeError):
     """A job that cannot start or continue; the message is one line."""
-
-
-@dataclass
-class RunEvent:
-    """What the progress view shows; sent after every change."""
-
-    job: str
-    generation: int
-    max_generations: int
-    in_generation: int  # candidates in the current generation
-    done: int  # done candidates of the job so far (cache hits included)
-    failed: int
-    running: int
-    cached: int  # candidates served from the recipe cache this run
-    best: dict[str, float]  # objective -> best search-split value so far
-    elapsed_seconds: float
-    evaluated: int  # candidates the workers actually evaluated this run
-    front_size: int = 0  # candidates on the last committed front
-    phase: str = "search"  # search | report | finished | stopped
 
 
 @dataclass
@@ -86,52 +79,22 @@ class _Pending:
     duplicates: list[int] = field(default_factory=list)  # later indices with the same recipe
 
 
-def ensure_ray(num_cpus: Optional[float] = None) -> None:
-    """Join the cluster named by RAY_ADDRESS, or start a local Ray on 127.0.0.1 if none is running."""
-    import ray
-
-    if ray.is_initialized():
-        return
-    env = {k: os.environ.get(k, "1") for k in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_DATASETS_OFFLINE")}
-    env["TOKENIZERS_PARALLELISM"] = "false"
-    if os.environ.get("RAY_ADDRESS"):
-        ray.init(address=os.environ["RAY_ADDRESS"], runtime_env={"env_vars": env}, log_to_driver=False)
-    else:
-        ray.init(num_cpus=num_cpus, _node_ip_address="127.0.0.1", include_dashboard=False,
-                 runtime_env={"env_vars": env}, logging_level="warning", log_to_driver=False)
-
-
-def spec_of_job(job) -> JobSpec:
-    """The validated spec a job was created with (paths already resolved)."""
-    return JobSpec.model_validate(job.spec)
-
-
-def cost_value(name: str, recipe: dict) -> float:
-    """A cost term read off the recipe."""
-    if name == "path_length":
-        return float(sum(bool(x) for x in recipe["indicator"]))
-    raise DriverError(f"unknown cost term {name!r}")
-
-
 def hypervolume_reference(spec: JobSpec) -> list[float]:
     """A fixed reference point, so hypervolumes compare across generations: the worst possible value of
-    each objective (accuracy 0 when maximised, 1 when minimised; a path as long as all the slots)."""
+    each objective (accuracy 0 when maximised, 1 when minimised; a cost just past its largest value)."""
     ref = []
     for obj in spec.objectives:
         if isinstance(obj, TaskObjective):
             ref.append(0.0 if obj.direction == "max" else 1.0)
         else:
-            space = spec.search_space
-            dfs = getattr(space, "dfs", space)
-            slots = len(dfs.sources) * dfs.num_layers * dfs.repeats
-            ref.append(slots + 1.0 if obj.direction == "min" else 0.0)
+            ref.append(COST_TERMS[obj.cost].largest(spec.search_space) + 1.0 if obj.direction == "min" else 0.0)
     return ref
 
 
 class SearchDriver:
     """Runs one job against one store; `run()` drives it to the end (or `stop_after` generations)."""
 
-    def __init__(self, spec: JobSpec, store, job, *, on_event: Optional[Callable[[RunEvent], None]] = None):
+    def __init__(self, spec: JobSpec, store: Store, job: JobRecord, *, on_event: Optional[Callable[[RunEvent], None]] = None):
         self.spec, self.store, self.job = spec, store, job
         self.space: SearchSpace = build_space(spec.search_space)
         self.optimizer: Optimizer = make_optimizer(spec.optimizer, self.space.dim, spec.directions, spec.seed)
@@ -157,9 +120,6 @@ class SearchDriver:
         splits = self.store.task_splits(self.job.id)
         missing = [t for t in tasks if t not in splits]
         if missing:
-            from fitness.evaluator import LmEvalEvaluator
-            from fitness.splits import carve_holdout
-
             counter = LmEvalEvaluator(self.spec.tasks.include_path, missing)
             carved = [carve_holdout(t, len(counter.doc_ids(t)), self.spec.holdout.fraction, self.spec.seed)
                       for t in missing]
@@ -172,10 +132,6 @@ class SearchDriver:
     def _fitness(self):
         if self.spec.fitness.mode == "full":
             return None
-        from fitness.calibration_spec import stored_irt_settings
-        from fitness.reduced import ReducedFitness
-        from fitness.splits import search_only
-
         f = self.spec.fitness
         calibration = stored_calibration(self.spec, self.store)
         # Anchors and the IRT fit must never touch a hold-out doc: the calibration loses them first.
@@ -184,13 +140,9 @@ class SearchDriver:
                                                seed=self.spec.seed, irt_settings=stored_irt_settings(calibration.spec))
 
     def _docs(self, tasks: list[str], split: str) -> Optional[dict[str, list[int]]]:
-        from fitness.splits import split_docs
-
         return split_docs(tasks, self.splits, split, self.spec.fitness.limit)
 
     def _search_task(self, key: str, recipe: dict):
-        from workers.candidate import CandidateTask
-
         tasks = self.spec.search_tasks
         if self.fitness is not None:
             return CandidateTask(key=key, recipe=recipe, samples={t: self.fitness.samples[t] for t in tasks},
@@ -198,11 +150,7 @@ class SearchDriver:
         return CandidateTask(key=key, recipe=recipe, samples=self._docs(tasks, "search"), tasks=tasks)
 
     def _search_scores(self, result, recipe: dict) -> list:
-        from storage import ScoreRecord
-
         if self.fitness is not None:
-            from fitness.reduced import recipe_sources
-
             models, weights = recipe_sources(recipe)
             estimated = self.fitness.estimate(result.correct, source_models=models, source_weights=weights)
             anchor = self.fitness.anchor_accuracy(result.correct)
@@ -218,11 +166,11 @@ class SearchDriver:
                     # Full mode measures the score itself: the "estimate" the optimizer sees is exact.
                     scores.append(ScoreRecord(objective=obj.objective, split="search", estimated=acc, full=acc))
             else:
-                value = cost_value(obj.cost, recipe)
+                value = COST_TERMS[obj.cost].value(recipe)
                 scores.append(ScoreRecord(objective=obj.objective, split="search", estimated=value, full=value))
         return scores
 
-    def objective_row(self, cand) -> list[float]:
+    def objective_row(self, cand: CandidateRecord) -> list[float]:
         if cand.status != "done":
             return [np.nan] * len(self.spec.objectives)
         by_name = {s.objective: s.estimated for s in cand.scores if s.split == "search"}
@@ -231,8 +179,6 @@ class SearchDriver:
     # --- workers --------------------------------------------------------------------------------
     def _workers(self):
         if self._pool is None:
-            from workers.candidate import candidate_pool
-
             w = self.spec.workers
             ensure_ray(num_cpus=max(os.cpu_count() or 1, w.count * w.num_cpus))
             self._pool = candidate_pool(w, self.spec.source_paths, self.spec.tasks.include_path,
@@ -255,13 +201,11 @@ class SearchDriver:
             cached=self._cached, best=dict(progress.best), elapsed_seconds=time.monotonic() - self._started,
             evaluated=self._evaluated, front_size=self._front_size, phase=phase))
 
-    def _record(self, rec) -> object:
+    def _record(self, rec: CandidateRecord) -> CandidateRecord:
         rec.id = self.store.record_candidate(rec)
         return rec
 
     def run_generation(self, generation: int) -> None:
-        from storage import CandidateRecord
-
         genomes = self.optimizer.ask()
         self._gen_size = len(genomes)
         recorded = {c.index: c for c in self.store.candidates(self.job.id, generation=generation)}
@@ -319,8 +263,6 @@ class SearchDriver:
             yield by_index[outcome.item], outcome
 
     def _candidate(self, generation: int, pending: _Pending, outcome):
-        from storage import CandidateRecord
-
         common = dict(job_id=self.job.id, generation=generation, index=pending.index, genome=pending.genome,
                       recipe=pending.recipe, recipe_hash=pending.recipe_hash, attempts=outcome.attempts)
         if not outcome.ok:
@@ -330,7 +272,7 @@ class SearchDriver:
             scores = self._search_scores(result, pending.recipe)
         except Exception as e:  # noqa: BLE001 - an estimator failing on one candidate fails that candidate
             return CandidateRecord(**common, status="failed", worker=result.worker,
-                                   error=f"{type(e).__name__}: {e}".splitlines()[0])
+                                   error=one_line(e))
         return CandidateRecord(**common, status="done", worker=result.worker, build_seconds=result.build_seconds,
                                eval_seconds=result.eval_seconds, overhead_seconds=result.overhead_seconds,
                                scores=scores)
@@ -348,9 +290,6 @@ class SearchDriver:
 
     def report_front(self, generation: int) -> None:
         """Scores the front's candidates in full on each objective's report split (once per candidate)."""
-        from storage import ScoreRecord
-        from workers.candidate import CandidateTask
-
         tasks = self.spec.report_tasks
         todo = [c for c in self.store.front(self.job.id)
                 if not any(s.split == "report" for s in c.scores)]
@@ -379,7 +318,7 @@ class SearchDriver:
         last = self.store.last_generation(self.job.id)
         if last is not None:
             self.optimizer.load_state(last.optimizer_state)
-        per_generation = population_size(self.spec)
+        per_generation = self.spec.population_size
         status, reason = "finished", None
         self.store.set_job_status(self.job.id, "running")
         try:
@@ -405,7 +344,7 @@ class SearchDriver:
             if status == "finished" and self.spec.report.when != "never":
                 self.report_front(self.optimizer.generation - 1)
         except BaseException as e:
-            message = "interrupted" if isinstance(e, KeyboardInterrupt) else f"{type(e).__name__}: {e}".splitlines()[0]
+            message = "interrupted" if isinstance(e, KeyboardInterrupt) else one_line(e)
             self.store.set_job_status(self.job.id, "stopped" if isinstance(e, KeyboardInterrupt) else "failed",
                                       message)
             raise
@@ -422,18 +361,14 @@ class SearchDriver:
                           seconds=time.monotonic() - self._started, reason=reason)
 
 
-def _search_only(scores: list) -> list:
-    from storage import ScoreRecord
-
+def _search_only(scores: list[ScoreRecord]) -> list[ScoreRecord]:
     return [ScoreRecord(objective=s.objective, split=s.split, estimated=s.estimated,
                         anchor_accuracy=s.anchor_accuracy, full=s.full) for s in scores if s.split == "search"]
 
 
-def stored_calibration(spec: JobSpec, store):
+def stored_calibration(spec: JobSpec, store: Store) -> CalibrationRecord:
     """The calibration a reduced-fitness job names, from the job's store; DriverError unless it is there and
     covers every search task."""
-    from storage import StoreError
-
     name = spec.fitness.calibration
     try:
         calibration = store.get_calibration(name)
@@ -447,18 +382,13 @@ def stored_calibration(spec: JobSpec, store):
     return calibration
 
 
-def run_job(spec: JobSpec, store, resume: bool = False, *, stop_after: Optional[int] = None,
+def run_job(spec: JobSpec, store: Store, resume: bool = False, *, stop_after: Optional[int] = None,
             on_event: Optional[Callable[[RunEvent], None]] = None) -> RunSummary:
     """Runs a job from its spec (`resume=False`: a new job of that name) or continues the stored job of
     that name (`resume=True`) from its last committed generation."""
-    from storage import StoreError
-
     if resume:
         job = store.get_job(spec.name)
     else:
-        from evosearch.merge.preflight import check_search_models
-        from evosearch.merge.sources import SourceError
-
         # Models the space cannot build would fail every candidate of a job already in the store.
         try:
             check_search_models(spec.source_paths, spec.search_space)
@@ -467,7 +397,8 @@ def run_job(spec: JobSpec, store, resume: bool = False, *, stop_after: Optional[
         if spec.fitness.mode == "reduced":
             stored_calibration(spec, store)  # before the job is stored: a job without one could never run
         try:
-            job = store.create_job(spec.name, spec.to_dict(), spec.seed, spec.output_dir)
+            job = store.create_job(spec.name, spec.to_dict(), spec.seed, spec.output_dir,
+                                   objectives=dict(zip(spec.objective_names, spec.directions)))
         except StoreError as e:
             raise DriverError(f"{e} (continue it with `evosearch resume {spec.name}`)") from None
     return SearchDriver(spec, store, job, on_event=on_event).run(stop_after=stop_after)

@@ -1,8 +1,7 @@
 """`evosearch submit | logs | stop`, and the cluster half of `evosearch status JOB --address`.
 
-Exit codes as for the other verbs: 0 ok, 2 usage (a bad job file, checked before any network call),
-1 a failure (cluster unreachable, authentication refused, no such submission). Errors are one line.
-"""
+A bad job file is a usage error found before any network call; an unreachable cluster, a refused token or
+no such submission is a failure (`evosearch.search.submit.SubmitError`)."""
 
 from __future__ import annotations
 
@@ -16,9 +15,9 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from evosearch import submit as cluster
-from evosearch.job import JobError, load_job
-from evosearch.run_cli import FAILURE, USAGE, _fail, load_runnable_job
+from evosearch.cli.common import load_job_file, load_runnable_job, verb
+from evosearch.config_file import SQLITE_PREFIX
+from evosearch.errors import UsageError
 
 ADDRESS_HELP = "the Ray dashboard of the head, e.g. http://HEAD:8265 (default: $RAY_ADDRESS)"
 
@@ -26,29 +25,26 @@ ADDRESS_HELP = "the Ray dashboard of the head, e.g. http://HEAD:8265 (default: $
 def _address(address: Optional[str]) -> str:
     address = address or os.environ.get("RAY_ADDRESS")
     if not address:
-        _fail("no cluster address: pass --address http://HEAD:8265 or set RAY_ADDRESS", USAGE)
+        raise UsageError("no cluster address: pass --address http://HEAD:8265 or set RAY_ADDRESS")
     return address
 
 
 def _job_name(job: str) -> str:
     """A job given by its file is named by the file (validated); otherwise it is a name or submission id."""
     if job.endswith((".yaml", ".yml")) or Path(job).is_file():
-        try:
-            return load_job(job).name
-        except JobError as e:
-            _fail(str(e), USAGE)
+        return load_job_file(job).name
     return job
 
 
 def _find(job: str, address: Optional[str]):
+    from evosearch.search import submit as cluster  # start-up time: Ray's job client
+
     name = _job_name(job)
-    try:
-        ray_client = cluster.client(_address(address))
-        return ray_client, cluster.find(ray_client, name)
-    except cluster.SubmitError as e:
-        _fail(str(e), FAILURE)
+    ray_client = cluster.client(_address(address))
+    return ray_client, cluster.find(ray_client, name)
 
 
+@verb
 def submit_command(
         job_file: Path = typer.Argument(..., help="the job YAML"),
         address: Optional[str] = typer.Option(None, "--address", help=ADDRESS_HELP),
@@ -64,14 +60,12 @@ def submit_command(
     """
     # Checked here, not on the cluster: a misfit found there would be one more failed submission to read.
     spec = load_runnable_job(job_file)
-    address = _address(address)
-    try:
-        submission_id = cluster.submit(spec, job_file, address, resume=resume)
-    except cluster.SubmitError as e:
-        _fail(str(e), FAILURE)
-    typer.echo(submission_id)
+    from evosearch.search import submit as cluster  # start-up time
+
+    typer.echo(cluster.submit(spec, job_file, _address(address), resume=resume))
 
 
+@verb
 def logs_command(job: str = typer.Argument(..., help="job name, job file or submission id"),
                  address: Optional[str] = typer.Option(None, "--address", help=ADDRESS_HELP),
                  follow: bool = typer.Option(False, "--follow", "-f", help="keep printing until the job ends")) -> None:
@@ -79,17 +73,17 @@ def logs_command(job: str = typer.Argument(..., help="job name, job file or subm
 
     Example: evosearch logs my-job --address http://127.0.0.1:8265 --follow
     """
+    from evosearch.search import submit as cluster  # start-up time
+
     ray_client, found = _find(job, address)
-    try:
-        if follow:
-            for chunk in cluster.follow_logs(ray_client, found.submission_id):
-                typer.echo(chunk, nl=False)
-        else:
-            typer.echo(cluster.logs(ray_client, found.submission_id), nl=False)
-    except cluster.SubmitError as e:
-        _fail(str(e), FAILURE)
+    if follow:
+        for chunk in cluster.follow_logs(ray_client, found.submission_id):
+            typer.echo(chunk, nl=False)
+    else:
+        typer.echo(cluster.logs(ray_client, found.submission_id), nl=False)
 
 
+@verb
 def stop_command(job: str = typer.Argument(..., help="job name, job file or submission id"),
                  address: Optional[str] = typer.Option(None, "--address", help=ADDRESS_HELP)) -> None:
     """Stop a job's latest submission; its store keeps every committed generation.
@@ -97,16 +91,15 @@ def stop_command(job: str = typer.Argument(..., help="job name, job file or subm
     Example: evosearch stop my-job --address http://127.0.0.1:8265
     (continue later with: evosearch submit my-job.yaml --address ... --resume)
     """
+    from evosearch.search import submit as cluster  # start-up time
+
     ray_client, found = _find(job, address)
     if found.status in cluster.TERMINAL_STATES:
         typer.echo(f"{found.submission_id}: already {found.status}")
         return
-    try:
-        state = cluster.stop(ray_client, found.submission_id)
-    except cluster.SubmitError as e:
-        _fail(str(e), FAILURE)
+    state = cluster.stop(ray_client, found.submission_id)
     if state not in cluster.TERMINAL_STATES:
-        _fail(f"{found.submission_id}: still {state} after the stop request", FAILURE)
+        raise cluster.SubmitError(f"{found.submission_id}: still {state} after the stop request")
     typer.echo(f"{found.submission_id}: {state}; continue it with `evosearch submit <job file> --address "
                f"{_address(address)} --resume`")
 
@@ -118,7 +111,7 @@ def _when(ms: Optional[int]) -> str:
 def print_cluster_status(job: str, address: Optional[str], store_url: Optional[str], as_json: bool = False) -> None:
     """`status JOB --address`: the Ray state of the job's latest submission, then the store's progress
     when the store can be opened from here (a SQLite store lives on the head)."""
-    from evosearch.progress import status_rows, status_table
+    from evosearch.views.progress import status_rows, status_table  # start-up time
 
     _, found = _find(job, address)
     cluster_row = {"submission": found.submission_id, "ray_state": found.status, "started": _when(found.start_time),
@@ -142,14 +135,14 @@ def print_cluster_status(job: str, address: Optional[str], store_url: Optional[s
 
 def _store_progress(job: str, job_name: str, store_url: Optional[str]) -> tuple[Optional[list], Optional[str]]:
     """([(JobRecord, JobProgress)], None) from the job's store, or (None, why) when it cannot be read here."""
-    from storage import Store, StoreError
+    from storage import Store, StoreError  # start-up time
 
     is_file = job.endswith((".yaml", ".yml")) or Path(job).is_file()
-    url = store_url or (load_job(job).store if is_file else None)
+    url = store_url or (load_job_file(job).store if is_file else None)
     if url is None:
         default = Path("runs") / job_name / "evosearch.db"
-        url = f"sqlite:///{default.resolve()}" if default.is_file() else None
-    if url is None or (url.startswith("sqlite:///") and not Path(url.removeprefix("sqlite:///")).is_file()):
+        url = f"{SQLITE_PREFIX}{default.resolve()}" if default.is_file() else None
+    if url is None or (url.startswith(SQLITE_PREFIX) and not Path(url.removeprefix(SQLITE_PREFIX)).is_file()):
         return None, "the store is not reachable from here (pass --store URL or the job file)"
     try:
         store = Store.open(url)

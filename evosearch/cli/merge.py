@@ -2,19 +2,17 @@
 
 from __future__ import annotations
 
-import sys
 import time
 from pathlib import Path
 from typing import Optional
 
 import typer
 
-from evosearch.merge.dfs import DFSError
-from evosearch.merge.export import DEFAULT_MAX_SHARD_SIZE, ExportError, export_recipe
-from evosearch.merge.sources import SourceError
-from evosearch.recipe import RecipeError, load_recipe
+from evosearch.cli.common import verb
+from evosearch.merge import DEFAULT_MAX_SHARD_SIZE
 
 
+@verb
 def merge_command(
     recipe: Path = typer.Argument(..., help="Recipe YAML: an evosearch recipe (kind: ps|dfs) or a mergekit config."),
     out: Path = typer.Argument(..., help="Output directory (a plain Hugging Face model directory)."),
@@ -36,21 +34,16 @@ def merge_command(
 
       evosearch merge my-mergekit-config.yml out/merged --force
     """
+    from evosearch.errors import RecipeError  # start-up time: torch, transformers
+    from evosearch.merge.dfs import DFSError
+    from evosearch.merge.export import export_recipe
+    from evosearch.recipe import load_recipe
+
     start = time.perf_counter()
-    try:
-        loaded = load_recipe(recipe)
-    except RecipeError as e:  # names the file already
-        _fail(e)
+    loaded = load_recipe(recipe)  # its errors name the file already
     try:
         written = export_recipe(loaded, out, max_shard_size=max_shard_size, tokenizer_source=tokenizer_source,
                                 allow_pickle=allow_pickle, force=force, max_path=max_path)
     except (RecipeError, DFSError) as e:  # the recipe's content, checked against its models
-        _fail(f"{recipe}: {e}")
-    except (SourceError, ExportError, OSError) as e:
-        _fail(e)
+        raise type(e)(f"{recipe}: {e}") from None
     typer.echo(f"wrote {written} in {time.perf_counter() - start:.1f}s")
-
-
-def _fail(message) -> None:
-    print(f"error: {message}", file=sys.stderr)
-    raise typer.Exit(1)

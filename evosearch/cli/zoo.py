@@ -11,6 +11,8 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from evosearch.cli.common import verb
+
 zoo_app = typer.Typer(help="The tiny offline model zoo: build it, score it, see how well it merges.",
                       no_args_is_help=True)
 
@@ -22,6 +24,7 @@ def _offline() -> None:
 
 
 @zoo_app.command("build")
+@verb
 def build_command(
     out_dir: Path = typer.Argument(..., help="Directory for the zoo (models/, tasks/, zoo.json)."),
     preset: str = typer.Option("full", help="full (README figures, a few minutes) or tiny (tests)."),
@@ -38,12 +41,9 @@ def build_command(
       evosearch zoo build runs/zoo-tiny --preset tiny
     """
     _offline()
-    from evosearch.zoo.build import ZooError, build_zoo
+    from evosearch.zoo.build import build_zoo  # start-up time: torch
 
-    try:
-        manifest = build_zoo(out_dir, preset=preset, force=force)
-    except ZooError as e:
-        raise typer.BadParameter(str(e)) from None
+    manifest = build_zoo(out_dir, preset=preset, force=force)
     typer.echo(f"zoo {manifest.preset} ({manifest.settings_hash}) at {manifest.root}: "
                f"{len(manifest.models)} models, {len(manifest.tasks)} tasks, built in {manifest.build_seconds}s")
 
@@ -53,6 +53,7 @@ def _pct(x: float) -> str:
 
 
 @zoo_app.command("report")
+@verb
 def report_command(
     zoo_dir: Path = typer.Argument(..., help="A directory written by `evosearch zoo build`."),
     as_json: bool = typer.Option(False, "--json", help="Print the report as JSON."),
@@ -67,17 +68,14 @@ def report_command(
       evosearch zoo report runs/zoo --split search --json
     """
     _offline()
-    import torch
+    import torch  # start-up time
 
-    from evosearch.zoo.build import ZooError, ZooManifest
+    from evosearch.zoo.build import ZooManifest
     from evosearch.zoo.report import zoo_report
     from evosearch.zoo.tasks import TASKS
 
     torch.set_num_threads(1)  # tiny models: more threads only contend
-    try:
-        manifest = ZooManifest.load(zoo_dir)
-    except ZooError as e:
-        raise typer.BadParameter(str(e)) from None
+    manifest = ZooManifest.load(zoo_dir)
     report = zoo_report(manifest, split=split)
     if as_json:
         typer.echo(json.dumps(report.to_json(), indent=2))

@@ -7,7 +7,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Mapping, Optional
 
-from evosearch.job import JobSpec, TaskObjective
+from evosearch.search.job import JobSpec, TaskObjective
 from fitness.splits import describe
 from storage import CandidateRecord, TaskSplitRecord
 

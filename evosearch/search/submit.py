@@ -21,16 +21,20 @@ environment either (the dashboard shows that to anyone who can list jobs).
 
 from __future__ import annotations
 
+import asyncio
 import os
 import shutil
+import sys
 import tempfile
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator, Optional
 
 import yaml
 
-from evosearch.job import JobSpec
+from evosearch.errors import RunFailure, one_line
+from evosearch.search.job import JobSpec
 
 SUBMISSION_PREFIX = "evosearch-"
 JOB_METADATA_KEY = "evosearch_job"
@@ -39,7 +43,7 @@ STAGED_TASKS_DIR = "evosearch_tasks"
 TERMINAL_STATES = ("SUCCEEDED", "FAILED", "STOPPED")
 
 
-class SubmitError(RuntimeError):
+class SubmitError(RunFailure, RuntimeError):
     """A submission or a cluster query that failed; the message is one line and never holds the token."""
 
 
@@ -55,11 +59,6 @@ class ClusterJob:
     end_time: Optional[int]
 
 
-def _first_line(error: BaseException) -> str:
-    text = str(error).strip()
-    return f"{type(error).__name__}: {text.splitlines()[0]}" if text else type(error).__name__
-
-
 def _token_available() -> bool:
     if os.environ.get("RAY_AUTH_TOKEN"):
         return True
@@ -72,8 +71,6 @@ def enable_ray_token_auth() -> None:
     if "RAY_AUTH_MODE" in os.environ or not _token_available():
         return
     os.environ["RAY_AUTH_MODE"] = "token"
-    import sys
-
     if "ray" in sys.modules:
         # Ray caches its config at import; re-read it so the mode set above takes effect.
         from ray._raylet import Config
@@ -84,12 +81,12 @@ def enable_ray_token_auth() -> None:
 def client(address: str):
     """A JobSubmissionClient for the dashboard at `address` (http://HEAD:8265)."""
     enable_ray_token_auth()
-    from ray.job_submission import JobSubmissionClient
+    from ray.job_submission import JobSubmissionClient  # only now: Ray reads RAY_AUTH_MODE when imported
 
     try:
         return JobSubmissionClient(address)
     except Exception as e:  # noqa: BLE001 - connection, auth and version errors all end the command
-        raise SubmitError(f"cannot reach the Ray cluster at {address}: {_first_line(e)}") from None
+        raise SubmitError(f"cannot reach the Ray cluster at {address}: {one_line(e)}") from None
 
 
 def stage(spec: JobSpec, job_file: Path, into: Path) -> Path:
@@ -140,7 +137,7 @@ def submissions(ray_client, job_name: Optional[str] = None) -> list[ClusterJob]:
     try:
         infos = ray_client.list_jobs()
     except Exception as e:  # noqa: BLE001
-        raise SubmitError(f"listing the cluster's jobs failed: {_first_line(e)}") from None
+        raise SubmitError(f"listing the cluster's jobs failed: {one_line(e)}") from None
     jobs = [j for j in map(_as_cluster_job, infos) if j is not None and job_name in (None, j.job_name)]
     return sorted(jobs, key=lambda j: (j.start_time or 0, j.submission_id))
 
@@ -185,20 +182,18 @@ def submit(spec: JobSpec, job_file: Path, address: str, resume: bool = False) ->
                 runtime_env={"working_dir": tmp},
                 metadata={JOB_METADATA_KEY: spec.name})
         except Exception as e:  # noqa: BLE001
-            raise SubmitError(f"submitting {spec.name!r} to {address} failed: {_first_line(e)}") from None
+            raise SubmitError(f"submitting {spec.name!r} to {address} failed: {one_line(e)}") from None
 
 
 def logs(ray_client, submission_id: str) -> str:
     try:
         return ray_client.get_job_logs(submission_id)
     except Exception as e:  # noqa: BLE001
-        raise SubmitError(f"reading the logs of {submission_id} failed: {_first_line(e)}") from None
+        raise SubmitError(f"reading the logs of {submission_id} failed: {one_line(e)}") from None
 
 
 def follow_logs(ray_client, submission_id: str) -> Iterator[str]:
     """The job's log as it grows, until the job ends."""
-    import asyncio
-
     stream = ray_client.tail_job_logs(submission_id).__aiter__()
     loop = asyncio.new_event_loop()
     try:
@@ -208,7 +203,7 @@ def follow_logs(ray_client, submission_id: str) -> Iterator[str]:
             except StopAsyncIteration:
                 return
             except Exception as e:  # noqa: BLE001
-                raise SubmitError(f"following the logs of {submission_id} failed: {_first_line(e)}") from None
+                raise SubmitError(f"following the logs of {submission_id} failed: {one_line(e)}") from None
     finally:
         loop.close()
 
@@ -216,8 +211,6 @@ def follow_logs(ray_client, submission_id: str) -> Iterator[str]:
 def stop(ray_client, submission_id: str, wait_s: float = 60.0) -> str:
     """Asks Ray to stop the job (SIGTERM, then SIGKILL) and waits until it has ended, so that a resubmission
     is not refused as still running; the store keeps every committed generation. Returns the final state."""
-    import time
-
     try:
         ray_client.stop_job(submission_id)
         deadline = time.monotonic() + wait_s
@@ -228,4 +221,4 @@ def stop(ray_client, submission_id: str, wait_s: float = 60.0) -> str:
                 return state
             time.sleep(1)
     except Exception as e:  # noqa: BLE001
-        raise SubmitError(f"stopping {submission_id} failed: {_first_line(e)}") from None
+        raise SubmitError(f"stopping {submission_id} failed: {one_line(e)}") from None

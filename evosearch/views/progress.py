@@ -9,7 +9,7 @@ from rich.console import Console
 from rich.live import Live
 from rich.table import Table
 
-from evosearch.driver import RunEvent
+from evosearch.search.events import RunEvent
 
 
 def _duration(seconds: float) -> str:

@@ -12,15 +12,22 @@ import math
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-import numpy as np
+import matplotlib
 
-if TYPE_CHECKING:
+matplotlib.use("Agg")  # files only, never a window: before pyplot is imported
+
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+from matplotlib import cm, colors  # noqa: E402
+
+from evosearch.search.job import TaskObjective  # noqa: E402
+from evosearch.views.scores import QueryError, split_scores  # noqa: E402
+
+if TYPE_CHECKING:  # the notebook API draws with this module; it is never imported from here
     from evosearch.api import Job
 
 
 def _values(candidates, objectives: list[str], split: str) -> np.ndarray:
-    from evosearch.api import split_scores
-
     rows = [[split_scores(c, split).get(o) for o in objectives] for c in candidates]
     table = [[math.nan if v is None else v for v in row] for row in rows]
     return np.array(table, dtype=float).reshape(-1, len(objectives))
@@ -31,14 +38,6 @@ def _better(direction: str):
 
 
 def plot_job(job: "Job", path: Path) -> Path:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    from matplotlib import cm, colors
-
-    from evosearch.api import QueryError
-
     spec = job.spec
     names, directions = spec.objective_names, spec.directions
     done = job.candidates()
@@ -86,8 +85,6 @@ def _last_front(fronts: dict) -> int | None:
 
 def _axis_labels(spec) -> list[str]:
     """A task objective is measured on its search split; a cost is read off the recipe, on no split."""
-    from evosearch.job import TaskObjective
-
     return [f"{o.objective} ({o.direction}, {'search split' if isinstance(o, TaskObjective) else 'cost'})"
             for o in spec.objectives]
 

@@ -12,11 +12,12 @@ import copy
 from pathlib import Path
 from typing import Any, Optional
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import Field, field_validator, model_validator
 
-# The job file's model naming, error locations and task index: one spelling of each rule for both files.
 from evosearch.config_file import OneOrMore, known, model_dirs, read_yaml_file, safe_name, store_url
-from evosearch.job import JobError, WorkersSpec, _resolve_models, _task_index, validated
+from evosearch.errors import UsageError
+from evosearch.search.sections import (Section, WorkersSpec, resolve_include_paths, resolve_models, task_index,
+                                       validated)
 from evosearch.spaces import PSSpaceConfig, SpaceError, parse_space_config
 from fitness.anchors import ANCHOR_STRATEGIES
 from fitness.calibration import DEFAULT_STRATEGIES
@@ -24,16 +25,11 @@ from fitness.estimators import ESTIMATORS
 from fitness.irt import ABILITY_SCOPES, IRTFitSettings
 
 
-
-class CalibrationSpecError(ValueError):
+class CalibrationSpecError(UsageError, ValueError):
     """A calibration file that cannot run; the message is one line naming the file and the field."""
 
 
-class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-
-class IRTSpec(_Section):
+class IRTSpec(Section):
     """2PL by default; `dims` > 1 is the multidimensional model, `ability_scope: shared` one ability for
     every task (tinyBenchmarks' choice) instead of one per task."""
 
@@ -56,7 +52,7 @@ def stored_irt_settings(stored_spec: Optional[dict]) -> IRTFitSettings:
     return IRTSpec.model_validate(stored_spec.get("irt", {})).settings(int(stored_spec.get("seed", 0)))
 
 
-class ReportSettings(_Section):
+class ReportSettings(Section):
     """What `evosearch fitness report` measures on the held-out members: every estimator x strategy x k."""
 
     estimators: list[str] = Field(default_factory=lambda: list(ESTIMATORS), min_length=1)
@@ -82,7 +78,7 @@ class ReportSettings(_Section):
         return v
 
 
-class CalibrationSpec(_Section):
+class CalibrationSpec(Section):
     name: str
     store: Optional[str] = None
     sources: dict[str, str] = Field(min_length=1, description="model name -> HF directory")
@@ -135,10 +131,7 @@ def parse_calibration_spec(raw: Any, where: str = "calibration") -> CalibrationS
     for field in ("name", "sources", "search_space", "tasks", "include_path"):
         if field not in raw:
             raise CalibrationSpecError(f"{where}: {field}: required field is missing")
-    try:
-        _resolve_models(raw, where)
-    except JobError as e:
-        raise CalibrationSpecError(str(e)) from None
+    resolve_models(raw, where, CalibrationSpecError)
     space = raw["search_space"]
     if isinstance(space, dict) and space.get("kind", "ps") != "ps":
         raise CalibrationSpecError(f"{where}: search_space.kind: random calibration merges are drawn from a PS "
@@ -153,12 +146,9 @@ def parse_calibration_spec(raw: Any, where: str = "calibration") -> CalibrationS
 
 
 def _check_tasks(spec: CalibrationSpec, where: str) -> None:
-    include = [Path(p).expanduser().resolve() for p in spec.include_path]
-    for i, p in enumerate(include):
-        if not p.exists():
-            raise CalibrationSpecError(f"{where}: include_path[{i}]: not found: {p}")
+    include = resolve_include_paths(spec.include_path, "include_path", where, CalibrationSpecError)
     spec.include_path = [str(p) for p in include]
-    known = _task_index(include)
+    known = task_index(include)
     for i, task in enumerate(spec.tasks):
         if task not in known:
             raise CalibrationSpecError(f"{where}: tasks[{i}]: task {task!r} is not defined under include_path")

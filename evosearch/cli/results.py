@@ -1,8 +1,4 @@
-"""`evosearch export | plot`: a job's chosen model as an HF directory with its card, and its fronts as a PNG.
-
-Exit codes: 0 ok, 2 usage (unknown job, candidate or objective, a non-empty OUT), 1 a failure while building,
-verifying or drawing. Errors are one line on stderr.
-"""
+"""`evosearch export | plot`: a job's chosen model as an HF directory with its card, and its fronts as a PNG."""
 
 from __future__ import annotations
 
@@ -11,15 +7,11 @@ from typing import Optional
 
 import typer
 
-from evosearch.run_cli import FAILURE, USAGE, _fail, _locate
+from evosearch.cli.common import locate_job, verb
+from evosearch.errors import RunFailure
 
 
-def _job(job: str, store: Optional[str]):
-    from evosearch.api import Job
-
-    return Job(*_locate(job, store))
-
-
+@verb
 def export_command(
     job: str = typer.Argument(..., help="job name or job file"),
     out: Path = typer.Argument(..., help="output directory (must be empty unless --force)"),
@@ -37,30 +29,19 @@ def export_command(
     Examples: `evosearch export zoo-ps out/best`, `evosearch export zoo-dfs out/knee --knee`,
     `evosearch export zoo-ps out/c12 --candidate 12 --verify`.
     """
-    from evosearch.api import QueryError
-    from evosearch.merge.export import ExportError, output_dir
+    from evosearch.api import Job, QueryError  # start-up time: torch, transformers, lm-eval
+    from evosearch.merge.export import output_dir
 
     if sum((candidate is not None, best is not None, knee)) > 1:
-        _fail("give at most one of --candidate, --best and --knee", USAGE)
-    try:
-        out = output_dir(out, force)
-    except ExportError as e:
-        _fail(str(e), USAGE)
-    chosen = _job(job, store)
-    try:
-        choice = chosen.choose(candidate, best, knee)
-    except QueryError as e:
-        _fail(str(e), USAGE)
-    try:
-        chosen.export_choice(choice, out, force=force, verify=verify)
-    except (QueryError, ExportError) as e:
-        _fail(str(e), FAILURE)
-    except Exception as e:  # noqa: BLE001 - a source, merge or lm-eval failure: one line
-        text = str(e).strip().splitlines()
-        _fail(f"{type(e).__name__}: {text[0] if text else ''}", FAILURE)
+        raise QueryError("give at most one of --candidate, --best and --knee")
+    out = output_dir(out, force)
+    chosen = Job(*locate_job(job, store))
+    choice = chosen.choose(candidate, best, knee)
+    chosen.export_choice(choice, out, force=force, verify=verify)
     typer.echo(f"{chosen.name}: candidate {choice.candidate.id} ({choice.rule}) exported to {out}")
 
 
+@verb
 def plot_command(
     job: str = typer.Argument(..., help="job name or job file"),
     out: Path = typer.Argument(..., help="the PNG to write"),
@@ -71,20 +52,15 @@ def plot_command(
 
     Example: `evosearch plot zoo-ps runs/zoo-ps/front.png`.
     """
-    from evosearch.api import QueryError
-    from evosearch.merge.export import ExportError, check_creatable
+    from evosearch.api import Job  # start-up time: matplotlib
+    from evosearch.merge.export import check_creatable
 
-    try:
-        check_creatable(out.absolute())
-    except ExportError as e:
-        _fail(str(e), USAGE)
-    chosen = _job(job, store)
+    check_creatable(out.absolute())
+    chosen = Job(*locate_job(job, store))
     try:
         chosen.plot(out)
-    except QueryError as e:
-        _fail(str(e), USAGE)
     except OSError as e:
-        _fail(f"cannot write {out}: {e.strerror}", FAILURE)
+        raise RunFailure(f"cannot write {out}: {e.strerror}") from None
     typer.echo(f"{chosen.name}: plot written to {out}")
 
 

@@ -1,0 +1,45 @@
+"""The merge-method registry: every method a recipe can name, one object each (see `base.MergeMethod`).
+
+Adding a method is one module (a `MergeMethod` subclass and its instance) and one entry below."""
+
+from __future__ import annotations
+
+from evosearch.errors import RecipeError
+from evosearch.merge.methods.base import MergeMethod, Parameter, TensorMerge, TensorParameters
+from evosearch.merge.methods.linear import LINEAR
+from evosearch.merge.methods.model_stock import MODEL_STOCK
+from evosearch.merge.methods.slerp import SLERP
+from evosearch.merge.methods.task_arithmetic import (
+    BREADCRUMBS,
+    BREADCRUMBS_TIES,
+    DARE_LINEAR,
+    DARE_TIES,
+    DELLA,
+    DELLA_LINEAR,
+    TASK_ARITHMETIC,
+    TIES,
+)
+
+METHODS: dict[str, MergeMethod] = {m.name: m for m in (
+    LINEAR,
+    TASK_ARITHMETIC,
+    TIES,
+    DARE_TIES,
+    DARE_LINEAR,
+    BREADCRUMBS,
+    BREADCRUMBS_TIES,
+    DELLA,
+    DELLA_LINEAR,
+    MODEL_STOCK,
+    SLERP,
+)}
+
+
+def get_method(name: str) -> MergeMethod:
+    try:
+        return METHODS[name]
+    except KeyError:
+        raise RecipeError(f"unknown merge_method {name!r}; known: {', '.join(sorted(METHODS))}") from None
+
+
+__all__ = ["METHODS", "MergeMethod", "Parameter", "TensorMerge", "TensorParameters", "get_method"]
