@@ -15,8 +15,9 @@ install_chromium() {
     if [[ "$(id -u)" != "0" ]]; then
         sudo="sudo"
     fi
-    DEBIAN_FRONTEND=noninteractive $sudo apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends chromium chromium-driver >/dev/null
+    export DEBIAN_FRONTEND=noninteractive
+    $sudo apt-get update -qq
+    $sudo apt-get install -y -qq --no-install-recommends chromium chromium-driver >/dev/null
     [[ -x /usr/bin/chromedriver ]] || { echo "install.sh: chromium-driver installed but no /usr/bin/chromedriver" >&2; exit 1; }
 }
 
