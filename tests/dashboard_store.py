@@ -5,6 +5,10 @@ decoded PS recipes and made-up scores instead of Ray workers: for the dashboard'
 
 from __future__ import annotations
 
+import json
+import urllib.error
+import urllib.request
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -98,3 +102,38 @@ class SyntheticSearch:
             self.commit(generation)
         if finish:
             self.store.set_job_status(self.job.id, "finished", "synthetic search done")
+
+
+@contextmanager
+def running_dashboard(store_url: str | None = None, runs_dir: Path | None = None, token: str | None = None):
+    """The dashboard app served on 127.0.0.1 on a free port, in a thread: yields its base URL."""
+    from evosearch.views.dashboard.app import DashboardServer, create_app
+    from evosearch.views.dashboard.stores import StoreSet
+
+    stores = StoreSet(store_url, runs_dir)
+    server = DashboardServer(create_app(stores, token), "127.0.0.1", 0).start()
+    try:
+        yield server.url
+    finally:
+        server.stop()
+        stores.close()
+
+
+def fetch(url: str, headers: dict | None = None) -> tuple[int, dict, bytes]:
+    """(status, headers, body) of a GET, redirects not followed."""
+    class NoRedirect(urllib.request.HTTPRedirectHandler):
+        def redirect_request(self, *args, **kwargs):
+            return None
+
+    opener = urllib.request.build_opener(NoRedirect)
+    try:
+        with opener.open(urllib.request.Request(url, headers=headers or {}), timeout=30) as response:
+            return response.status, dict(response.headers), response.read()
+    except urllib.error.HTTPError as e:
+        return e.code, dict(e.headers), e.read()
+
+
+def fetch_json(url: str, headers: dict | None = None):
+    status, _, body = fetch(url, headers)
+    assert status == 200, (url, status, body[:300])
+    return json.loads(body)

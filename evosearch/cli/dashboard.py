@@ -43,11 +43,9 @@ def dashboard_command(
         raise UsageError("give --store URL or --runs DIR, not both")
     if not 0 <= port <= 65535:
         raise UsageError(f"--port {port} is not a port (0-65535)")
-    if not is_loopback(host):
-        if not token:
-            raise UsageError(f"--host {host} serves other machines: give --token (or set {TOKEN_ENV})")
-        err_console.print(f"warning: listening on {host}:{port}, reachable from other machines; every request "
-                          "must carry the token. Prefer 127.0.0.1 and an SSH tunnel.", markup=False, highlight=False)
+    public = not is_loopback(host)
+    if public and not token:
+        raise UsageError(f"--host {host} serves other machines: give --token (or set {TOKEN_ENV})")
     runs_dir = None if store is not None else runs or Path("runs")
     stores = StoreSet(store, runs_dir)
     stores.check()
@@ -56,6 +54,10 @@ def dashboard_command(
     except OSError as e:
         raise RunFailure(f"cannot listen on {host}:{port}: {e.strerror or e}") from None
     where = f"every {runs_dir}/*/evosearch.db" if runs_dir else stores.get(stores.keys()[0]).url_for_display
+    if public:
+        err_console.print(f"warning: listening on {host}:{server.port}, reachable from other machines; every "
+                          "request must carry the token. Prefer 127.0.0.1 and an SSH tunnel.",
+                          markup=False, highlight=False)
     typer.echo(f"evosearch dashboard on {server.url}/ ({where}); read-only; Ctrl-C to stop"
                + ("; open it with ?token=TOKEN once" if token else ""))
     server.serve()
