@@ -67,12 +67,13 @@ function dfsPath(holder, picture) {
   traces.unshift({type: "scatter", mode: "lines", name: "path", x: picture.hops.map((h) => h.step),
     y: picture.hops.map((h) => h.layer), line: {color: "#999", width: 1}, hoverinfo: "skip", showlegend: false});
   traces.push({type: "bar", name: "scale into the layer", x: picture.hops.map((h) => h.step),
-    y: picture.hops.map((h) => h.scale), yaxis: "y2", marker: {color: "#d4700f"},
+    y: picture.hops.map((h) => h.scale), yaxis: "y2", marker: {color: "#8c7a5b"},
     hovertemplate: "hop %{x}: scale %{y:.4f}<extra></extra>"});
-  Plotly.newPlot(div, traces, {...baseLayout, height: 420, title: {text: plotText(
+  Plotly.newPlot(div, traces, {...baseLayout, height: 440, title: {x: 0.01, xanchor: "left", text: plotText(
     `layer path: ${picture.hops.length} hops over ${picture.sources.length} source(s); embeddings and head from ${picture.embed_source}`)},
-    xaxis: {title: {text: "hop"}, dtick: 1}, yaxis: {title: {text: "layer"}, domain: [0.38, 1], dtick: 1},
-    yaxis2: {title: {text: "scale"}, domain: [0, 0.28]}, legend: {orientation: "h", y: 1.12}}, plotConfig);
+    xaxis: {title: {text: "hop"}, dtick: 1, anchor: "y2"}, yaxis: {title: {text: "layer"}, domain: [0.38, 1], dtick: 1},
+    yaxis2: {title: {text: "scale"}, domain: [0, 0.28]}, margin: {l: 60, r: 20, t: 70, b: 50},
+    legend: {orientation: "h", x: 0, y: 1.02, yanchor: "bottom"}}, plotConfig);
   for (const part of picture.ps_sources) psHeatmaps(holder, part.picture, `${part.source}: `);
 }
 
