@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -196,3 +198,16 @@ def test_a_running_job_grows_on_the_page_without_a_reload(browser, tmp_path):
             _no_console_errors(browser)
     finally:
         store.close()
+
+
+def test_load_bench_smoke_times_every_endpoint_and_page(tmp_path):
+    done = subprocess.run([sys.executable, str(ROOT / "bench" / "dashboard_load.py"), "--smoke", "--out", str(tmp_path)],
+                          cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    result = json.loads((tmp_path / "dashboard_load.json").read_text())
+    assert result["settings"]["candidates"] == 300 and result["machine"]["cpu_count"] >= 1
+    assert len(result["endpoints"]) == 7 and all(r["median_ms"] > 0 and r["bytes"] > 0 for r in result["endpoints"])
+    assert [r["page"] for r in result["pages"]] == ["jobs", "job", "candidate", "workers"]
+    assert all(r["first_s"] > 0 and r["median_s"] > 0 for r in result["pages"])
+    assert (tmp_path / "dashboard_load_job_page.png").stat().st_size > 10_000
+    assert "| /api/jobs/store/load/candidates |" in done.stdout

@@ -203,12 +203,15 @@ def convergence_payload(view: JobView) -> dict[str, Any]:
     last = max([g.generation for g in committed] + [c.generation for c in done], default=-1)
     generations = list(range(last + 1))
     fronts = {g.generation: [by_id[i] for i in g.front_candidate_ids if i in by_id] for g in committed}
+    by_generation: dict[int, list[dict]] = {}
+    for c in done:
+        by_generation.setdefault(c.generation, []).append(split_scores(c, "search"))
     objectives = []
     for objective in objectives_of(view.spec):
         name, direction = objective["name"], objective["direction"]
         so_far, best_so_far, report = None, [], []
         for g in generations:
-            best_here = _best((split_scores(c, "search").get(name) for c in done if c.generation == g), direction)
+            best_here = _best((scores.get(name) for scores in by_generation.get(g, [])), direction)
             so_far = _best([so_far, best_here], direction)
             best_so_far.append(so_far)
             report.append(_best((split_scores(c, "report").get(name) for c in fronts.get(g, [])), direction))

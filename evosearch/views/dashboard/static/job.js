@@ -77,6 +77,10 @@ function renderFront() {
     ` ${others.length} other(s) shown.`;
 }
 
+function generationAxis(count) {
+  return {title: {text: "generation", standoff: 4}, dtick: count <= 12 ? 1 : undefined, zeroline: false};
+}
+
 function renderConvergence() {
   const data = state.convergence;
   const holder = $("convergence");
@@ -92,13 +96,13 @@ function renderConvergence() {
     }
     Plotly.react($(`convergence-${i}`), traces, {...baseLayout, height: 260, title: {text: plotText(`${o.name} (${o.direction})`)},
       legend: {orientation: "h", y: -0.35}, margin: {l: 60, r: 20, t: 40, b: 80},
-      xaxis: {title: {text: "generation", standoff: 4}, dtick: 1}}, plotConfig);
+      xaxis: generationAxis(data.generations.length)}, plotConfig);
   });
   const hv = data.hypervolume;
   Plotly.react($("hypervolume"), [{type: "scatter", mode: "lines+markers", name: "hypervolume",
     x: hv.map((g) => g.generation), y: hv.map((g) => g.hypervolume), line: {color: "#2a8a4a"},
     text: hv.map((g) => `front of ${g.front_size}`), hovertemplate: "generation %{x}: %{y:.4g}, %{text}<extra></extra>"}],
-    {...baseLayout, height: 260, xaxis: {title: {text: "generation"}, dtick: 1},
+    {...baseLayout, height: 260, xaxis: generationAxis(data.generations.length),
       yaxis: {title: {text: "hypervolume (search split)"}}}, plotConfig);
 }
 
@@ -122,7 +126,7 @@ function renderGenes() {
   });
   Plotly.react($("genes"), traces, {...baseLayout, height: 400, showlegend: members.length <= 12,
     margin: {l: 60, r: 20, t: 20, b: 120},
-    yaxis: {title: {text: "gene (unit box)"}, range: [-0.02, 1.02]}, xaxis: {type: "category", tickangle: -40}},
+    yaxis: {title: {text: "gene (unit box)"}, range: [-0.02, 1.02]}, xaxis: {type: "category", tickangle: -40, automargin: true}},
     plotConfig);
 }
 
