@@ -4,8 +4,11 @@ from storage.errors import StoreError
 from storage.records import (
     CalibrationModelRecord,
     CalibrationRecord,
+    CalibrationSummary,
     CandidateRecord,
+    CandidateSummary,
     GenerationRecord,
+    GenerationSummary,
     JobProgress,
     JobRecord,
     ScoreRecord,
@@ -15,6 +18,7 @@ from storage.retry import RetryPolicy
 from storage.store import Store
 
 __all__ = [
-    "CalibrationModelRecord", "CalibrationRecord", "CandidateRecord", "GenerationRecord", "JobProgress",
-    "JobRecord", "RetryPolicy", "ScoreRecord", "Store", "StoreError", "TaskSplitRecord",
+    "CalibrationModelRecord", "CalibrationRecord", "CalibrationSummary", "CandidateRecord", "CandidateSummary",
+    "GenerationRecord", "GenerationSummary", "JobProgress", "JobRecord", "RetryPolicy", "ScoreRecord", "Store",
+    "StoreError", "TaskSplitRecord",
 ]

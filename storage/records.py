@@ -115,3 +115,48 @@ class JobProgress:
     # The job's latest write (a candidate, a generation, a status): a "running" job whose driver was killed
     # with SIGKILL stays "running", and only the age of this tells it from a live one.
     last_write: datetime | None = None
+
+
+@dataclass
+class CandidateSummary:
+    """A candidate without its genome and recipe, and with the time it was recorded: what a view of
+    thousands of candidates (a table, a scatter, a worker timeline) reads."""
+
+    id: int
+    job_id: int
+    generation: int
+    index: int
+    recipe_hash: str
+    status: str  # "done" | "failed"
+    worker: str | None
+    attempts: int
+    build_seconds: float | None
+    eval_seconds: float | None
+    overhead_seconds: float | None
+    error: str | None
+    cached_from: int | None
+    recorded_at: datetime
+    scores: list[ScoreRecord] = field(default_factory=list)
+
+
+@dataclass
+class GenerationSummary:
+    """A committed generation without the optimizer's state."""
+
+    job_id: int
+    generation: int
+    front_candidate_ids: list[int]
+    hypervolume: float | None
+    committed_at: datetime
+
+
+@dataclass
+class CalibrationSummary:
+    """A stored calibration without its responses: name, tasks, current fit and how many models of each role."""
+
+    id: int
+    name: str
+    tasks: list[str]
+    fit_version: int  # 0 = not fitted yet
+    created_at: datetime
+    models_by_role: dict[str, int] = field(default_factory=dict)

@@ -9,14 +9,14 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, TypeVar
 
-from sqlalchemy import Engine, func, select
+from sqlalchemy import Engine, event, func, select
 from sqlalchemy.engine import URL
 from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 from sqlalchemy.orm import Session, selectinload, sessionmaker
 
 from storage.engine import READ_ONLY, create_store_engine, display, mask_password, parse_url
 from storage.errors import StoreError
-from storage.migrate import upgrade_to_head
+from storage.migrate import schema_revisions, upgrade_to_head
 from storage.models import (
     Calibration,
     CalibrationFit,
@@ -29,8 +29,9 @@ from storage.models import (
     utcnow,
 )
 from storage.records import (CALIBRATION_MODEL_ROLES, CANDIDATE_STATUSES, DIRECTIONS, JOB_STATUSES, SCORE_SPLITS,
-                             CalibrationModelRecord, CalibrationRecord, CandidateRecord, GenerationRecord,
-                             JobProgress, JobRecord, ScoreRecord, TaskSplitRecord)
+                             CalibrationModelRecord, CalibrationRecord, CalibrationSummary, CandidateRecord,
+                             CandidateSummary, GenerationRecord, GenerationSummary, JobProgress, JobRecord,
+                             ScoreRecord, TaskSplitRecord)
 from storage.retry import RetryPolicy, is_transient
 
 log = logging.getLogger(__name__)
@@ -61,6 +62,39 @@ class Store:
         except Exception as exc:  # alembic: e.g. a database migrated by a newer evosearch
             engine.dispose()
             raise StoreError(f"store {display(parsed)} cannot be migrated: {_cause(exc, parsed)}") from None
+        return cls(engine, parsed, retry)
+
+    @classmethod
+    def open_read_only(cls, url: str | URL, *, retry: RetryPolicy = RetryPolicy(),
+                       sqlite_busy_timeout_s: float = 30.0, connect_timeout_s: float = 10.0) -> Store:
+        """Connect for reading only (a viewer such as the dashboard): nothing is migrated, so a PostgreSQL
+        role with SELECT alone suffices, and every connection refuses writes (SQLite `query_only`,
+        PostgreSQL `default_transaction_read_only`), so no code path can write through this store. The
+        schema must already be at this evosearch's newest migration."""
+        parsed = parse_url(url)
+        engine = create_store_engine(parsed, sqlite_busy_timeout_s, connect_timeout_s)
+        sqlite = parsed.get_backend_name() == "sqlite"
+
+        @event.listens_for(engine, "connect")
+        def _refuse_writes(dbapi_connection, _record) -> None:
+            cursor = dbapi_connection.cursor()
+            cursor.execute("PRAGMA query_only=ON" if sqlite else "SET default_transaction_read_only = on")
+            cursor.close()
+            if not sqlite:
+                dbapi_connection.commit()  # psycopg opened a transaction for the SET; keep the setting
+
+        try:
+            with engine.execution_options(**{READ_ONLY: True}).connect() as connection:
+                current, newest = schema_revisions(connection)
+        except DBAPIError as exc:
+            engine.dispose()
+            raise StoreError(f"store {display(parsed)} is unreachable: {_cause(exc, parsed)}") from None
+        if current != newest:
+            engine.dispose()
+            at = ", ".join(sorted(current)) or "no evosearch schema"
+            raise StoreError(f"store {display(parsed)} is at schema {at}, this evosearch reads "
+                             f"{', '.join(sorted(newest))}: open it once with a verb that may migrate it "
+                             f"(e.g. `evosearch status --store URL`, as a role allowed to write)")
         return cls(engine, parsed, retry)
 
     @property
@@ -183,6 +217,58 @@ class Store:
 
         return self._transaction(f"looking up recipe {recipe_hash} in job {job_id}", read, read_only=True)
 
+    def candidate(self, job_id: int, candidate_id: int) -> CandidateRecord:
+        """One candidate of the job, with its genome, recipe and scores."""
+        def read(session: Session) -> CandidateRecord:
+            _job(session, job_id)
+            row = session.scalar(select(Candidate).options(selectinload(Candidate.scores)).where(
+                Candidate.job_id == job_id, Candidate.id == candidate_id))
+            if row is None:
+                raise StoreError(f"job id {job_id} has no candidate {candidate_id}")
+            return _candidate_record(row)
+
+        return self._transaction(f"reading candidate {candidate_id} of job {job_id}", read, read_only=True)
+
+    def candidate_summaries(self, job_id: int) -> list[CandidateSummary]:
+        """Every candidate of the job without genome and recipe, in (generation, index) order, with scores:
+        two plain queries, for views of thousands of candidates."""
+        def read(session: Session) -> list[CandidateSummary]:
+            _job(session, job_id)
+            scores: dict[int, list[ScoreRecord]] = {}
+            for candidate_id, objective, split, estimated, anchor, full in session.execute(
+                    select(Score.candidate_id, Score.objective, Score.split, Score.estimated,
+                           Score.anchor_accuracy, Score.full)
+                    .join(Candidate, Score.candidate_id == Candidate.id)
+                    .where(Candidate.job_id == job_id).order_by(Score.id)):
+                scores.setdefault(candidate_id, []).append(ScoreRecord(
+                    objective=objective, split=split, estimated=estimated, anchor_accuracy=anchor, full=full))
+            rows = session.execute(
+                select(Candidate.id, Candidate.generation, Candidate.index, Candidate.recipe_hash, Candidate.status,
+                       Candidate.worker, Candidate.attempts, Candidate.build_seconds, Candidate.eval_seconds,
+                       Candidate.overhead_seconds, Candidate.error, Candidate.cached_from, Candidate.recorded_at)
+                .where(Candidate.job_id == job_id).order_by(Candidate.generation, Candidate.index))
+            return [CandidateSummary(id=row.id, job_id=job_id, generation=row.generation, index=row.index,
+                                     recipe_hash=row.recipe_hash, status=row.status, worker=row.worker,
+                                     attempts=row.attempts, build_seconds=row.build_seconds,
+                                     eval_seconds=row.eval_seconds, overhead_seconds=row.overhead_seconds,
+                                     error=row.error, cached_from=row.cached_from, recorded_at=row.recorded_at,
+                                     scores=scores.get(row.id, [])) for row in rows]
+
+        return self._transaction(f"reading the candidate summaries of job {job_id}", read, read_only=True)
+
+    def worker_seconds(self, job_id: int) -> list[float]:
+        """Build + evaluation + overhead seconds of every done candidate a worker evaluated (cache copies
+        left out), in recording order: what a candidate of this job takes."""
+        def read(session: Session) -> list[float]:
+            _job(session, job_id)
+            parts = (Candidate.build_seconds, Candidate.eval_seconds, Candidate.overhead_seconds)
+            rows = session.execute(select(*parts).where(
+                Candidate.job_id == job_id, Candidate.status == "done", Candidate.cached_from.is_(None))
+                .order_by(Candidate.recorded_at))
+            return [sum(value or 0.0 for value in row) for row in rows if any(value is not None for value in row)]
+
+        return self._transaction(f"reading the candidate times of job {job_id}", read, read_only=True)
+
     def add_scores(self, candidate_id: int, scores: list[ScoreRecord]) -> None:
         """Add scores, or overwrite the ones with the same (objective, split)."""
         for score in scores:
@@ -236,6 +322,19 @@ class Store:
             return None if row is None else _generation_record(row)
 
         return self._transaction(f"reading the last generation of job {job_id}", read, read_only=True)
+
+    def generations(self, job_id: int) -> list[GenerationSummary]:
+        """Every committed generation of the job, oldest first, without the optimizer's state."""
+        def read(session: Session) -> list[GenerationSummary]:
+            _job(session, job_id)
+            rows = session.execute(select(Generation.generation, Generation.front_candidate_ids,
+                                          Generation.hypervolume, Generation.committed_at)
+                                   .where(Generation.job_id == job_id).order_by(Generation.generation))
+            return [GenerationSummary(job_id=job_id, generation=row.generation,
+                                      front_candidate_ids=list(row.front_candidate_ids), hypervolume=row.hypervolume,
+                                      committed_at=row.committed_at) for row in rows]
+
+        return self._transaction(f"reading the generations of job {job_id}", read, read_only=True)
 
     def front(self, job_id: int, generation: int | None = None) -> list[CandidateRecord]:
         """The front committed with `generation` (default: the last one), in committed order, with scores."""
@@ -358,6 +457,22 @@ class Store:
                 irt_params=None if fit is None else fit.irt_params, fit_version=version if fit else 0)
 
         return self._transaction(f"reading calibration {name!r}", read, read_only=True)
+
+    def calibration_summaries(self) -> list[CalibrationSummary]:
+        """Every stored calibration, without its responses and fits, oldest first."""
+        def read(session: Session) -> list[CalibrationSummary]:
+            counts: dict[int, dict[str, int]] = {}
+            for calibration_id, role, count in session.execute(
+                    select(CalibrationModel.calibration_id, CalibrationModel.role, func.count())
+                    .group_by(CalibrationModel.calibration_id, CalibrationModel.role)):
+                counts.setdefault(calibration_id, {})[role] = count
+            return [CalibrationSummary(id=row.id, name=row.name, tasks=list(row.tasks), fit_version=row.fit_version,
+                                       created_at=row.created_at, models_by_role=counts.get(row.id, {}))
+                    for row in session.execute(select(Calibration.id, Calibration.name, Calibration.tasks,
+                                                      Calibration.fit_version, Calibration.created_at)
+                                               .order_by(Calibration.id))]
+
+        return self._transaction("listing calibrations", read, read_only=True)
 
     def set_calibration_spec(self, calibration_id: int, spec: dict) -> None:
         """The settings of the file that last ran against this calibration (its models are unchanged)."""

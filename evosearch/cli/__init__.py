@@ -11,7 +11,7 @@ os.environ.setdefault("TQDM_DISABLE", "1")
 
 import typer  # noqa: E402
 
-from evosearch.cli import cluster, fitness, results, search  # noqa: E402
+from evosearch.cli import cluster, dashboard, fitness, results, search  # noqa: E402
 from evosearch.cli.merge import merge_command  # noqa: E402
 from evosearch.cli.zoo import zoo_app  # noqa: E402
 
@@ -27,6 +27,7 @@ search.register(app)
 cluster.register(app)
 results.register(app)
 fitness.register(app)
+dashboard.register(app)
 
 
 def main() -> None:
