@@ -60,6 +60,30 @@ def _cases(base: str, fts: list[str]) -> dict[str, dict]:
                                     "parameters": {"filter_wise": True}},
         "slerp": {"merge_method": "slerp", "base_model": base, "models": [{"model": base}, {"model": fts[0]}],
                   "parameters": {"t": by_group([0.0, 0.5, 1.0], [1.0, 0.2], 0.3)}},
+        "sce": {"merge_method": "sce", "base_model": base, "models": [{"model": m} for m in fts],
+                "parameters": {"select_topk": by_group(0.5, [0.3, 0.9], 1.0)}},
+        "nuslerp": {"merge_method": "nuslerp", "base_model": base, "models": [
+            {"model": fts[0], "parameters": {"weight": [0.2, 0.9]}},
+            {"model": fts[1], "parameters": {"weight": by_group(0.5, [1.0, 0.3], 0.6)}}]},
+        "nuslerp_row_wise": {"merge_method": "nuslerp", "models": [
+            {"model": fts[0], "parameters": {"weight": [0.7, 0.1]}}, {"model": fts[1], "parameters": {"weight": 0.4}}],
+            "parameters": {"nuslerp_flatten": False, "nuslerp_row_wise": by_group(True, False, True)}},
+        "multislerp": {"merge_method": "multislerp", "base_model": base, "models": [
+            {"model": fts[0], "parameters": {"weight": [0.2, 0.9]}},
+            {"model": fts[1], "parameters": {"weight": by_group(0.5, [1.0, 0.3], 0.6)}},
+            {"model": fts[2], "parameters": {"weight": 0.3}}],
+            "parameters": {"normalize_weights": by_group(True, False, True)}},
+        "karcher": {"merge_method": "karcher", "models": [{"model": m} for m in [base] + fts],
+                    "parameters": {"max_iter": by_group(3, 10, 1), "tol": [1e-5, 1e-3]}},
+        "nearswap": {"merge_method": "nearswap", "base_model": base, "models": [{"model": fts[0]}],
+                     "parameters": {"t": by_group([0.001, 0.03], 0.01, 0.02)}},
+        "arcee_fusion": {"merge_method": "arcee_fusion", "base_model": base, "models": [{"model": fts[1]}]},
+        "ram": {"merge_method": "ram", "base_model": base, "models": [{"model": m} for m in fts],
+                "parameters": {"epsilon": by_group(0.01, [0.005, 0.03], 0.02)}},
+        "ramplus_tl": {"merge_method": "ramplus_tl", "base_model": base, "models": [{"model": m} for m in fts],
+                       "parameters": {"epsilon": 0.015, "r": [0.1, 0.9], "alpha": by_group(0.2, 0.05, 0.5)}},
+        "passthrough": {"merge_method": "passthrough", "models": [
+            {"model": fts[2], "parameters": {"scale": by_group([0.5, 2.0], 1.5, 0.9)}}]},
     }
 
 
@@ -74,7 +98,8 @@ def _mergekit(config: dict, out_dir) -> dict[str, torch.Tensor]:
 
 
 CASE_NAMES = ["linear", "linear_unnormalized", "task_arithmetic", "ties", "breadcrumbs", "breadcrumbs_ties",
-              "model_stock", "model_stock_filter_wise", "slerp"]
+              "model_stock", "model_stock_filter_wise", "slerp", "sce", "nuslerp", "nuslerp_row_wise", "multislerp",
+              "karcher", "nearswap", "arcee_fusion", "ram", "ramplus_tl", "passthrough"]
 
 
 @pytest.mark.parametrize("case", CASE_NAMES)

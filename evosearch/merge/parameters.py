@@ -66,7 +66,7 @@ def evaluate_setting(setting: ParameterSetting, kind: Parameter, tensor_name: st
     lo = int(scaled)
     hi = min(len(values) - 1, lo + 1)
     frac = scaled - lo
-    return (1 - frac) * values[lo] + frac * values[hi]
+    return kind.parse((1 - frac) * values[lo] + frac * values[hi], where)  # an integer must land on one
 
 
 def _resolve(name: str, kind: Parameter, scopes: Sequence[tuple[str, Mapping[str, ParameterSetting]]],
