@@ -12,6 +12,8 @@ from evosearch.merge.methods import METHODS, MergeMethod, Parameter
 def _parameter(p: Parameter) -> str:
     if p.required:
         return f"`{p.name}` (required)"
+    if p.default is None:
+        return f"`{p.name}` (optional)"
     default = str(p.default).lower() if isinstance(p.default, bool) else f"{p.default:g}"
     return f"`{p.name}` = {default}"
 

@@ -14,6 +14,7 @@ from safetensors.torch import load_file
 
 from evosearch.merge.ps import PSMerger
 from evosearch.recipe import parse_recipe
+from mergekit_reference import mergekit_merge
 from tiny_llama import save_llama_family
 
 TOLERANCE = 1e-5
@@ -87,26 +88,16 @@ def _cases(base: str, fts: list[str]) -> dict[str, dict]:
     }
 
 
-def _mergekit(config: dict, out_dir) -> dict[str, torch.Tensor]:
-    from mergekit.config import MergeConfiguration
-    from mergekit.merge import run_merge
-    from mergekit.options import MergeOptions
-
-    cfg = MergeConfiguration.model_validate({**config, "dtype": "float32", "out_dtype": "float32"})
-    run_merge(cfg, str(out_dir), MergeOptions(copy_tokenizer=False, write_model_card=False, quiet=True))
-    return load_file(out_dir / "model.safetensors")
-
-
 CASE_NAMES = ["linear", "linear_unnormalized", "task_arithmetic", "ties", "breadcrumbs", "breadcrumbs_ties",
               "model_stock", "model_stock_filter_wise", "slerp", "sce", "nuslerp", "nuslerp_row_wise", "multislerp",
               "karcher", "nearswap", "arcee_fusion", "ram", "ramplus_tl", "passthrough"]
 
 
 @pytest.mark.parametrize("case", CASE_NAMES)
-def test_matches_mergekit(case, family, tmp_path):
+def test_matchesmergekit_merge(case, family, tmp_path):
     torch.manual_seed(0)
     config = _cases(family[0], family[1:])[case]
-    reference = _mergekit(copy.deepcopy(config), tmp_path / "mergekit")
+    reference = mergekit_merge(copy.deepcopy(config), tmp_path / "mergekit")
     ours = PSMerger.open(parse_recipe(copy.deepcopy(config))).merge_all()
     assert set(ours) == set(reference)
     worst = max((ours[n] - reference[n]).abs().max().item() for n in reference)
@@ -138,7 +129,7 @@ def test_ties_keeps_what_mergekit_keeps_when_equal_magnitudes_straddle_the_densi
     config = {"merge_method": "ties", "base_model": base, "models": [
         {"model": ft0, "parameters": {"weight": 0.7, "density": 0.35}},
         {"model": ft1, "parameters": {"weight": [0.4, 1.0], "density": 0.6}}]}
-    reference = _mergekit(copy.deepcopy(config), tmp_path / "mergekit")
+    reference = mergekit_merge(copy.deepcopy(config), tmp_path / "mergekit")
     ours = PSMerger.open(parse_recipe(copy.deepcopy(config))).merge_all()
     worst = max((ours[n] - reference[n]).abs().max().item() for n in reference)
     assert worst <= TOLERANCE, f"max abs diff {worst:g}"

@@ -94,7 +94,7 @@ def _producer(recipe: Union[PSRecipe, DFSRecipe], allow_pickle: bool, max_path: 
     if isinstance(recipe, PSRecipe):
         merger = PSMerger.open(recipe, allow_pickle=allow_pickle)
         if merger.config is None:
-            raise SourceError(f"model {recipe.base_model or recipe.models[0].model}: no config")
+            raise SourceError(f"model {recipe.source_paths()[0]}: no config")
         return _PSProducer(merger, merger.config)
     sources = [open_source(s, allow_pickle) for s in recipe.sources]
     plan = DFSPlan.from_recipe(recipe, [s.config for s in sources], max_path=max_path)
@@ -155,7 +155,7 @@ def _default_tokenizer_source(recipe: Union[PSRecipe, DFSRecipe]) -> Optional[st
     if recipe.tokenizer_source:
         return recipe.tokenizer_source
     if isinstance(recipe, PSRecipe):
-        return recipe.base_model or recipe.models[0].model
+        return recipe.source_paths()[0]
     src = recipe.sources[recipe.embed_source]
     return src if isinstance(src, str) else _default_tokenizer_source(src)
 
