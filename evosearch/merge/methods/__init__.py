@@ -17,6 +17,7 @@ from evosearch.merge.methods.passthrough import PASSTHROUGH
 from evosearch.merge.methods.ram import RAM, RAMPLUS_TL
 from evosearch.merge.methods.sce import SCE
 from evosearch.merge.methods.slerp import SLERP
+from evosearch.merge.methods.subspace import ISO_C, ISO_CTS, TSV_M
 from evosearch.merge.methods.task_arithmetic import (
     BREADCRUMBS,
     BREADCRUMBS_TIES,
@@ -49,6 +50,9 @@ METHODS: dict[str, MergeMethod] = {m.name: m for m in (
     RAM,
     RAMPLUS_TL,
     PASSTHROUGH,
+    ISO_C,
+    ISO_CTS,
+    TSV_M,
 )}
 
 
