@@ -307,6 +307,15 @@ def recipe_sources(recipe: Union[dict, PSRecipe, DFSRecipe]) -> tuple[list[str],
     return paths, recipe.method.mixing_weights(recipe, paths)
 
 
+def recipe_methods(recipe: PSRecipe) -> str:
+    """The recipe's method, or for a slices recipe each slice's method and layers ("ties on layers 0-1, ...")."""
+    if recipe.slices is None:
+        return recipe.merge_method
+    spans = [f"{s.merge_method or recipe.merge_method} on layers {s.layer_range[0]}-{s.layer_range[1] - 1}"
+             for s in recipe.slices]
+    return ", ".join(spans) if len(recipe.methods_used()) > 1 else f"{recipe.merge_method} ({len(spans)} slices)"
+
+
 def recipe_hash(recipe: Union[PSRecipe, DFSRecipe]) -> str:
     """Content hash: two recipes that decode to the same merge share it (the search's cache key)."""
     canonical = json.dumps(recipe.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))

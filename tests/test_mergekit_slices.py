@@ -187,3 +187,23 @@ def test_slices_without_an_exact_form_are_refused_with_one_line(slices, needle, 
     with pytest.raises(RecipeError) as e:
         parse_recipe(config)
     assert needle in str(e.value) and "\n" not in str(e.value)
+
+
+def test_export_writes_mergekit_yaml_only_for_what_mergekit_builds(family, tmp_path):
+    from mergekit.config import MergeConfiguration
+
+    base, a, b = family
+    sliced = parse_recipe(_cases(base, a, b)["ties_slice_parameters"])
+    out = export_recipe(sliced, tmp_path / "sliced")
+    written = yaml.safe_load((out / "mergekit_config.yml").read_text())
+    assert MergeConfiguration.model_validate(written).slices and parse_recipe(written) == sliced
+    assert "for mergekit, `mergekit_config.yml`" in (out / "README.md").read_text()
+    for name, recipe in {"own": PSRecipe(merge_method="tsv_m", base_model=base, models=[{"model": a}, {"model": b}]),
+                         "mixed": PSRecipe(merge_method="ties", base_model=base, slices=[
+                             {"sources": _sources([a, b, base], 0, 2, [{"weight": 1.0}, {"weight": 0.5}, None])},
+                             {"sources": _sources([a, b, base], 2, 4), "merge_method": "iso_c"}])}.items():
+        out = export_recipe(recipe, tmp_path / name)
+        assert not (out / "mergekit_config.yml").exists() and (out / "evosearch_recipe.yaml").exists()
+        assert "mergekit cannot build this merge" in (out / "README.md").read_text()
+        with pytest.raises(RecipeError, match="mergekit cannot build"):
+            recipe.to_mergekit()
