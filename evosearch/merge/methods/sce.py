@@ -7,8 +7,8 @@ from dataclasses import dataclass
 
 import torch
 
-from evosearch.merge.methods.base import MergeMethod, TensorMerge, TensorParameters, flag, number
 from evosearch.errors import RecipeError
+from evosearch.merge.methods.base import MergeMethod, TensorMerge, TensorParameters, flag, number
 
 
 def variance_mask(task_vectors: torch.Tensor, fraction: float) -> torch.Tensor:
