@@ -97,8 +97,10 @@ CASE_NAMES = ["linear", "linear_unnormalized", "task_arithmetic", "ties", "bread
 def test_matchesmergekit_merge(case, family, tmp_path):
     torch.manual_seed(0)
     config = _cases(family[0], family[1:])[case]
-    reference = mergekit_merge(copy.deepcopy(config), tmp_path / "mergekit")
-    ours = PSMerger.open(parse_recipe(copy.deepcopy(config))).merge_all()
+    recipe = parse_recipe(copy.deepcopy(config))
+    # mergekit builds the config evosearch writes back for the recipe (its mergekit YAML out).
+    reference = mergekit_merge(recipe.to_mergekit(), tmp_path / "mergekit")
+    ours = PSMerger.open(recipe).merge_all()
     assert set(ours) == set(reference)
     worst = max((ours[n] - reference[n]).abs().max().item() for n in reference)
     print(f"parity {case}: max abs diff {worst:.3g}")
