@@ -20,7 +20,7 @@ from typing import Annotated, Any, Literal, Optional, Union
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, ValidationError, field_validator, \
-    model_validator
+    model_serializer, model_validator
 
 from evosearch.config_file import read_yaml_file
 from evosearch.errors import RecipeError, validation_error_line
@@ -146,6 +146,13 @@ class PSRecipe(BaseModel):
                 if name not in method.shared_names | method.per_model_names:
                     raise ValueError(f"{where}.parameters.{name}: unknown parameter for merge_method {method.name!r}")
 
+    @model_serializer(mode="wrap")
+    def _dump(self, handler) -> dict[str, Any]:
+        # The form not used is left out: a `models:` recipe dumps (and hashes) as it did before slices existed.
+        out = handler(self)
+        out.pop("slices" if self.slices is None else "models", None)
+        return out
+
     @property
     def method(self):
         """The registry's `MergeMethod` of `merge_method` (of the slices that name none of their own)."""
@@ -182,7 +189,7 @@ class PSRecipe(BaseModel):
         if self.slices is None:
             out.pop("slices", None)
         else:
-            out.pop("models")
+            out.pop("models", None)
             for piece in out["slices"]:
                 piece.pop("merge_method", None)
                 for key in ("parameters", "base_model"):
