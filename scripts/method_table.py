@@ -12,6 +12,8 @@ from evosearch.merge.methods import METHODS, MergeMethod, Parameter
 def _parameter(p: Parameter) -> str:
     if p.required:
         return f"`{p.name}` (required)"
+    if p.default is None:
+        return f"`{p.name}` (optional)"
     default = str(p.default).lower() if isinstance(p.default, bool) else f"{p.default:g}"
     return f"`{p.name}` = {default}"
 
@@ -20,12 +22,13 @@ def _row(method: MergeMethod) -> str:
     per_model = ", ".join(_parameter(p) for p in method.parameters if p.per_model) or "-"
     shared = ", ".join(_parameter(p) for p in method.parameters if not p.per_model) or "-"
     base = "yes" if method.needs_base else "no"
-    return f"| `{method.name}` | {per_model} | {shared} | {base} | {method.reference} | {method.verified} |"
+    mergekit = "yes" if method.mergekit else "no (evosearch's own: recipe YAML only)"
+    return f"| `{method.name}` | {per_model} | {shared} | {base} | {mergekit} | {method.reference} | {method.verified} |"
 
 
 def method_table() -> str:
-    lines = ["| method | per-model parameters | shared parameters | needs `base_model` | paper | checked by the tests |",
-             "|---|---|---|---|---|---|"]
+    lines = ["| method | per-model parameters | shared parameters | needs `base_model` | in mergekit 0.1.5 | paper "
+             "| checked by the tests |", "|---|---|---|---|---|---|---|"]
     return "\n".join(lines + [_row(m) for m in METHODS.values()])
 
 

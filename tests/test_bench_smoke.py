@@ -113,3 +113,12 @@ def test_cli_startup_smoke_times_every_verb(tmp_path):
     result, stdout = _smoke("cli_startup.py", tmp_path)
     assert set(result["rows"]) == {"--help", "status", "status job"} and "evosearch --help" in stdout
     assert all(0 < r["best_s"] <= r["median_s"] for r in result["rows"].values())
+
+
+def test_subspace_methods_smoke_times_every_method(tmp_path):
+    result, stdout = _smoke("subspace_methods.py", tmp_path)
+    assert set(result["seconds_per_tensor"]) == {"iso_c", "iso_cts", "tsv_m"}
+    assert all(s > 0 for s in result["seconds_per_tensor"].values())
+    assert set(result["cpu_seconds_per_tensor"]) == set(result["seconds_per_tensor"])
+    assert "skipped" in result["fusion_bench"] or set(result["fusion_bench"]["methods"]) == {"iso_c", "iso_cts", "tsv_m"}
+    assert "| tsv_m |" in stdout

@@ -21,7 +21,7 @@ PACKAGES = ("evosearch", "workers", "fitness", "storage")
 LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("errors and config files", ("evosearch", "evosearch.errors", "evosearch.config_file")),
     ("merge methods (the registry)", ("evosearch.merge.methods",)),
-    ("recipes", ("evosearch.recipe",)),
+    ("recipes", ("evosearch.recipe", "evosearch.mergekit_config")),
     ("merge engine", ("evosearch.merge",)),
     ("search spaces", ("evosearch.spaces",)),
     ("optimizers", ("evosearch.optimizers",)),

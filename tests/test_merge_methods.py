@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from evosearch.merge.methods import METHODS
-from evosearch.merge.parameters import evaluate_setting, layer_position, resolve_tensor_parameters
+from evosearch.merge.parameters import evaluate_setting, layer_position
 from evosearch.merge.ps import PSMerger, build_merged_model, merge_state_dict, tensor_seed
 from evosearch.merge.sources import SourceModel
 from evosearch.recipe import RecipeError, parse_recipe
@@ -53,8 +53,9 @@ def test_gradients_filters_and_precedence(family):
     # A per-model setting that does not apply falls back to the top-level one, then to the default.
     recipe = parse_recipe({"merge_method": "ties", "base_model": family[0], "parameters": {"weight": 0.7},
                            "models": [{"model": family[1], "parameters": {"weight": [{"filter": "mlp", "value": 2}]}}]})
-    mlp = resolve_tensor_parameters(recipe, "model.layers.0.mlp.up_proj.weight", 0, [family[1]])
-    norm = resolve_tensor_parameters(recipe, "model.norm.weight", 0, [family[1]])
+    merger = PSMerger.open(recipe)
+    mlp = merger.parameters_for("model.layers.0.mlp.up_proj.weight")
+    norm = merger.parameters_for("model.norm.weight")
     assert mlp.per_model[family[1]]["weight"] == 2 and norm.per_model[family[1]]["weight"] == 0.7
     assert norm.per_model[family[1]]["density"] == 1.0 and norm.shared["normalize"] is True
 

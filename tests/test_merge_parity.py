@@ -14,6 +14,7 @@ from safetensors.torch import load_file
 
 from evosearch.merge.ps import PSMerger
 from evosearch.recipe import parse_recipe
+from mergekit_reference import mergekit_merge
 from tiny_llama import save_llama_family
 
 TOLERANCE = 1e-5
@@ -60,29 +61,46 @@ def _cases(base: str, fts: list[str]) -> dict[str, dict]:
                                     "parameters": {"filter_wise": True}},
         "slerp": {"merge_method": "slerp", "base_model": base, "models": [{"model": base}, {"model": fts[0]}],
                   "parameters": {"t": by_group([0.0, 0.5, 1.0], [1.0, 0.2], 0.3)}},
+        "sce": {"merge_method": "sce", "base_model": base, "models": [{"model": m} for m in fts],
+                "parameters": {"select_topk": by_group(0.5, [0.3, 0.9], 1.0)}},
+        "nuslerp": {"merge_method": "nuslerp", "base_model": base, "models": [
+            {"model": fts[0], "parameters": {"weight": [0.2, 0.9]}},
+            {"model": fts[1], "parameters": {"weight": by_group(0.5, [1.0, 0.3], 0.6)}}]},
+        "nuslerp_row_wise": {"merge_method": "nuslerp", "models": [
+            {"model": fts[0], "parameters": {"weight": [0.7, 0.1]}}, {"model": fts[1], "parameters": {"weight": 0.4}}],
+            "parameters": {"nuslerp_flatten": False, "nuslerp_row_wise": by_group(True, False, True)}},
+        "multislerp": {"merge_method": "multislerp", "base_model": base, "models": [
+            {"model": fts[0], "parameters": {"weight": [0.2, 0.9]}},
+            {"model": fts[1], "parameters": {"weight": by_group(0.5, [1.0, 0.3], 0.6)}},
+            {"model": fts[2], "parameters": {"weight": 0.3}}],
+            "parameters": {"normalize_weights": by_group(True, False, True)}},
+        "karcher": {"merge_method": "karcher", "models": [{"model": m} for m in [base] + fts],
+                    "parameters": {"max_iter": by_group(3, 10, 1), "tol": [1e-5, 1e-3]}},
+        "nearswap": {"merge_method": "nearswap", "base_model": base, "models": [{"model": fts[0]}],
+                     "parameters": {"t": by_group([0.001, 0.03], 0.01, 0.02)}},
+        "arcee_fusion": {"merge_method": "arcee_fusion", "base_model": base, "models": [{"model": fts[1]}]},
+        "ram": {"merge_method": "ram", "base_model": base, "models": [{"model": m} for m in fts],
+                "parameters": {"epsilon": by_group(0.01, [0.005, 0.03], 0.02)}},
+        "ramplus_tl": {"merge_method": "ramplus_tl", "base_model": base, "models": [{"model": m} for m in fts],
+                       "parameters": {"epsilon": 0.015, "r": [0.1, 0.9], "alpha": by_group(0.2, 0.05, 0.5)}},
+        "passthrough": {"merge_method": "passthrough", "models": [
+            {"model": fts[2], "parameters": {"scale": by_group([0.5, 2.0], 1.5, 0.9)}}]},
     }
 
 
-def _mergekit(config: dict, out_dir) -> dict[str, torch.Tensor]:
-    from mergekit.config import MergeConfiguration
-    from mergekit.merge import run_merge
-    from mergekit.options import MergeOptions
-
-    cfg = MergeConfiguration.model_validate({**config, "dtype": "float32", "out_dtype": "float32"})
-    run_merge(cfg, str(out_dir), MergeOptions(copy_tokenizer=False, write_model_card=False, quiet=True))
-    return load_file(out_dir / "model.safetensors")
-
-
 CASE_NAMES = ["linear", "linear_unnormalized", "task_arithmetic", "ties", "breadcrumbs", "breadcrumbs_ties",
-              "model_stock", "model_stock_filter_wise", "slerp"]
+              "model_stock", "model_stock_filter_wise", "slerp", "sce", "nuslerp", "nuslerp_row_wise", "multislerp",
+              "karcher", "nearswap", "arcee_fusion", "ram", "ramplus_tl", "passthrough"]
 
 
 @pytest.mark.parametrize("case", CASE_NAMES)
-def test_matches_mergekit(case, family, tmp_path):
+def test_matchesmergekit_merge(case, family, tmp_path):
     torch.manual_seed(0)
     config = _cases(family[0], family[1:])[case]
-    reference = _mergekit(copy.deepcopy(config), tmp_path / "mergekit")
-    ours = PSMerger.open(parse_recipe(copy.deepcopy(config))).merge_all()
+    recipe = parse_recipe(copy.deepcopy(config))
+    # mergekit builds the config evosearch writes back for the recipe (its mergekit YAML out).
+    reference = mergekit_merge(recipe.to_mergekit(), tmp_path / "mergekit")
+    ours = PSMerger.open(recipe).merge_all()
     assert set(ours) == set(reference)
     worst = max((ours[n] - reference[n]).abs().max().item() for n in reference)
     print(f"parity {case}: max abs diff {worst:.3g}")
@@ -113,7 +131,7 @@ def test_ties_keeps_what_mergekit_keeps_when_equal_magnitudes_straddle_the_densi
     config = {"merge_method": "ties", "base_model": base, "models": [
         {"model": ft0, "parameters": {"weight": 0.7, "density": 0.35}},
         {"model": ft1, "parameters": {"weight": [0.4, 1.0], "density": 0.6}}]}
-    reference = _mergekit(copy.deepcopy(config), tmp_path / "mergekit")
+    reference = mergekit_merge(copy.deepcopy(config), tmp_path / "mergekit")
     ours = PSMerger.open(parse_recipe(copy.deepcopy(config))).merge_all()
     worst = max((ours[n] - reference[n]).abs().max().item() for n in reference)
     assert worst <= TOLERANCE, f"max abs diff {worst:g}"

@@ -26,3 +26,11 @@ def test_parity_claims_are_tested_against_mergekit():
     claimed = {name for name, m in METHODS.items() if m.verified == "parity with mergekit"}
     assert claimed <= parity_cases, f"claimed without a parity test: {sorted(claimed - parity_cases)}"
     assert all(m.mergekit for m in METHODS.values() if m.name in claimed)
+
+
+def test_fusionbench_claims_are_benchmarked_against_fusionbench():
+    bench = (ROOT / "bench" / "subspace_methods.py").read_text()
+    compared = set(re.search(r"METHODS = \(([^)]*)\)", bench).group(1).replace('"', "").replace(" ", "").split(","))
+    claimed = {name for name, m in METHODS.items() if "FusionBench" in m.verified}
+    assert claimed and claimed <= compared - {""}
+    assert not any(m.mergekit for m in METHODS.values() if m.name in claimed)

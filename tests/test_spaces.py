@@ -31,6 +31,10 @@ PS_CONFIGS = {
     "slerp_per_layer": dict(kind="ps", sources=["a", "b"], base_model="a", methods="slerp", num_layers=6,
                             layer_groups="every_layer", tensor_groups=["self_attn"], search_globals={"t": [0, 1]},
                             grouped_globals=True),
+    "method_per_block": dict(kind="ps", sources=["a", "b"], base_model="base", num_layers=6, layer_groups=3,
+                             methods=["task_arithmetic", "ties", "della", "iso_c", "tsv_m", "sce"],
+                             methods_per_layer_group=True, tensor_groups=["mlp"], grouped_globals=True,
+                             search_globals={"lambda": [0.5, 1.5]}, parameters={"normalize": False}),
 }
 DFS_CONFIG = dict(kind="dfs", sources=["a", "b"], num_layers=4, repeats=2, scale_range=[0.5, 2.0])
 COMBINED_CONFIG = dict(kind="ps+dfs",
@@ -143,6 +147,30 @@ def test_ps_method_gene_picks_the_method_and_only_its_parameters():
     other = g.copy()
     other[[i for i, n in enumerate(sp.gene_names()) if ".density." in n]] = 0.9
     assert recipe_hash(sp.decode(g)) == recipe_hash(sp.decode(other))
+
+
+def test_ps_method_gene_per_layer_block_gives_each_block_its_method_and_only_its_parameters():
+    sp = space(PS_CONFIGS["method_per_block"])
+    names = sp.gene_names()
+    assert names[:3] == ["method.L0-1", "method.L2-3", "method.L4-5"]
+    g = np.full(sp.dim, 0.5)
+    g[:3] = [0.2, 0.6, 0.2]  # ties, iso_c, ties
+    r = sp.decode(g)
+    assert r.merge_method == "ties" and [s.merge_method for s in r.slices] == [None, "iso_c", None]
+    assert [list(s.layer_range) for s in r.slices] == [[0, 2], [2, 4], [4, 6]]
+    assert [s.model for s in r.slices[1].sources] == ["a", "b", "base"]
+    assert set(r.slices[0].sources[0].parameters) == {"weight", "density"}
+    assert set(r.slices[1].sources[0].parameters) == {"weight"}  # iso_c has no density
+    assert r.parameters == {"normalize": False} and set(r.slices[1].parameters) == {"lambda"}
+    assert r.mergekit_blocker()  # a method per block, one of them evosearch's own
+    # A density gene of block L2-3 (iso_c there) does not change the recipe; one of block L0-1 does.
+    idle, used = g.copy(), g.copy()
+    idle[[i for i, n in enumerate(names) if n.endswith(".density.L2-3.mlp")]] = 0.9
+    used[[i for i, n in enumerate(names) if n.endswith(".density.L0-1.mlp")]] = 0.9
+    assert recipe_hash(sp.decode(idle)) == recipe_hash(r) != recipe_hash(sp.decode(used))
+    # All blocks on one method: the plain `models:` recipe of that method.
+    g[:3] = 0.6
+    assert sp.decode(g).slices is None and sp.decode(g).merge_method == "iso_c"
 
 
 def test_della_epsilon_is_repaired_to_keep_density_plus_minus_epsilon_inside_0_1():

@@ -138,7 +138,7 @@ class CandidateWorker:
     # --- building -----------------------------------------------------------------------------------
     def _build_ps(self, recipe: PSRecipe) -> torch.nn.Module:
         resident = self._resident(recipe.source_paths())
-        reference = recipe.base_model or recipe.models[0].model
+        reference = recipe.source_paths()[0]
         return build_merged_model(recipe, resident, config=self._configs[source_key(reference)])
 
     def _build(self, recipe: Union[PSRecipe, DFSRecipe]) -> torch.nn.Module:
@@ -159,7 +159,7 @@ class CandidateWorker:
         if isinstance(recipe, DFSRecipe):
             embed = recipe.sources[recipe.embed_source]
             return self._tokenizer_for(embed) if isinstance(embed, PSRecipe) else self._tokenizer(embed)
-        return self._tokenizer(recipe.base_model or recipe.models[0].model)
+        return self._tokenizer(recipe.source_paths()[0])
 
     # --- one candidate --------------------------------------------------------------------------------
     def run(self, task: CandidateTask) -> CandidateResult:

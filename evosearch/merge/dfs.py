@@ -28,7 +28,7 @@ from transformers import AutoModelForCausalLM, PretrainedConfig
 from transformers.initialization import no_init_weights
 
 from evosearch.errors import UsageError
-from evosearch.recipe import DFSRecipe
+from evosearch.recipe import DFSRecipe, recipe_methods
 
 
 class DFSError(UsageError, ValueError):
@@ -86,7 +86,7 @@ def dfs_hops(recipe: DFSRecipe) -> list[Hop]:
 
 def source_label(recipe: DFSRecipe, index: int) -> str:
     src = recipe.sources[index]
-    what = src if isinstance(src, str) else f"PS merge ({src.merge_method}) of {', '.join(src.source_paths())}"
+    what = src if isinstance(src, str) else f"PS merge ({recipe_methods(src)}) of {', '.join(src.source_paths())}"
     return f"DFS source {index} ({what})"
 
 

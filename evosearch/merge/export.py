@@ -28,7 +28,7 @@ from evosearch.merge.dfs import DFSPlan
 from evosearch.merge.ps import PSMerger
 from evosearch.merge.sources import TOKENIZER_FILES, SourceError, SourceModel, TensorSource, load_tokenizer, \
     resolve_model_dir
-from evosearch.recipe import DFSRecipe, PSRecipe, recipe_hash, recipe_to_yaml
+from evosearch.recipe import DFSRecipe, PSRecipe, recipe_hash, recipe_methods, recipe_to_yaml
 
 _UNITS = {"": 1, "b": 1, "k": 10**3, "kb": 10**3, "m": 10**6, "mb": 10**6, "g": 10**9, "gb": 10**9,
           "t": 10**12, "tb": 10**12, "kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40}
@@ -94,7 +94,7 @@ def _producer(recipe: Union[PSRecipe, DFSRecipe], allow_pickle: bool, max_path: 
     if isinstance(recipe, PSRecipe):
         merger = PSMerger.open(recipe, allow_pickle=allow_pickle)
         if merger.config is None:
-            raise SourceError(f"model {recipe.base_model or recipe.models[0].model}: no config")
+            raise SourceError(f"model {recipe.source_paths()[0]}: no config")
         return _PSProducer(merger, merger.config)
     sources = [open_source(s, allow_pickle) for s in recipe.sources]
     plan = DFSPlan.from_recipe(recipe, [s.config for s in sources], max_path=max_path)
@@ -155,7 +155,7 @@ def _default_tokenizer_source(recipe: Union[PSRecipe, DFSRecipe]) -> Optional[st
     if recipe.tokenizer_source:
         return recipe.tokenizer_source
     if isinstance(recipe, PSRecipe):
-        return recipe.base_model or recipe.models[0].model
+        return recipe.source_paths()[0]
     src = recipe.sources[recipe.embed_source]
     return src if isinstance(src, str) else _default_tokenizer_source(src)
 
@@ -172,12 +172,17 @@ def _copy_tokenizer(source: Optional[str], explicit: bool, out: Path) -> Optiona
 
 
 def _model_card(recipe: Union[PSRecipe, DFSRecipe], tokenizer: Optional[str]) -> str:
+    mergekit = ""
     if isinstance(recipe, PSRecipe):
         sources = recipe.source_paths()
-        what = f"a parameter-space merge with **{recipe.merge_method}**"
+        what = f"a parameter-space merge with **{recipe_methods(recipe)}**"
         base = f"\nBase model: `{recipe.base_model}`.\n" if recipe.base_model else ""
+        blocker = recipe.mergekit_blocker()
+        mergekit = (" and, for mergekit, `mergekit_config.yml`." if blocker is None else
+                    f". mergekit cannot build this merge ({blocker}); `evosearch merge evosearch_recipe.yaml OUT` "
+                    f"rebuilds it.")
     else:
-        sources = [s if isinstance(s, str) else f"PS merge ({s.merge_method}) of " + ", ".join(s.source_paths())
+        sources = [s if isinstance(s, str) else f"PS merge ({recipe_methods(s)}) of " + ", ".join(s.source_paths())
                    for s in recipe.sources]
         what = (f"a data-flow-space (layer path) merge: {len(recipe.path())} layers chosen from "
                 f"{len(recipe.sources)} sources x {recipe.num_layers} layers x {recipe.repeats} repeats")
@@ -190,7 +195,7 @@ def _model_card(recipe: Union[PSRecipe, DFSRecipe], tokenizer: Optional[str]) ->
     lines += [f"- `{s}`" for s in sources]
     lines += ["", f"Tokenizer: {'`' + tokenizer + '`' if tokenizer else 'none copied'}.",
               f"Recipe hash: `{recipe_hash(recipe)}`; the full recipe is in `evosearch_recipe.yaml`"
-              + (" and, for mergekit, `mergekit_config.yml`." if isinstance(recipe, PSRecipe) else "."), ""]
+              + (mergekit or "."), ""]
     return "\n".join(lines)
 
 
@@ -239,7 +244,7 @@ def export_recipe(recipe: Union[PSRecipe, DFSRecipe], out_dir: Union[str, Path],
                                     explicit=bool(tokenizer_source or recipe.tokenizer_source), out=staging)
         _drop_remote_code_references(staging)
         (staging / "evosearch_recipe.yaml").write_text(recipe_to_yaml(recipe))
-        if isinstance(recipe, PSRecipe):
+        if isinstance(recipe, PSRecipe) and recipe.mergekit_blocker() is None:
             (staging / "mergekit_config.yml").write_text(yaml.safe_dump(recipe.to_mergekit(), sort_keys=False))
         (staging / "README.md").write_text(_model_card(recipe, tokenizer))
         _replace_dir(staging, out_dir)

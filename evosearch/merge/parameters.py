@@ -12,8 +12,8 @@ import re
 from typing import Any, Mapping, Optional, Sequence
 
 from evosearch.errors import RecipeError
-from evosearch.merge.methods import Parameter, TensorParameters
-from evosearch.recipe import ConditionalParameter, ParameterSetting, PSRecipe
+from evosearch.merge.methods import MergeMethod, Parameter, TensorParameters
+from evosearch.recipe import ConditionalParameter, ParameterSetting
 
 _LAYER_INDEX = re.compile(r"(?:^|\.)(\d+)\.")
 
@@ -66,11 +66,13 @@ def evaluate_setting(setting: ParameterSetting, kind: Parameter, tensor_name: st
     lo = int(scaled)
     hi = min(len(values) - 1, lo + 1)
     frac = scaled - lo
-    return (1 - frac) * values[lo] + frac * values[hi]
+    return kind.parse((1 - frac) * values[lo] + frac * values[hi], where)  # an integer must land on one
 
 
-def _resolve(name: str, kind: Parameter, scopes: Sequence[tuple[str, Mapping[str, ParameterSetting]]],
-             tensor_name: str, t: float, owner: str) -> Any:
+Scopes = Sequence[tuple[str, Mapping[str, ParameterSetting]]]  # (where, settings), highest precedence first
+
+
+def _resolve(name: str, kind: Parameter, scopes: Scopes, tensor_name: str, t: float, owner: str) -> Any:
     for prefix, scope in scopes:
         if name in scope:
             value = evaluate_setting(scope[name], kind, tensor_name, t, f"{prefix}.{name}")
@@ -81,20 +83,14 @@ def _resolve(name: str, kind: Parameter, scopes: Sequence[tuple[str, Mapping[str
     return kind.default
 
 
-def resolve_tensor_parameters(recipe: PSRecipe, tensor_name: str, t: float,
-                              per_model_inputs: Sequence[str]) -> TensorParameters:
-    """Resolve every parameter of `recipe.merge_method` for `tensor_name` at layer position `t`.
-
-    `per_model_inputs` are the models that take per-model parameters (mergekit: every input for
-    linear, the non-base inputs for the base-relative methods).
-    """
-    parameters = recipe.method.parameters
-    top = ("parameters", recipe.parameters)
-    shared = {p.name: _resolve(p.name, p, [top], tensor_name, t, "recipe") for p in parameters if not p.per_model}
-    per_model: dict[str, dict[str, Any]] = {}
-    for model in per_model_inputs:
-        scopes = [(f"models[{i}].parameters", m.parameters) for i, m in enumerate(recipe.models)
-                  if m.model == model][:1] + [top]
-        per_model[model] = {p.name: _resolve(p.name, p, scopes, tensor_name, t, f"model {model}")
-                            for p in parameters if p.per_model}
+def resolve_parameters(method: MergeMethod, shared_scopes: Scopes, model_scopes: Mapping[str, Scopes],
+                       tensor_name: str, t: float) -> TensorParameters:
+    """Resolve every parameter of `method` for `tensor_name` at gradient coordinate `t`: shared ones from
+    `shared_scopes`, per-model ones for each model of `model_scopes` (mergekit: every input for linear, the
+    non-base inputs for the base-relative methods) from that model's scopes."""
+    shared = {p.name: _resolve(p.name, p, shared_scopes, tensor_name, t, "recipe")
+              for p in method.parameters if not p.per_model}
+    per_model = {model: {p.name: _resolve(p.name, p, scopes, tensor_name, t, f"model {model}")
+                         for p in method.parameters if p.per_model}
+                 for model, scopes in model_scopes.items()}
     return TensorParameters(shared, per_model)

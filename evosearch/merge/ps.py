@@ -16,7 +16,8 @@ from transformers.initialization import no_init_weights
 
 from evosearch.merge.dtypes import torch_dtype
 from evosearch.merge.methods import TensorMerge, TensorParameters
-from evosearch.merge.parameters import count_layers, layer_position, resolve_tensor_parameters
+from evosearch.merge.parameters import count_layers
+from evosearch.merge.slice_plan import merge_parts, part_for
 from evosearch.merge.sources import ResidentModel, SourceError, SourceModel, TensorSource, check_compatible
 from evosearch.recipe import PSRecipe
 
@@ -37,12 +38,10 @@ class PSMerger:
             raise SourceError(f"model {missing[0]}: not among the loaded sources")
         self.sources = {p: sources[p] for p in recipe.source_paths()}
         check_compatible(list(self.sources.values()))
-        self.method = recipe.method
-        self.base = recipe.base_model
-        self.inputs = self._inputs()
-        self._reference = self.sources[recipe.base_model or recipe.models[0].model]
+        self._reference = self.sources[recipe.source_paths()[0]]
         self._names = self._reference.tensor_names()
         self.num_layers = count_layers(self._names)
+        self.parts = merge_parts(recipe, self.num_layers)
         self.out_dtype = torch_dtype(recipe.dtype)
         self._scratch_buffer: Optional[torch.Tensor] = None
         self._validate()
@@ -69,26 +68,26 @@ class PSMerger:
 
     @property
     def name(self) -> str:
-        return f"ps-merge({self.method.name})"
+        return f"ps-merge({'+'.join(m.name for m in self.recipe.methods_used())})"
 
     # --- the merge ------------------------------------------------------------------------------
     def parameters_for(self, tensor_name: str) -> TensorParameters:
-        t = layer_position(tensor_name, self.num_layers)
-        return resolve_tensor_parameters(self.recipe, tensor_name, t, self.method.weighted_models(self.inputs, self.base))
+        return part_for(self.parts, tensor_name).parameters(tensor_name)
 
     def merge_tensor(self, name: str) -> torch.Tensor:
-        tensors = {m: self.sources[m].read(name) for m in self.inputs}
+        part = part_for(self.parts, name)
+        tensors = {m: self.sources[m].read(name) for m in part.inputs}
         first = next(iter(tensors.values()))
         if not first.is_floating_point():
-            return tensors.get(self.base, first)  # integer buffers are copied, never averaged
+            return tensors.get(part.base, first)  # integer buffers are copied, never averaged
         compute = torch.float64 if first.dtype == torch.float64 else torch.float32
         device = first.device
         del first  # every reference dropped early lets a source tensor be freed once used
-        job = TensorMerge(name=name, tensors={m: t.to(compute) for m, t in tensors.items()}, base=self.base,
-                          params=self.parameters_for(name), seed=tensor_seed(self.recipe.seed, name),
+        job = TensorMerge(name=name, tensors={m: t.to(compute) for m, t in tensors.items()}, base=part.base,
+                          params=part.parameters(name), seed=tensor_seed(self.recipe.seed, name),
                           scratch=lambda elements: self._scratch(elements, compute, device))
         del tensors
-        return self.method.merge(job).to(self.out_dtype)
+        return part.method.merge(job).to(self.out_dtype)
 
     def _scratch(self, elements: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
         """A flat buffer of at least `elements`, kept from tensor to tensor (replaced by a larger one when
@@ -100,17 +99,10 @@ class PSMerger:
         return buffer
 
     # --- structure ------------------------------------------------------------------------------
-    def _inputs(self) -> list[str]:
-        """Models in mergekit's input order: the listed models, then the base if not listed."""
-        order = list(dict.fromkeys(m.model for m in self.recipe.models))
-        if self.base is not None and self.base not in order:
-            order.append(self.base)
-        return order
-
     def _validate(self) -> None:
         """Resolve every parameter of every tensor now, so a bad recipe fails before anything is written."""
         for name in self._names:
-            self.method.check_tensor(name, self.parameters_for(name))
+            part_for(self.parts, name).method.check_tensor(name, self.parameters_for(name))
 
     def merge_all(self) -> dict[str, torch.Tensor]:
         return {n: self.merge_tensor(n) for n in self._names}
@@ -164,5 +156,5 @@ def build_merged_model(recipe: PSRecipe, resident: ResidentSources,
     merger = PSMerger(recipe, as_sources(resident))
     config = config or merger.config
     if config is None:
-        raise SourceError(f"model {recipe.base_model or recipe.models[0].model}: no config to build the merged model")
+        raise SourceError(f"model {recipe.source_paths()[0]}: no config to build the merged model")
     return build_model(config, merger.merge_all())

@@ -7,6 +7,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Mapping, Optional
 
+from evosearch.recipe import parse_recipe, recipe_methods
 from evosearch.search.job import JobSpec, TaskObjective
 from fitness.splits import describe
 from storage import CandidateRecord, TaskSplitRecord
@@ -26,7 +27,7 @@ def _fmt(value: Optional[float]) -> str:
 
 def _method(recipe: dict) -> str:
     if "merge_method" in recipe:
-        return f"PS ({recipe['merge_method']})"
+        return f"PS ({recipe_methods(parse_recipe(recipe))})"
     return "DFS (layer path)"
 
 

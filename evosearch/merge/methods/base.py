@@ -31,6 +31,13 @@ def parse_number(value: Any, where: str) -> float:
         raise RecipeError(f"{where}: expected a number, got {value!r}") from None
 
 
+def parse_integer(value: Any, where: str) -> int:
+    number = parse_number(value, where)
+    if number != int(number):
+        raise RecipeError(f"{where}: expected a whole number, got {value!r}")
+    return int(number)
+
+
 def parse_flag(value: Any, where: str) -> bool:
     if isinstance(value, bool):
         return value
@@ -56,7 +63,8 @@ class Parameter:
 
     @property
     def numeric(self) -> bool:
-        return self.parse is parse_number
+        """A number (gradients interpolate it), as opposed to a flag (gradients pick one of their values)."""
+        return self.parse in (parse_number, parse_integer)
 
     @property
     def required(self) -> bool:
@@ -66,6 +74,10 @@ class Parameter:
 def number(name: str, *, per_model: bool = False, default: Any = REQUIRED,
            search_range: Optional[tuple[float, float]] = None, doc: str = "") -> Parameter:
     return Parameter(name, parse_number, per_model, default, search_range, doc)
+
+
+def integer(name: str, *, default: Any = REQUIRED, doc: str = "") -> Parameter:
+    return Parameter(name, parse_integer, False, default, None, doc)
 
 
 def flag(name: str, default: bool, doc: str = "") -> Parameter:
@@ -109,6 +121,7 @@ class MergeMethod(ABC):
     name: str
     parameters: tuple[Parameter, ...]
     needs_base: bool = True  # the method subtracts (or interpolates from) `base_model`
+    ignores_base: bool = False  # `base_model` is an input like any other (mergekit's BasePolicy.IGNORED)
     reference: str = ""  # the paper, for the README's method table
     mergekit: bool = True  # mergekit 0.1.5 builds it under the same name and parameters
     verified: str = "parity with mergekit"  # how the tests check it (the README's method table says so)
@@ -160,6 +173,19 @@ class MergeMethod(ABC):
         """Move decoded per-model values (name -> one value per parameter group, on a grid of `decimals`
         places) into the method's valid range, in place, so every genome of a search space decodes to a
         buildable recipe."""
+
+
+def check_input_counts(method: str, models: Sequence[str], base: Optional[str], *, ignores_base: bool = False,
+                       inputs: tuple[int, Optional[int]] = (1, None),
+                       others: tuple[int, Optional[int]] = (0, None)) -> None:
+    """RecipeError unless the merge's inputs (the listed models, then base_model when it is not listed, as
+    mergekit orders them) and the inputs other than the base number within the given closed ranges."""
+    every = list(dict.fromkeys([*models, *([base] if base is not None else [])]))
+    rest = every if ignores_base else [m for m in every if m != base]
+    for what, found, (low, high) in (("inputs", every, inputs), ("models besides base_model", rest, others)):
+        if len(found) < low or (high is not None and len(found) > high):
+            wanted = f"exactly {low}" if low == high else f"at least {low}" if high is None else f"{low} to {high}"
+            raise RecipeError(f"{method} merges {wanted} {what}, got {len(found)}")
 
 
 def plain_number(value: Any) -> bool:
