@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any, Mapping, Optional, Union
 
 from evosearch.errors import RecipeError
-from evosearch.merge.parameters import layer_position, resolve_tensor_parameters
+from evosearch.merge.slice_plan import merge_parts, part_for
 from evosearch.recipe import DFSRecipe, PSRecipe
 
 # A tensor outside the decoder layers (embeddings; norms and the head resolve alike): the `rest` column.
@@ -31,36 +31,45 @@ def _layers_named(recipe: PSRecipe, layer_prefix: str) -> int:
 
 def ps_picture(recipe: PSRecipe, names: Mapping[str, str], num_layers: Optional[int] = None,
                tensor_groups: tuple[str, ...] = (), layer_prefix: str = "model.layers.") -> dict[str, Any]:
-    """{method, columns, parameters: [{name, rows: [{label, values}]}]}: a column per layer (per tensor
-    group where the space has them) and `rest`; a row per source for per-model parameters, one `shared`
-    row for the others. `error` instead when the recipe cannot be resolved."""
-    layers = num_layers or _layers_named(recipe, layer_prefix) or 1
+    """{method, methods, columns, parameters: [{name, rows: [{label, values}]}]}: a column per layer (per
+    tensor group where the space has them) and `rest`; a row per source for per-model parameters, one
+    `shared` row for the others; `methods` names the method merging each column (a slices recipe may use
+    several), and a parameter its column's method lacks is null there. `error` instead when the recipe
+    cannot be resolved."""
+    if recipe.slices is not None:
+        layers = recipe.slices[-1].layer_range[1]
+    else:
+        layers = num_layers or _layers_named(recipe, layer_prefix) or 1
     groups = list(tensor_groups) or [None]
-    columns: list[tuple[str, str, float]] = []  # label, probe tensor name, layer position
+    columns: list[tuple[str, str]] = []  # label, probe tensor name
     for i in range(layers):
         for group in groups:
-            name = f"{layer_prefix}{i}.{group or 'mlp'}.probe.weight"
             label = f"L{i}" if group is None else f"L{i}.{group}"
-            columns.append((label, name, layer_position(name, layers)))
-    columns.append(("rest", OUTSIDE_LAYERS, 0.0))
-    method = recipe.method
-    weighted = method.weighted_models(recipe.source_paths(), recipe.base_model)
+            columns.append((label, f"{layer_prefix}{i}.{group or 'mlp'}.probe.weight"))
+    columns.append(("rest", OUTSIDE_LAYERS))
     try:
-        resolved = [resolve_tensor_parameters(recipe, name, t, weighted) for _, name, t in columns]
+        parts = merge_parts(recipe, layers)
+        owners = [part_for(parts, name) for _, name in columns]
+        resolved = [part.parameters(name) for part, (_, name) in zip(owners, columns)]
     except RecipeError as e:
         return {"method": recipe.merge_method, "error": str(e)}
+    kinds = {}  # every numeric parameter of any part's method, in first-seen order
+    weighted: dict[str, None] = {}
+    for part in parts:
+        kinds.update({p.name: p for p in part.method.parameters if p.numeric})
+        weighted.update(dict.fromkeys(part.model_scopes))
     parameters = []
-    for parameter in method.parameters:
-        if not parameter.numeric:
-            continue
+    for name, parameter in kinds.items():
         if parameter.per_model:
-            rows = [{"label": _label(model, names), "values": [r.per_model[model][parameter.name] for r in resolved]}
-                    for model in weighted]
+            rows = [{"label": _label(model, names),
+                     "values": [r.per_model.get(model, {}).get(name) for r in resolved]} for model in weighted]
         else:
-            rows = [{"label": "shared", "values": [r.shared[parameter.name] for r in resolved]}]
-        parameters.append({"name": parameter.name, "rows": rows})
-    return {"method": recipe.merge_method, "base_model": recipe.base_model and _label(recipe.base_model, names),
-            "columns": [label for label, _, _ in columns], "parameters": parameters}
+            rows = [{"label": "shared", "values": [r.shared.get(name) for r in resolved]}]
+        parameters.append({"name": name, "rows": rows})
+    methods = [part.method.name for part in owners]
+    return {"method": " / ".join(dict.fromkeys(methods)), "methods": methods,
+            "base_model": recipe.base_model and _label(recipe.base_model, names),
+            "columns": [label for label, _ in columns], "parameters": parameters}
 
 
 def dfs_picture(recipe: DFSRecipe, names: Mapping[str, str], **ps_settings: Any) -> dict[str, Any]:
