@@ -1,6 +1,6 @@
 """The JSON of every dashboard view, read from the store (never written): plain dicts of numbers and
 strings, with every timestamp in ISO 8601 UTC and no value that JSON cannot hold (a missing number is
-null). The pages draw from these and nothing else; `docs/notes/issue-17.md` lists them."""
+null). The pages draw from these and nothing else; README.md ("JSON endpoints") lists them."""
 
 from __future__ import annotations
 
