@@ -122,8 +122,6 @@ BAD_JOBS = [
      "objectives[0].direction: required (max or min)"),
     ("objective with a bad direction", _set("objectives", [{"task": "zoo_target", "direction": "up"}]),
      "objectives[0].direction: Input should be 'max' or 'min'"),
-    ("unknown task", _set("objectives", [{"task": "zoo_nope", "direction": "max"}]),
-     "objectives[0].task: task 'zoo_nope' is not defined under tasks.include_path"),
     ("cost on a PS space", _set("objectives", [{"task": "zoo_target", "direction": "max"},
                                                {"cost": "path_length", "direction": "min"}]),
      "objectives[1].cost: 'path_length' needs a dfs or ps+dfs search space, not 'ps'"),
