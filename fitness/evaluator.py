@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import functools
 import logging
+import math
+import numbers
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -151,5 +153,8 @@ class LmEvalEvaluator:
 
 
 def _item_value(value, scoring: Scoring) -> float:
-    """An item's metric value as stored: 0/1 (an int) for a binary metric, else the float."""
+    """An item's metric value as stored: 0/1 (an int) for a binary metric, else the float; NaN for an item of
+    a corpus metric (bleu logs a (reference, prediction) pair: only the aggregate is a score)."""
+    if not isinstance(value, numbers.Real):
+        return math.nan
     return int(round(float(value))) if scoring.binary else float(value)

@@ -157,3 +157,34 @@ def test_data_files_travel_with_submit_like_task_directories(tiny_zoo, tmp_path,
     for _, path in spec.tasks.data_files():
         assert path.is_file() and path.is_relative_to(into), path
     assert len(spec.tasks.data_files()) == 6
+
+
+def test_zoo_generative_target_and_prompt_settings_reach_lm_eval(tiny_zoo):
+    """The zoo's target answered by generation (exact match, greedy, the answer's length); the job's prompt
+    settings go to lm-eval with every request."""
+    torch.set_num_threads(1)
+    model = AutoModelForCausalLM.from_pretrained(tiny_zoo.models["math"])
+    tokenizer = load_tokenizer(str(tiny_zoo.models["math"]))
+    source = TaskSource(include_path=(str(tiny_zoo.include_path),), system_instruction="zz ")
+    evaluator = LmEvalEvaluator(source, ["zoo_target_gen", "zoo_target"])
+    assert (evaluator.scoring["zoo_target_gen"].metric, evaluator.scoring["zoo_target_gen"].filter) == (
+        "exact_match", "none")
+    result = evaluator.evaluate(model, tokenizer, samples={"zoo_target_gen": [0, 1, 2], "zoo_target": [0, 1, 2]})
+    assert sorted(result.correct["zoo_target_gen"]) == [0, 1, 2]
+    task = evaluator._task("zoo_target_gen")
+    context, settings = task.instances[0].arguments
+    assert context.startswith("zz ") and settings["max_gen_toks"] == 17 and settings["do_sample"] is False
+    assert len(evaluator._task("zoo_target").instances[0].arguments[0]) > 0
+
+
+def test_a_metric_that_is_not_0_or_1_scores_in_full(tiny_zoo, task_overrides):
+    torch.set_num_threads(1)
+    model = AutoModelForCausalLM.from_pretrained(tiny_zoo.models["math"])
+    tokenizer = load_tokenizer(str(tiny_zoo.models["math"]))
+    bleu = {"gsm8k": {**task_overrides["gsm8k"],
+                      "metric_list": [{"metric": "bleu", "aggregation": "bleu", "higher_is_better": True}]}}
+    evaluator = LmEvalEvaluator(TaskSource(overrides=bleu), ["gsm8k"])
+    assert evaluator.scoring["gsm8k"].metric == "bleu" and not evaluator.scoring["gsm8k"].binary
+    result = evaluator.evaluate(model, tokenizer, samples={"gsm8k": [0, 1, 2]})
+    assert result.accuracy["gsm8k"] >= 0.0 and sorted(result.correct["gsm8k"]) == [0, 1, 2]
+    assert all(v != v for v in result.correct["gsm8k"].values())  # a corpus metric: no per-item value

@@ -196,7 +196,7 @@ def test_example_jobs_load_against_the_zoo(tiny_zoo, tmp_path, monkeypatch, exam
 
 def test_the_example_jobs_exist():
     assert [p.name for p in EXAMPLES] == ["job_dfs.yaml", "job_ps_cmaes.yaml", "job_ps_methods.yaml", "job_psdfs_nsga2.yaml",
-                                         "demo_job.yaml"]
+                                         "job_zoo_generative.yaml", "demo_job.yaml"]
 
 
 @pytest.mark.parametrize("name", ["calibrate_zoo.yaml", "demo_calibrate.yaml"])
