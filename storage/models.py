@@ -152,6 +152,8 @@ class Score(Base):
     estimated: Mapped[float | None] = mapped_column(Float)
     anchor_accuracy: Mapped[float | None] = mapped_column(Float)
     full: Mapped[float | None] = mapped_column(Float)
+    metric: Mapped[str | None] = mapped_column(String(64))  # lm-eval's metric; None for a cost
+    filter: Mapped[str | None] = mapped_column(String(64))  # lm-eval's filter (`none` when the task has none)
 
 
 class Generation(Base):

@@ -34,6 +34,8 @@ class ScoreRecord:
     estimated: float | None = None
     anchor_accuracy: float | None = None
     full: float | None = None
+    metric: str | None = None  # the lm-eval metric a task score was read from; None for a cost
+    filter: str | None = None  # and its filter (`none` for a task without filters)
 
 
 @dataclass

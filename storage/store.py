@@ -235,13 +235,14 @@ class Store:
         def read(session: Session) -> list[CandidateSummary]:
             _job(session, job_id)
             scores: dict[int, list[ScoreRecord]] = {}
-            for candidate_id, objective, split, estimated, anchor, full in session.execute(
+            for candidate_id, objective, split, estimated, anchor, full, metric, filter_ in session.execute(
                     select(Score.candidate_id, Score.objective, Score.split, Score.estimated,
-                           Score.anchor_accuracy, Score.full)
+                           Score.anchor_accuracy, Score.full, Score.metric, Score.filter)
                     .join(Candidate, Score.candidate_id == Candidate.id)
                     .where(Candidate.job_id == job_id).order_by(Score.id)):
                 scores.setdefault(candidate_id, []).append(ScoreRecord(
-                    objective=objective, split=split, estimated=estimated, anchor_accuracy=anchor, full=full))
+                    objective=objective, split=split, estimated=estimated, anchor_accuracy=anchor, full=full,
+                    metric=metric, filter=filter_))
             rows = session.execute(
                 select(Candidate.id, Candidate.generation, Candidate.index, Candidate.recipe_hash, Candidate.status,
                        Candidate.worker, Candidate.attempts, Candidate.build_seconds, Candidate.eval_seconds,
@@ -601,7 +602,8 @@ def _number(value: float | None) -> float | None:
 
 def _score_row(score: ScoreRecord) -> Score:
     return Score(objective=score.objective, split=score.split, estimated=_number(score.estimated),
-                 anchor_accuracy=_number(score.anchor_accuracy), full=_number(score.full))
+                 anchor_accuracy=_number(score.anchor_accuracy), full=_number(score.full), metric=score.metric,
+                 filter=score.filter)
 
 
 def _candidate_record(row: Candidate) -> CandidateRecord:
@@ -611,7 +613,8 @@ def _candidate_record(row: Candidate) -> CandidateRecord:
         build_seconds=row.build_seconds, eval_seconds=row.eval_seconds, overhead_seconds=row.overhead_seconds,
         error=row.error, id=row.id, cached_from=row.cached_from,
         scores=[ScoreRecord(objective=score.objective, split=score.split, estimated=score.estimated,
-                            anchor_accuracy=score.anchor_accuracy, full=score.full) for score in row.scores])
+                            anchor_accuracy=score.anchor_accuracy, full=score.full, metric=score.metric,
+                            filter=score.filter) for score in row.scores])
 
 
 def _generation_record(row: Generation) -> GenerationRecord:

@@ -24,6 +24,7 @@ from evosearch.merge.ps import build_merged_model, build_model
 from evosearch.merge.sources import SourceError, SourceModel, load_tokenizer, source_key
 from evosearch.recipe import DFSRecipe, PSRecipe, parse_recipe, recipe_source_paths
 from fitness.evaluator import LmEvalEvaluator
+from fitness.tasks import TaskSource
 from workers.pool import ActorOptions, WorkerPool
 
 class CandidateError(RunFailure, RuntimeError):
@@ -41,8 +42,8 @@ class CandidateTask:
 @dataclass
 class CandidateResult:
     key: str
-    correct: dict[str, dict[int, int]]  # task -> doc id -> 0/1
-    accuracy: dict[str, float]  # task -> mean over the evaluated docs
+    correct: dict[str, dict[int, float]]  # task -> doc id -> its metric value (0/1 for a binary metric)
+    accuracy: dict[str, float]  # task -> its metric over the evaluated docs
     build_seconds: float
     eval_seconds: float  # inside the model's forward passes
     overhead_seconds: float  # the rest of the call: recipe parsing, lm-eval's request building, freeing
@@ -76,9 +77,9 @@ class _FiniteLogits:
 class CandidateWorker:
     """Loads every source once; `run(task)` builds one candidate in memory, evaluates it and frees it."""
 
-    def __init__(self, sources: list[str], include_path: Union[str, list[str]], tasks: list[str],
+    def __init__(self, sources: list[str], tasks_from: Union[TaskSource, str, list[str]], tasks: list[str],
                  batch_size: int = 64, device: str = "auto", dtype: Optional[str] = None,
-                 allow_pickle: bool = False) -> None:
+                 allow_pickle: bool = False, scoring: Optional[dict] = None) -> None:
         if not sources:
             raise SourceError("worker: no source models given")
         if dtype is not None and dtype not in TORCH_DTYPES:
@@ -91,7 +92,8 @@ class CandidateWorker:
         self._tokenizers: dict[str, object] = {}
         for path in sources:
             self._load_source(path, allow_pickle)
-        self.evaluator = LmEvalEvaluator(include_path, tasks, batch_size=batch_size, device=str(self.device))
+        self.evaluator = LmEvalEvaluator(tasks_from, tasks, batch_size=batch_size, device=str(self.device),
+                                         scoring=scoring)
         suffix = ""
         if self.device.type == "cuda":
             suffix = f":cuda:{self.device.index if self.device.index is not None else torch.cuda.current_device()}"
@@ -203,12 +205,13 @@ class CandidateWorker:
     evaluate = run
 
 
-def candidate_pool(workers, sources: list[str], include_path: list[str], tasks: list[str],
-                   num_workers: Optional[int] = None):
+def candidate_pool(workers, sources: list[str], tasks_from: Union[TaskSource, list[str]], tasks: list[str],
+                   num_workers: Optional[int] = None, scoring: Optional[dict] = None):
     """An unstarted Ray `WorkerPool` of CandidateWorkers as a job's or calibration's `workers` section
     (`evosearch.search.sections.WorkersSpec`) asks, on a Ray already joined or started
     (`evosearch.search.ray_session.ensure_ray`)."""
-    return WorkerPool(CandidateWorker, (sources, include_path, tasks, workers.batch_size, workers.device, workers.dtype),
+    return WorkerPool(CandidateWorker, (sources, tasks_from, tasks, workers.batch_size, workers.device, workers.dtype,
+                                        False, scoring),
                       num_workers=num_workers or workers.count,
                       options=ActorOptions(num_cpus=workers.num_cpus, num_gpus=workers.num_gpus),
                       call="run", max_retries=workers.max_retries, start_timeout_s=workers.start_timeout_s)

@@ -25,7 +25,7 @@ def _drive(spec, store, resume: bool) -> None:
             summary = run_job(spec, store, resume=resume, on_event=view.update)
     except KeyboardInterrupt:
         raise RunFailure(f"interrupted; continue with `evosearch resume {spec.name}`") from None
-    except (DriverError, StoreError):
+    except (DriverError, StoreError, UsageError):  # UsageError: the preflight's verdict on the job's tasks
         raise
     except Exception as e:  # noqa: BLE001 - a worker or optimizer failure: the store keeps the rest
         raise RunFailure(f"{one_line(e)} (continue with `evosearch resume {spec.name}`)") from None
@@ -93,7 +93,7 @@ def front_command(job: str = typer.Argument(..., help="job name or job file"),
       evosearch front zoo-dfs-nsga2 --generation 3 --json
     """
     from evosearch.api import Job  # start-up time
-    from evosearch.views.scores import SPLITS
+    from evosearch.views.scores import SPLITS, measured_by
     from storage import StoreError
 
     if by not in SPLITS:
@@ -107,7 +107,8 @@ def front_command(job: str = typer.Argument(..., help="job name or job file"),
     first = spec.objective_names[0]
     if as_json:
         typer.echo(json.dumps({"job": spec.name, "generation": generation, "ranked_by": by,
-                               "objectives": dict(zip(spec.objective_names, spec.directions)), "front": rows},
+                               "objectives": dict(zip(spec.objective_names, spec.directions)),
+                               "measured_by": {o.objective: measured_by(o) for o in spec.objectives}, "front": rows},
                               indent=2))
         return
     table = Table(title=f"{spec.name}: front ({len(rows)}), ranked by {first} on the {by} split",
@@ -115,10 +116,12 @@ def front_command(job: str = typer.Argument(..., help="job name or job file"),
     for column in ("id", "gen", "#"):
         table.add_column(column, justify="right")
     task_names = {o.objective for o in spec.task_objectives}
-    for name in spec.objective_names:
-        table.add_column(f"{name} (search)", justify="right")
+    for objective in spec.objectives:
+        name = objective.objective
+        by = "" if name not in task_names else f" {measured_by(objective)}"
+        table.add_column(f"{name}{by} (search)", justify="right")
         if name in task_names:
-            table.add_column(f"{name} (report)", justify="right")
+            table.add_column(f"{name}{by} (report)", justify="right")
     for row in rows:
         cells = [str(row["id"]), str(row["generation"]), str(row["index"])]
         for name in spec.objective_names:

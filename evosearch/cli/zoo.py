@@ -71,8 +71,7 @@ def report_command(
     import torch  # start-up time
 
     from evosearch.zoo.build import ZooManifest
-    from evosearch.zoo.report import zoo_report
-    from evosearch.zoo.tasks import TASKS
+    from evosearch.zoo.report import scored_tasks, zoo_report
 
     torch.set_num_threads(1)  # tiny models: more threads only contend
     manifest = ZooManifest.load(zoo_dir)
@@ -82,12 +81,13 @@ def report_command(
         return
 
     console = Console()
-    table = Table(title=f"zoo accuracy (%), {split} split, lm-eval acc")
+    tasks = scored_tasks(manifest)
+    table = Table(title=f"zoo accuracy (%), {split} split, lm-eval acc (multiple choice) or exact_match (_gen)")
     table.add_column("model")
-    for t in TASKS:
+    for t in tasks:
         table.add_column(t, justify="right")
     for model, scores in report.accuracy.items():
-        table.add_row(model, *(_pct(scores.get(t)) if t in scores else "" for t in TASKS))
+        table.add_row(model, *(_pct(scores.get(t)) if t in scores else "" for t in tasks))
     console.print(table)
     console.print("[bold]1. specialist gain over base on its own task[/] (points): " + ", ".join(
         f"{s} {100 * g:+.1f}" for s, g in report.gains.items()))

@@ -77,11 +77,11 @@ def open_calibration(store: Store, spec: CalibrationSpec) -> CalibrationRecord:
     try:
         record = store.get_calibration(spec.name)
     except StoreError:
-        store.save_calibration(CalibrationRecord(name=spec.name, tasks=list(spec.tasks), spec=spec.to_dict()))
+        store.save_calibration(CalibrationRecord(name=spec.name, tasks=spec.task_names, spec=spec.to_dict()))
         return store.get_calibration(spec.name)
-    if list(record.tasks) != list(spec.tasks):
+    if list(record.tasks) != spec.task_names:
         raise UsageError(f"calibration {spec.name!r} in {store.url_for_display} has tasks {record.tasks}, this "
-                         f"file {spec.tasks}; give the calibration another name")
+                         f"file {spec.task_names}; give the calibration another name")
     return record
 
 
@@ -105,11 +105,11 @@ def score_members(spec: CalibrationSpec, members: list[CalibrationMember], store
 
     w = spec.workers
     ensure_ray(num_cpus=max(os.cpu_count() or 1, w.count * w.num_cpus))
-    pool = candidate_pool(w, spec.source_paths, spec.include_path, list(spec.tasks),
-                          num_workers=min(w.count, len(members)))
+    pool = candidate_pool(w, spec.source_paths, spec.tasks.source(), spec.task_names,
+                          num_workers=min(w.count, len(members)), scoring=spec.tasks.metric_filter())
     try:
         pool.start()
-        run_calibration(members, pool, tasks=list(spec.tasks), on_model=store_one, key_prefix=spec.name)
+        run_calibration(members, pool, tasks=spec.task_names, on_model=store_one, key_prefix=spec.name)
     finally:
         pool.shutdown()
 

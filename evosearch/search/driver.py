@@ -7,7 +7,8 @@ One generation:
    the generation is evaluated once. Only the rest go to the workers.
 3. Each candidate is recorded as soon as it finishes (its own transaction), so a crash loses nothing
    evaluated. A failure is recorded `failed` with its one-line error; the optimizer gets NaN objectives for
-   it, which it turns into its penalty.
+   it, which it turns into its penalty. A first generation that failed whole ends the job (`failed`, the
+   first candidate's error as its message): the job as written cannot score anything.
 4. `optimizer.tell`, then one `commit_generation`: the optimizer's state, the job's Pareto front so far
    (over every done candidate) and its hypervolume.
 
@@ -19,6 +20,7 @@ generation or at the end, as the job says.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import time
@@ -35,7 +37,7 @@ from evosearch.search.calibration_spec import stored_irt_settings
 from evosearch.search.costs import COST_TERMS
 from evosearch.search.events import RunEvent
 from evosearch.search.job import JobSpec, TaskObjective
-from evosearch.search.preflight import check_search_models
+from evosearch.search.preflight import TaskCheckError, check_search_models, check_search_tasks
 from evosearch.search.ray_session import ensure_ray
 from evosearch.spaces import SearchSpace, build_space
 from fitness.evaluator import LmEvalEvaluator
@@ -120,7 +122,7 @@ class SearchDriver:
         splits = self.store.task_splits(self.job.id)
         missing = [t for t in tasks if t not in splits]
         if missing:
-            counter = LmEvalEvaluator(self.spec.tasks.include_path, missing)
+            counter = LmEvalEvaluator(self.spec.tasks.source(), missing)
             carved = [carve_holdout(t, len(counter.doc_ids(t)), self.spec.holdout.fraction, self.spec.seed)
                       for t in missing]
             self.store.record_task_splits(self.job.id, carved)
@@ -157,14 +159,16 @@ class SearchDriver:
         scores = []
         for obj in self.spec.objectives:
             if isinstance(obj, TaskObjective):
+                read = dict(metric=obj.metric, filter=obj.filter)
                 if self.fitness is not None:
                     scores.append(ScoreRecord(objective=obj.objective, split="search",
                                               estimated=float(estimated[obj.task]),
-                                              anchor_accuracy=float(anchor[obj.task])))
+                                              anchor_accuracy=float(anchor[obj.task]), **read))
                 else:
                     acc = float(result.accuracy[obj.task])
                     # Full mode measures the score itself: the "estimate" the optimizer sees is exact.
-                    scores.append(ScoreRecord(objective=obj.objective, split="search", estimated=acc, full=acc))
+                    scores.append(ScoreRecord(objective=obj.objective, split="search", estimated=acc, full=acc,
+                                              **read))
             else:
                 value = COST_TERMS[obj.cost].value(recipe)
                 scores.append(ScoreRecord(objective=obj.objective, split="search", estimated=value, full=value))
@@ -181,8 +185,8 @@ class SearchDriver:
         if self._pool is None:
             w = self.spec.workers
             ensure_ray(num_cpus=max(os.cpu_count() or 1, w.count * w.num_cpus))
-            self._pool = candidate_pool(w, self.spec.source_paths, self.spec.tasks.include_path,
-                                        self.spec.worker_tasks).start()
+            self._pool = candidate_pool(w, self.spec.source_paths, self.spec.tasks.source(),
+                                        self.spec.worker_tasks, scoring=self.spec.scoring).start()
         return self._pool
 
     def close(self) -> None:
@@ -249,6 +253,10 @@ class SearchDriver:
                         cached_from=rec.id if rec.status == "done" else None))
                     self._cached += rec.status == "done"
                 self._emit(generation)
+        if generation == 0 and all(final[i].status == "failed" for i in range(len(genomes))):
+            # Nothing to learn from, and a job that goes on would only report an empty front.
+            raise DriverError(f"job {self.spec.name}: every candidate of the first generation failed; "
+                              f"the first: {final[0].error}")
         objectives = np.array([self.objective_row(final[i]) for i in range(len(genomes))], dtype=float)
         self.optimizer.tell(genomes, objectives)
         front_ids, hv = self.front()
@@ -307,7 +315,8 @@ class SearchDriver:
                 continue
             acc = outcome.value.accuracy
             self.store.add_scores(outcome.item, [
-                ScoreRecord(objective=o.objective, split="report", full=float(acc[o.report]))
+                ScoreRecord(objective=o.objective, split="report", full=float(acc[o.report]), metric=o.metric,
+                            filter=o.filter)
                 for o in self.spec.task_objectives])
             self._emit(generation, phase="report")
 
@@ -362,8 +371,7 @@ class SearchDriver:
 
 
 def _search_only(scores: list[ScoreRecord]) -> list[ScoreRecord]:
-    return [ScoreRecord(objective=s.objective, split=s.split, estimated=s.estimated,
-                        anchor_accuracy=s.anchor_accuracy, full=s.full) for s in scores if s.split == "search"]
+    return [dataclasses.replace(s) for s in scores if s.split == "search"]
 
 
 def stored_calibration(spec: JobSpec, store: Store) -> CalibrationRecord:
@@ -379,6 +387,13 @@ def stored_calibration(spec: JobSpec, store: Store) -> CalibrationRecord:
     if missing:
         raise DriverError(f"calibration {name!r} does not cover task {missing[0]!r} "
                           f"(it has {', '.join(calibration.tasks)})")
+    stored = (calibration.spec or {}).get("tasks")
+    scored = stored.get("scoring", {}) if isinstance(stored, dict) else {}  # none in a hand-made calibration
+    for o in spec.task_objectives:
+        theirs = scored.get(o.task)
+        if theirs and (theirs.get("metric"), theirs.get("filter")) != (o.metric, o.filter):
+            raise DriverError(f"calibration {name!r} scored task {o.task!r} by {theirs.get('metric')}/"
+                              f"{theirs.get('filter')}, the objective by {o.metric}/{o.filter}")
     return calibration
 
 
@@ -394,6 +409,10 @@ def run_job(spec: JobSpec, store: Store, resume: bool = False, *, stop_after: Op
             check_search_models(spec.source_paths, spec.search_space)
         except SourceError as e:
             raise DriverError(f"job {spec.name}: {e}") from None
+        try:  # fills in each objective's metric and filter, so the stored job names them
+            check_search_tasks(spec)
+        except TaskCheckError as e:
+            raise TaskCheckError(f"job {spec.name}: {e}") from None
         if spec.fitness.mode == "reduced":
             stored_calibration(spec, store)  # before the job is stored: a job without one could never run
         try:

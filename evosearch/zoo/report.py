@@ -9,6 +9,9 @@ The three mergeability figures:
 3. **cross-domain target** - the best task-arithmetic merge of the math and lang specialists over a
    weight grid, against both specialists, on the target task (an L1 sum, then an L2 reversal).
 
+Every model and the best merge are also scored on the target answered by generation (`zoo_target_gen`,
+exact match), when the zoo has it (zoos built before it was added do not).
+
 Every merge goes through the project's merge engine (`evosearch.merge.ps`) with a `PSRecipe`.
 """
 
@@ -25,7 +28,7 @@ from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 from evosearch.merge.ps import build_merged_model
 from evosearch.recipe import PSRecipe
 from evosearch.zoo.build import ZooManifest
-from evosearch.zoo.tasks import TASKS, task_name
+from evosearch.zoo.tasks import GENERATIVE_TASK, TASKS, task_name
 from fitness.evaluator import LmEvalEvaluator
 
 GRID_WEIGHTS = (0.25, 0.5, 0.75, 1.0)
@@ -60,7 +63,8 @@ class _Zoo:
         self.tensors = {p: load_file(str(Path(p) / "model.safetensors")) for p in self.paths.values()}
         self.config = AutoConfig.from_pretrained(self.paths["base"])
         self.tokenizer = AutoTokenizer.from_pretrained(self.paths["base"])
-        self.evaluator = LmEvalEvaluator(manifest.include_path, [task_name(t, split) for t in TASKS],
+        self.tasks = scored_tasks(manifest)
+        self.evaluator = LmEvalEvaluator(manifest.include_path, [task_name(t, split) for t in self.tasks],
                                          batch_size=batch_size)
 
     def score(self, model: torch.nn.Module, tasks: list[str]) -> dict[str, float]:
@@ -75,6 +79,11 @@ class _Zoo:
         return build_merged_model(recipe, self.tensors, config=self.config)
 
 
+def scored_tasks(manifest: ZooManifest) -> list[str]:
+    """The zoo's tasks by base name, the generative target last when the zoo has it."""
+    return list(TASKS) + ([GENERATIVE_TASK] if GENERATIVE_TASK in manifest.tasks else [])
+
+
 def _kept(merged: float, base: float, specialist: float) -> float:
     gain = specialist - base
     return (merged - base) / gain if gain > 0 else float("nan")
@@ -82,7 +91,7 @@ def _kept(merged: float, base: float, specialist: float) -> float:
 
 def zoo_report(manifest: ZooManifest, split: str = "report", batch_size: int = 64) -> ZooReport:
     zoo = _Zoo(manifest, split, batch_size)
-    all_tasks = list(TASKS)
+    all_tasks = zoo.tasks
     acc = {name: zoo.score(zoo.load(name), all_tasks) for name in manifest.models}
     base = acc["base"]
     own = manifest.own_tasks
@@ -99,7 +108,9 @@ def zoo_report(manifest: ZooManifest, split: str = "report", batch_size: int = 6
     for wm, wl in itertools.product(GRID_WEIGHTS, repeat=2):
         grid[f"{wm},{wl}"] = zoo.score(zoo.merge({"math": wm, "lang": wl}), [TARGET])[TARGET]
     best_w, best = max(grid.items(), key=lambda kv: kv[1])
-    acc[f"math+lang TA w={best_w} (best of grid)"] = {TARGET: best}
+    best_weights = dict(zip(("math", "lang"), map(float, best_w.split(","))))
+    acc[f"math+lang TA w={best_w} (best of grid)"] = {
+        TARGET: best, **zoo.score(zoo.merge(best_weights), [t for t in all_tasks if t == GENERATIVE_TASK])}
     best_target = {"weights (math,lang)": best_w, "accuracy": best,
                    "minus_math": best - acc["math"][TARGET], "minus_lang": best - acc["lang"][TARGET]}
     return ZooReport(split=split, accuracy=acc, gains=gains, retention=retention, target_grid=grid,

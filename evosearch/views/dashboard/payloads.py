@@ -24,9 +24,8 @@ from evosearch.views.scores import QueryError, split_scores
 from fitness.splits import describe
 from storage import CandidateSummary, JobRecord, Store, StoreError
 
-# Every score evosearch stores today is lm-eval's `acc` under its `none` filter (fitness/evaluator.py's
-# defaults); once score rows name their metric and filter (issue 13), read them from the row instead.
-SCORE_METRIC = {"metric": "acc", "filter": "none"}
+# What a score row stored before rows named their metric and filter was read from.
+LEGACY_SCORE_METRIC = {"metric": "acc", "filter": "none"}
 
 
 def _iso(when: Optional[datetime]) -> Optional[str]:
@@ -273,7 +272,9 @@ def score_rows(view: JobView, candidate) -> list[dict[str, Any]]:
                "direction": None if objective is None else objective.direction}
         if isinstance(objective, TaskObjective):
             task = objective.task if score.split == "search" else objective.report
-            row.update(measured_on=describe(task, splits, score.split).replace("`", ""), **SCORE_METRIC)
+            read = ({"metric": score.metric, "filter": score.filter} if score.metric is not None
+                    else LEGACY_SCORE_METRIC)
+            row.update(measured_on=describe(task, splits, score.split).replace("`", ""), **read)
         else:
             row.update(measured_on="cost read off the recipe", metric="cost", filter=None)
         rows.append(row)
