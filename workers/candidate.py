@@ -20,7 +20,7 @@ import torch
 from evosearch.errors import RunFailure, one_line
 from evosearch.merge.dfs_model import build_dfs_model
 from evosearch.merge.dtypes import TORCH_DTYPES
-from evosearch.merge.ps import build_merged_model, build_model
+from evosearch.merge.ps import PSMerger, as_sources, build_model
 from evosearch.merge.sources import SourceError, SourceModel, load_tokenizer, source_key
 from evosearch.recipe import DFSRecipe, PSRecipe, parse_recipe, recipe_source_paths
 from fitness.evaluator import LmEvalEvaluator
@@ -136,30 +136,31 @@ class CandidateWorker:
         return self._tokenizers[key]
 
     # --- building -----------------------------------------------------------------------------------
-    def _build_ps(self, recipe: PSRecipe) -> torch.nn.Module:
-        resident = self._resident(recipe.source_paths())
+    def _build_ps(self, recipe: PSRecipe) -> tuple[torch.nn.Module, object]:
+        """The merged model and its tokenizer (the output vocabulary's when the recipe maps vocabularies)."""
+        merger = PSMerger(recipe, as_sources(self._resident(recipe.source_paths())))
         reference = recipe.source_paths()[0]
-        return build_merged_model(recipe, resident, config=self._configs[source_key(reference)])
+        model = build_model(merger.output_config(self._configs[source_key(reference)]), merger.merge_all())
+        if merger.vocabulary is not None:
+            return model, merger.vocabulary.tokenizer
+        return model, self._tokenizer(reference)
 
-    def _build(self, recipe: Union[PSRecipe, DFSRecipe]) -> torch.nn.Module:
-        """The candidate on the worker's device; every source path was checked to be resident."""
+    def _build(self, recipe: Union[PSRecipe, DFSRecipe]) -> tuple[torch.nn.Module, object]:
+        """The candidate on the worker's device and its tokenizer; every source path was checked to be resident."""
         if isinstance(recipe, PSRecipe):
             return self._build_ps(recipe)
-        layers = []
+        layers, tokenizers = [], []
         for source in recipe.sources:
             if isinstance(source, PSRecipe):
-                layers.append(self._build_ps(source))
+                model, tokenizer = self._build_ps(source)
             else:
-                layers.append(self._modules[source_key(source)])
-        return build_dfs_model(recipe, layers)
-
-    def _tokenizer_for(self, recipe: Union[PSRecipe, DFSRecipe]):
+                model, tokenizer = self._modules[source_key(source)], self._tokenizer(source)
+            layers.append(model)
+            tokenizers.append(tokenizer)
+        tokenizer = tokenizers[recipe.embed_source]
         if recipe.tokenizer_source:
-            return self._tokenizer(recipe.tokenizer_source)
-        if isinstance(recipe, DFSRecipe):
-            embed = recipe.sources[recipe.embed_source]
-            return self._tokenizer_for(embed) if isinstance(embed, PSRecipe) else self._tokenizer(embed)
-        return self._tokenizer(recipe.source_paths()[0])
+            tokenizer = self._tokenizer(recipe.tokenizer_source)
+        return build_dfs_model(recipe, layers), tokenizer
 
     # --- one candidate --------------------------------------------------------------------------------
     def run(self, task: CandidateTask) -> CandidateResult:
@@ -169,8 +170,7 @@ class CandidateWorker:
         try:
             recipe = parse_recipe(task.recipe, source=f"recipe of {task.key}")
             self._resident(recipe_source_paths(recipe))
-            tokenizer = self._tokenizer_for(recipe)
-            model = self._build(recipe)
+            model, tokenizer = self._build(recipe)
         except Exception as exc:  # any cause (bad recipe, unknown source, shape or memory error) fails this one
             raise CandidateError(f"candidate {task.key}: build failed: {one_line(exc)}") from None
         built = time.perf_counter()

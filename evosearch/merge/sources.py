@@ -22,6 +22,10 @@ class SourceError(UsageError, ValueError):
     """A source model that cannot be used; the message is one line naming the model (and tensor)."""
 
 
+class VocabularyError(SourceError):
+    """Sources whose vocabularies cannot be reconciled as asked; one line naming the models and sizes."""
+
+
 class TensorSource(Protocol):
     name: str
     config: Optional[PretrainedConfig]
@@ -36,6 +40,20 @@ class TensorSource(Protocol):
 _SAFETENSORS_INDEX = "model.safetensors.index.json"
 _PICKLE_PATTERNS = ("*.bin", "*.pt", "*.pth")
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json")
+# Names of the tensors indexed by token along dim 0, as the architectures this engine merges spell them.
+VOCABULARY_TENSOR_SUFFIXES = ("embed_tokens.weight", "lm_head.weight")
+
+
+def is_vocabulary_tensor(name: str) -> bool:
+    return name.endswith(VOCABULARY_TENSOR_SUFFIXES)
+
+
+def vocabulary_size(model: "TensorSource") -> Optional[int]:
+    """The embedding rows of a source (None when it has no token embedding)."""
+    for name in model.tensor_names():
+        if name.endswith(VOCABULARY_TENSOR_SUFFIXES[0]):
+            return model.shape(name)[0]
+    return None
 
 
 def source_key(path: str) -> str:
@@ -143,11 +161,19 @@ class ResidentModel:
             raise SourceError(f"model {self.name}: has no tensor {name}") from None
 
 
-def check_compatible(models: Sequence[TensorSource]) -> None:
-    """Raise SourceError unless all models share architecture, tensor names and shapes."""
+def check_compatible(models: Sequence[TensorSource], tokenizer_source: Optional[str] = None) -> None:
+    """Raise SourceError unless all models share architecture, tensor names and shapes. With a
+    `tokenizer_source` the vocabulary tensors may differ in rows (they are mapped by token); without one
+    differing vocabularies are a VocabularyError naming two models and their sizes."""
     if not models:
         return
     first = models[0]
+    sizes = {m.name: vocabulary_size(m) for m in models}
+    if tokenizer_source is None and len(set(sizes.values())) > 1:
+        other = next(m for m in models if sizes[m.name] != sizes[first.name])
+        raise VocabularyError(f"models {first.name} (vocabulary {sizes[first.name]}) and {other.name} (vocabulary "
+                              f"{sizes[other.name]}) differ in vocabulary; set tokenizer_source: base, union or "
+                              f"a model path")
     first_arch = _architecture(first)
     first_names = first.tensor_names()
     for other in models[1:]:
@@ -162,7 +188,10 @@ def check_compatible(models: Sequence[TensorSource]) -> None:
         if extra:
             raise SourceError(f"model {other.name}: has tensor {extra[0]} absent from {first.name}")
         for n in first_names:
-            if tuple(other.shape(n)) != tuple(first.shape(n)):
+            a, b = tuple(other.shape(n)), tuple(first.shape(n))
+            if tokenizer_source is not None and is_vocabulary_tensor(n):
+                a, b = a[1:], b[1:]
+            if a != b:
                 raise SourceError(f"model {other.name}: tensor {n} has shape {tuple(other.shape(n))}, "
                                   f"{first.name} has {tuple(first.shape(n))}")
 
@@ -178,12 +207,12 @@ def load_tokenizer(ref: str):
         raise SourceError(f"model {ref}: cannot load its tokenizer ({first_line(e)})") from None
 
 
-def check_model_set(paths: Sequence[str], allow_pickle: bool = False) -> None:
+def check_model_set(paths: Sequence[str], allow_pickle: bool = False, tokenizer_source: Optional[str] = None) -> None:
     """What a search's workers will load, checked from headers alone (no tensor is read): every model opens,
-    has a tokenizer, and shares the first one's architecture, tensor names and shapes. SourceError naming
-    the model otherwise."""
+    has a tokenizer, and shares the first one's architecture, tensor names and shapes (vocabulary rows aside
+    when a `tokenizer_source` maps them). SourceError naming the model otherwise."""
     models = [SourceModel.open(p, allow_pickle=allow_pickle) for p in paths]
-    check_compatible(models)
+    check_compatible(models, tokenizer_source)
     for p in paths:
         load_tokenizer(p)
 
