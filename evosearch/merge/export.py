@@ -27,7 +27,7 @@ from evosearch.merge import DEFAULT_MAX_SHARD_SIZE
 from evosearch.merge.dfs import DFSPlan
 from evosearch.merge.ps import PSMerger
 from evosearch.merge.sources import TOKENIZER_FILES, SourceError, SourceModel, TensorSource, load_tokenizer, \
-    resolve_model_dir
+    tokenizer_dir
 from evosearch.recipe import DFSRecipe, PSRecipe, recipe_hash, recipe_methods, recipe_to_yaml
 
 _UNITS = {"": 1, "b": 1, "k": 10**3, "kb": 10**3, "m": 10**6, "mb": 10**6, "g": 10**9, "gb": 10**9,
@@ -177,7 +177,7 @@ def _copy_tokenizer(source: Optional[str], explicit: bool, out: Path) -> Optiona
     """Save the tokenizer of `source` into `out`; a default source without one is skipped."""
     if source is None:
         return None
-    root = resolve_model_dir(source)
+    root = tokenizer_dir(source)
     if not explicit and not any((root / f).is_file() for f in TOKENIZER_FILES):
         return None
     load_tokenizer(source).save_pretrained(out)

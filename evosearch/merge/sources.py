@@ -16,6 +16,7 @@ from safetensors import safe_open
 from transformers import AutoConfig, AutoTokenizer, PretrainedConfig
 
 from evosearch.errors import UsageError, first_line
+from evosearch.merge.lora import LoraAdapter, adapter_base, is_adapter_dir
 
 
 class SourceError(UsageError, ValueError):
@@ -56,9 +57,23 @@ def vocabulary_size(model: "TensorSource") -> Optional[int]:
     return None
 
 
+def model_reference(ref: str) -> tuple[str, Optional[str]]:
+    """(model, adapter or None) of a source: mergekit's `MODEL+LORA`, a PEFT adapter directory (its base
+    from adapter_config.json), or a plain model."""
+    path = Path(ref).expanduser()
+    if "+" in ref and not path.exists():
+        model, _, adapter = ref.partition("+")
+        return model, adapter
+    if path.is_dir() and is_adapter_dir(path) and not (path / "config.json").is_file():
+        return adapter_base(path), ref
+    return ref, None
+
+
 def source_key(path: str) -> str:
-    """One spelling per model directory (recipes may write a path relative or with a trailing slash)."""
-    return str(Path(path).expanduser().resolve())
+    """One spelling per source (recipes may write a path relative or with a trailing slash)."""
+    model, adapter = model_reference(path)
+    key = str(Path(model).expanduser().resolve())
+    return key if adapter is None else f"{key}+{Path(adapter).expanduser().resolve()}"
 
 
 def resolve_model_dir(ref: str) -> Path:
@@ -90,9 +105,23 @@ class SourceModel:
     _index: dict[str, _TensorLocation]
     _pickled: dict[Path, dict[str, torch.Tensor]] = field(default_factory=dict, repr=False)
     _is_pickle: bool = False
+    adapter: Optional[LoraAdapter] = None  # folded into every tensor it changes, as the tensor is read
 
     @classmethod
     def open(cls, path: str, allow_pickle: bool = False) -> "SourceModel":
+        """The model of source `path`: a model directory, `MODEL+LORA` or a PEFT adapter directory."""
+        model_ref, adapter_ref = model_reference(str(path))
+        model = cls._open_model(model_ref, allow_pickle)
+        model.name = str(path)
+        if adapter_ref is not None:
+            model.adapter = LoraAdapter.load(resolve_model_dir(adapter_ref))
+            unknown = sorted(model.adapter.targets() - set(model._index))
+            if unknown:
+                raise SourceError(f"model {path}: the adapter changes tensor {unknown[0]}, which {model_ref} lacks")
+        return model
+
+    @classmethod
+    def _open_model(cls, path: str, allow_pickle: bool) -> "SourceModel":
         root = resolve_model_dir(str(path))
         config = _load_config(root, str(path))
         files = _safetensors_files(root, str(path))
@@ -121,10 +150,12 @@ class SourceModel:
     def read(self, name: str) -> torch.Tensor:
         loc = self._location(name)
         if self._is_pickle:
-            return self._pickled[loc.file][name]
-        # A short-lived handle: a long-lived mmap would keep every page read so far in our RSS.
-        with safe_open(loc.file, framework="pt") as f:
-            return f.get_tensor(name)
+            tensor = self._pickled[loc.file][name]
+        else:
+            # A short-lived handle: a long-lived mmap would keep every page read so far in our RSS.
+            with safe_open(loc.file, framework="pt") as f:
+                tensor = f.get_tensor(name)
+        return tensor if self.adapter is None else self.adapter.fold(name, tensor)
 
     def load_all(self, device: str | torch.device = "cpu") -> dict[str, torch.Tensor]:
         """Every tensor, resident on `device` (what a search worker keeps)."""
@@ -196,9 +227,19 @@ def check_compatible(models: Sequence[TensorSource], tokenizer_source: Optional[
                                   f"{first.name} has {tuple(first.shape(n))}")
 
 
+def tokenizer_dir(ref: str) -> Path:
+    """Where source `ref`'s tokenizer lives: an adapter's own when it ships one, else its model's."""
+    model, adapter = model_reference(ref)
+    if adapter is not None:
+        root = resolve_model_dir(adapter)
+        if any((root / f).is_file() for f in TOKENIZER_FILES):
+            return root
+    return resolve_model_dir(model)
+
+
 def load_tokenizer(ref: str):
-    """The tokenizer of local model `ref`, never with its remote code; SourceError when it has none."""
-    root = resolve_model_dir(ref)
+    """The tokenizer of local source `ref`, never with its remote code; SourceError when it has none."""
+    root = tokenizer_dir(ref)
     if not any((root / f).is_file() for f in TOKENIZER_FILES):
         raise SourceError(f"model {ref}: no tokenizer in {root} (none of {', '.join(TOKENIZER_FILES)})")
     try:

@@ -10,6 +10,8 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from evosearch.errors import UsageError, validation_error_line
+from evosearch.merge.lora import ADAPTER_CONFIG
+from evosearch.merge.sources import model_reference, source_key
 from evosearch.optimizers import OPTIMIZERS
 from evosearch.spaces import PS_SOURCE, SPACES
 
@@ -52,10 +54,14 @@ def resolve_models(raw: dict, where: str, error: type[UsageError]) -> None:
     for name, path in sources.items():
         if not isinstance(path, (str, Path)):
             raise error(f"{where}: sources.{name}: expected a directory path")
-        p = Path(path).expanduser().resolve()
-        if not (p / "config.json").is_file():
-            raise error(f"{where}: sources.{name}: no model at {p} (missing config.json)")
-        resolved[str(name)] = str(p)
+        # A source may be a LoRA adapter: `MODEL+ADAPTER` or an adapter directory naming its base.
+        model, adapter = model_reference(str(path))
+        for part, marker in ((model, "config.json"), (adapter, ADAPTER_CONFIG)):
+            p = Path(part).expanduser().resolve() if part is not None else None
+            if p is not None and not (p / marker).is_file():
+                raise error(f"{where}: sources.{name}: no {'model' if part == model else 'adapter'} at {p} "
+                            f"(missing {marker})")
+        resolved[str(name)] = source_key(str(path))
     raw["sources"] = resolved
 
     def by_name(value):
