@@ -254,7 +254,7 @@ def export_recipe(recipe: Union[PSRecipe, DFSRecipe], out_dir: Union[str, Path],
         writer.close()
         config = copy.deepcopy(producer.config)
         if isinstance(recipe, PSRecipe):
-            config.dtype = recipe.dtype
+            config.dtype = recipe.output_dtype
         config.save_pretrained(staging)
         built = producer.tokenizer()
         if built is not None:

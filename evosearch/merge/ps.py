@@ -50,7 +50,8 @@ class PSMerger:
                                                 {p: vocabulary_size(s) for p, s in self.sources.items()})
         self.num_layers = count_layers(self._names)
         self.parts = merge_parts(recipe, self.num_layers)
-        self.out_dtype = torch_dtype(recipe.dtype)
+        self.read_dtype = torch_dtype(recipe.dtype)
+        self.out_dtype = torch_dtype(recipe.output_dtype)
         self._scratch_buffer: Optional[torch.Tensor] = None
         self._validate()
 
@@ -103,6 +104,8 @@ class PSMerger:
         compute = torch.float64 if first.dtype == torch.float64 else torch.float32
         device = first.device
         del first  # every reference dropped early lets a source tensor be freed once used
+        if self.read_dtype != torch.float32:  # mergekit reads the sources at `dtype`: bf16/fp16 round them
+            tensors = {m: t.to(self.read_dtype) for m, t in tensors.items()}
         tensors = {m: t.to(compute) for m, t in tensors.items()}
         if self.vocabulary is not None and is_vocabulary_tensor(name):
             tensors = self.vocabulary.remap(tensors, part.base)
