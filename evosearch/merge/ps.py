@@ -134,6 +134,24 @@ class PSMerger:
         return {n: self.merge_tensor(n) for n in self._names}
 
 
+class StagedSource:
+    """A source whose tensors are copied onto `device` as they are read: sources kept in host memory feed a
+    merge that runs on the GPU one tensor at a time."""
+
+    def __init__(self, source: TensorSource, device: torch.device):
+        self.source, self.device = source, device
+        self.name, self.config = source.name, source.config
+
+    def tensor_names(self) -> list[str]:
+        return self.source.tensor_names()
+
+    def shape(self, name: str) -> tuple[int, ...]:
+        return self.source.shape(name)
+
+    def read(self, name: str) -> torch.Tensor:
+        return self.source.read(name).to(self.device, non_blocking=True)
+
+
 ResidentSources = Mapping[str, Union[Mapping[str, torch.Tensor], TensorSource]]
 
 

@@ -4,7 +4,7 @@ of the local task YAMLs, and turning pydantic's complaint into the file's one-li
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Literal, Optional
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -32,6 +32,9 @@ class WorkersSpec(Section):
     batch_size: int = Field(default=64, gt=0)
     device: str = "auto"
     dtype: Optional[str] = None
+    resident: Literal["device", "host"] = Field(default="device", description="where a worker keeps the sources: "
+                                                "on its device, or in host memory with candidates built on the "
+                                                "device tensor by tensor")
     max_retries: int = Field(default=2, ge=0)
     start_timeout_s: float = Field(default=600.0, gt=0, description="how long to wait for the first worker to "
                                                                     "be placed before the job fails")
