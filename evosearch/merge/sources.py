@@ -93,6 +93,12 @@ def resolve_model_dir(ref: str) -> Path:
 class _TensorLocation:
     file: Path
     shape: tuple[int, ...]
+    itemsize: int  # bytes per element as stored
+
+
+# Bytes per element of the safetensors header's dtype names.
+_SAFETENSORS_ITEMSIZE = {"F64": 8, "I64": 8, "U64": 8, "F32": 4, "I32": 4, "U32": 4, "BF16": 2, "F16": 2,
+                         "I16": 2, "U16": 2, "I8": 1, "U8": 1, "BOOL": 1, "F8_E4M3": 1, "F8_E5M2": 1}
 
 
 @dataclass
@@ -138,7 +144,7 @@ class SourceModel:
         for file in pickled:
             state = _torch_load(file, str(path))
             model._pickled[file] = state
-            model._index.update({k: _TensorLocation(file, tuple(v.shape)) for k, v in state.items()})
+            model._index.update({k: _TensorLocation(file, tuple(v.shape), v.element_size()) for k, v in state.items()})
         return model
 
     def tensor_names(self) -> list[str]:
@@ -146,6 +152,10 @@ class SourceModel:
 
     def shape(self, name: str) -> tuple[int, ...]:
         return self._location(name).shape
+
+    def stored_itemsize(self, name: str) -> int:
+        """Bytes per element of tensor `name` as the checkpoint stores it (from the header)."""
+        return self._location(name).itemsize
 
     def read(self, name: str) -> torch.Tensor:
         loc = self._location(name)
@@ -296,7 +306,9 @@ def _index_safetensors(files: Sequence[Path], ref: str) -> dict[str, _TensorLoca
         try:
             with safe_open(file, framework="pt") as f:
                 for name in f.keys():
-                    index[name] = _TensorLocation(file, tuple(f.get_slice(name).get_shape()))
+                    piece = f.get_slice(name)
+                    index[name] = _TensorLocation(file, tuple(piece.get_shape()),
+                                                  _SAFETENSORS_ITEMSIZE.get(piece.get_dtype(), 4))
         except Exception as e:  # safetensors raises its own error type for corrupt headers
             raise SourceError(f"model {ref}: unreadable {file.name} ({first_line(e)})") from None
     return index

@@ -35,6 +35,8 @@ class WorkersSpec(Section):
     resident: Literal["device", "host"] = Field(default="device", description="where a worker keeps the sources: "
                                                 "on its device, or in host memory with candidates built on the "
                                                 "device tensor by tensor")
+    eval_sequence_length: int = Field(default=512, gt=0, description="the longest evaluation request in tokens "
+                                      "(prompt + answer) the memory preflight plans a batch for")
     max_retries: int = Field(default=2, ge=0)
     start_timeout_s: float = Field(default=600.0, gt=0, description="how long to wait for the first worker to "
                                                                     "be placed before the job fails")
