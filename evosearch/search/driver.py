@@ -23,6 +23,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
+import sys
 import time
 from dataclasses import dataclass, field
 from typing import Callable, Optional
@@ -37,6 +38,7 @@ from evosearch.search.calibration_spec import stored_irt_settings
 from evosearch.search.costs import COST_TERMS
 from evosearch.search.events import RunEvent
 from evosearch.search.job import JobSpec, TaskObjective
+from evosearch.search.memory import MemoryFitError, check_job_memory
 from evosearch.search.preflight import TaskCheckError, check_search_models, check_search_tasks
 from evosearch.search.ray_session import ensure_ray
 from evosearch.spaces import SearchSpace, build_space
@@ -413,6 +415,12 @@ def run_job(spec: JobSpec, store: Store, resume: bool = False, *, stop_after: Op
             check_search_tasks(spec)
         except TaskCheckError as e:
             raise TaskCheckError(f"job {spec.name}: {e}") from None
+        w = spec.workers
+        ensure_ray(num_cpus=max(os.cpu_count() or 1, w.count * w.num_cpus))
+        try:
+            print(f"job {spec.name}: {check_job_memory(spec)}", file=sys.stderr)
+        except MemoryFitError as e:
+            raise MemoryFitError(f"job {spec.name}: {e}") from None
         if spec.fitness.mode == "reduced":
             stored_calibration(spec, store)  # before the job is stored: a job without one could never run
         try:

@@ -7,7 +7,7 @@ builds the tasks as a worker does (seconds: lm-eval's own index when a built-in 
 
 from __future__ import annotations
 
-from typing import Mapping, Sequence
+from typing import Mapping, Optional, Sequence
 
 import numpy as np
 
@@ -20,14 +20,17 @@ from evosearch.search.calibration_spec import CalibrationSpec, ScoringSpec
 from evosearch.search.job import JobError, JobSpec, TaskObjective, guard_test_split
 from evosearch.search.sections import TasksSpec
 from evosearch.spaces import SpaceConfig, build_space
+from evosearch.spaces.combined import CombinedSpaceConfig
+from evosearch.spaces.ps import PSSpaceConfig
 from fitness.tasks import EvaluationError, Scoring, TaskCatalog, choose_scoring
 
 
 def check_search_models(source_paths: Sequence[str], space_config: SpaceConfig) -> None:
     """SourceError, one line starting with the job field at fault (`sources:` or `search_space:`), unless
-    every model opens with a tokenizer and fits the others, and the recipe at the space's centre builds."""
+    every model opens with a tokenizer and fits the others (vocabularies may differ when the PS space has a
+    tokenizer_source), and the recipe at the space's centre builds."""
     try:
-        check_model_set(source_paths)
+        check_model_set(source_paths, tokenizer_source=_ps_tokenizer_source(space_config))
     except SourceError as e:
         raise SourceError(f"sources: {e}") from None
     space = build_space(space_config)
@@ -106,3 +109,9 @@ def check_calibration_tasks(spec: CalibrationSpec) -> dict[str, Scoring]:
                                  "which a calibration (IRT) needs")
         spec.tasks.scoring[task] = ScoringSpec(metric=scoring[task].metric, filter=scoring[task].filter)
     return scoring
+
+
+def _ps_tokenizer_source(space_config: SpaceConfig) -> Optional[str]:
+    """The tokenizer_source of the space's PS merges, which map vocabularies (a DFS copies one source's)."""
+    ps = space_config.ps if isinstance(space_config, CombinedSpaceConfig) else space_config
+    return ps.tokenizer_source if isinstance(ps, PSSpaceConfig) else None

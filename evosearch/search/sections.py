@@ -4,13 +4,15 @@ task index of the local task YAMLs, and turning pydantic's complaint into the fi
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Literal, Optional
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from evosearch.config_file import OneOrMore
 from evosearch.errors import UsageError, validation_error_line
+from evosearch.merge.lora import ADAPTER_CONFIG
+from evosearch.merge.sources import model_reference, source_key
 from evosearch.optimizers import OPTIMIZERS
 from evosearch.spaces import PS_SOURCE, SPACES
 from fitness.tasks import DERIVED_FROM, TaskSource
@@ -32,6 +34,11 @@ class WorkersSpec(Section):
     batch_size: int = Field(default=64, gt=0)
     device: str = "auto"
     dtype: Optional[str] = None
+    resident: Literal["device", "host"] = Field(default="device", description="where a worker keeps the sources: "
+                                                "on its device, or in host memory with candidates built on the "
+                                                "device tensor by tensor")
+    eval_sequence_length: int = Field(default=512, gt=0, description="the longest evaluation request in tokens "
+                                      "(prompt + answer) the memory preflight plans a batch for")
     max_retries: int = Field(default=2, ge=0)
     start_timeout_s: float = Field(default=600.0, gt=0, description="how long to wait for the first worker to "
                                                                     "be placed before the job fails")
@@ -141,10 +148,14 @@ def resolve_models(raw: dict, where: str, error: type[UsageError]) -> None:
     for name, path in sources.items():
         if not isinstance(path, (str, Path)):
             raise error(f"{where}: sources.{name}: expected a directory path")
-        p = Path(path).expanduser().resolve()
-        if not (p / "config.json").is_file():
-            raise error(f"{where}: sources.{name}: no model at {p} (missing config.json)")
-        resolved[str(name)] = str(p)
+        # A source may be a LoRA adapter: `MODEL+ADAPTER` or an adapter directory naming its base.
+        model, adapter = model_reference(str(path))
+        for part, marker in ((model, "config.json"), (adapter, ADAPTER_CONFIG)):
+            p = Path(part).expanduser().resolve() if part is not None else None
+            if p is not None and not (p / marker).is_file():
+                raise error(f"{where}: sources.{name}: no {'model' if part == model else 'adapter'} at {p} "
+                            f"(missing {marker})")
+        resolved[str(name)] = source_key(str(path))
     raw["sources"] = resolved
 
     def by_name(value):
