@@ -83,7 +83,9 @@ class _KeepSpec(ctypes.Structure):
 
 
 _SOURCE = Path(__file__).with_name("gta_kernel.c")
-_FLAGS = ["-O3", "-shared", "-fPIC", "-ffp-contract=off", "-fno-fast-math", "-std=c99"]
+# -march=native: vector instructions of this CPU (the cache key names the CPU); no FMA contraction and no
+# fast-math, so every float operation rounds as torch's does.
+_FLAGS = ["-O3", "-march=native", "-shared", "-fPIC", "-ffp-contract=off", "-fno-fast-math", "-std=c99"]
 _library: Optional[ctypes.CDLL] = None
 _library_failed = False
 _pools: dict[int, ThreadPoolExecutor] = {}
@@ -94,9 +96,18 @@ def _cache_dir() -> Path:
     return Path(root) / "evosearch" / "kernels"
 
 
+def _cpu_identity() -> str:
+    """The machine and its CPU's feature flags: a kernel built for one CPU is never loaded on another."""
+    cpuinfo = Path("/proc/cpuinfo")
+    flags = ""
+    if cpuinfo.is_file():
+        flags = next((line for line in cpuinfo.read_text().splitlines() if line.startswith(("flags", "Features"))), "")
+    return f"{platform.machine()} {flags}"
+
+
 def _compile() -> ctypes.CDLL:
     source = _SOURCE.read_bytes()
-    tag = hashlib.sha256(source + " ".join(_FLAGS).encode() + platform.machine().encode()).hexdigest()[:16]
+    tag = hashlib.sha256(source + " ".join(_FLAGS).encode() + _cpu_identity().encode()).hexdigest()[:16]
     target = _cache_dir() / f"gta_{tag}.so"
     if not target.is_file():
         target.parent.mkdir(parents=True, exist_ok=True)

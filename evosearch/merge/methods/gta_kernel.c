@@ -91,68 +91,134 @@ int64_t magnitude_gather(const float *base, const float *model, int64_t start, i
     return n;
 }
 
-/* sums[0] += sum |d|, sums[1] += sum |d| over the kept elements (the L1 rescale's two norms), in double. */
-void kept_l1(const float *base, const float *model, const keep_spec *spec, int64_t start, int64_t end,
-             double *sums) {
-    double all = 0, kept = 0;
-    for (int64_t j = start; j < end; j++) {
-        float d = model[j] - base[j];
-        double a = fabs((double)d);
-        all += a;
-        if (keeps(spec, d, j))
-            kept += a;
-    }
-    sums[0] = all;
-    sums[1] = kept;
-}
-
 /* Bytes 1 where the draw keeps an element with its own probability probability[j] (as a 2^32 threshold). */
 void draw_mask(uint32_t key0, uint32_t key1, const int64_t *threshold, int64_t start, int64_t end, uint8_t *mask) {
     for (int64_t j = start; j < end; j++)
         mask[j] = (int64_t)counter_hash(key0, key1, j) < threshold[j];
 }
 
+#define BLOCK 256
+
+/* x[0..len) = keep(d) * d for one task vector over one block (then scaled and weighted, as torch does). */
+static void block_terms(const float *base, const float *model, const keep_spec *s, int64_t j0, int64_t len,
+                        float *x) {
+    for (int64_t t = 0; t < len; t++)
+        x[t] = model[j0 + t] - base[j0 + t];
+    switch (s->kind) {
+    case 1: {
+        float hi = s->thr_hi, lo = s->thr_lo;
+        int64_t cut_hi = s->cut_hi, cut_lo = s->cut_lo;
+        for (int64_t t = 0; t < len; t++) {  /* branch-free, so it vectorises */
+            float a = fabsf(x[t]);
+            int64_t j = j0 + t;
+            int upper = (a > hi) | ((a == hi) & (j < cut_hi));
+            int lower = (a > lo) | ((a == lo) & (j < cut_lo));
+            x[t] = x[t] * ((upper & !lower) ? 1.0f : 0.0f);
+        }
+        break;
+    }
+    case 2:
+        if (s->threshold < (1ULL << 32)) {
+            uint32_t limit = (uint32_t)s->threshold, k0 = s->key0, k1 = s->key1;
+            for (int64_t t = 0; t < len; t++) {
+                uint64_t u = (uint64_t)(j0 + t);
+                uint32_t h = mix32(mix32((uint32_t)u ^ k0) ^ (uint32_t)(u >> 32) ^ k1);
+                x[t] = x[t] * (h < limit ? 1.0f : 0.0f);
+            }
+        } else {
+            for (int64_t t = 0; t < len; t++)
+                x[t] = x[t] * 1.0f;
+        }
+        break;
+    case 3:
+        for (int64_t t = 0; t < len; t++)
+            x[t] = x[t] * (s->mask[j0 + t] ? 1.0f : 0.0f);
+        break;
+    default:
+        break;
+    }
+    if (s->kind && s->has_scale)
+        for (int64_t t = 0; t < len; t++)
+            x[t] = x[t] * s->scale;
+    float w = s->weight;
+    for (int64_t t = 0; t < len; t++)
+        x[t] = x[t] * w;
+}
+
+/* sums[0] = sum |d|, sums[1] = sum |d| over the kept elements (the L1 rescale's two norms), in double,
+   eight running sums in a fixed order (the result does not depend on the compiler's vector width). */
+void kept_l1(const float *base, const float *model, const keep_spec *spec, int64_t start, int64_t end,
+             double *sums) {
+    float d[BLOCK], kept[BLOCK];
+    double all[8] = {0}, some[8] = {0};
+    keep_spec bare = *spec;
+    bare.weight = 1.0f;
+    bare.has_scale = 0;
+    for (int64_t j0 = start; j0 < end; j0 += BLOCK) {
+        int64_t len = end - j0 < BLOCK ? end - j0 : BLOCK;
+        for (int64_t t = 0; t < len; t++)
+            d[t] = model[j0 + t] - base[j0 + t];
+        block_terms(base, model, &bare, j0, len, kept);
+        for (int64_t t = len; t < BLOCK; t++)
+            d[t] = kept[t] = 0;
+        for (int64_t t = 0; t < BLOCK; t += 8)
+            for (int u = 0; u < 8; u++) {
+                all[u] += fabs((double)d[t + u]);
+                some[u] += fabs((double)kept[t + u]);
+            }
+    }
+    sums[0] = sums[1] = 0;
+    for (int u = 0; u < 8; u++) {
+        sums[0] += all[u];
+        sums[1] += some[u];
+    }
+}
+
+static inline float sign_of(float v) { return (float)((v > 0) - (v < 0)); }
+
 void combine(const float *base, const float *const *models, const keep_spec *specs, int32_t n,
              int32_t sign_consensus, int32_t normalize, float divisor, int32_t apply_lam, float lam,
              int64_t start, int64_t end, float *out) {
-    float x[64];
-    for (int64_t j = start; j < end; j++) {
-        float b = base[j];
-        for (int32_t i = 0; i < n; i++) {
-            float d = models[i][j] - b;
-            const keep_spec *s = &specs[i];
-            if (s->kind) {
-                d = d * (keeps(s, d, j) ? 1.0f : 0.0f);
-                if (s->has_scale)
-                    d = d * s->scale;
-            }
-            x[i] = d * s->weight;
-        }
-        float mixed, div = divisor;
+    float x[64][BLOCK], mixed[BLOCK], div[BLOCK], majority[BLOCK];
+    for (int64_t j0 = start; j0 < end; j0 += BLOCK) {
+        int64_t len = end - j0 < BLOCK ? end - j0 : BLOCK;
+        for (int32_t i = 0; i < n; i++)
+            block_terms(base, models[i], &specs[i], j0, len, x[i]);
         if (sign_consensus) {
-            float sum = x[0];
+            for (int64_t t = 0; t < len; t++)
+                mixed[t] = x[0][t];
             for (int32_t i = 1; i < n; i++)
-                sum = sum + x[i];
-            float majority = sum >= 0 ? 1.0f : -1.0f;
-            float agree = (float)(((x[0] > 0) - (x[0] < 0)) == (int)majority);
-            mixed = x[0] * agree;
-            div = agree * specs[0].weight;
-            for (int32_t i = 1; i < n; i++) {
-                agree = (float)(((x[i] > 0) - (x[i] < 0)) == (int)majority);
-                mixed = mixed + x[i] * agree;
-                div = div + agree * specs[i].weight;
+                for (int64_t t = 0; t < len; t++)
+                    mixed[t] = mixed[t] + x[i][t];
+            for (int64_t t = 0; t < len; t++)
+                majority[t] = mixed[t] >= 0 ? 1.0f : -1.0f;
+            for (int32_t i = 0; i < n; i++) {
+                float w = specs[i].weight;
+                for (int64_t t = 0; t < len; t++) {
+                    float agree = sign_of(x[i][t]) == majority[t] ? 1.0f : 0.0f;
+                    float term = x[i][t] * agree, share = agree * w;
+                    mixed[t] = i ? mixed[t] + term : term;
+                    div[t] = i ? div[t] + share : share;
+                }
             }
-            if (div == 0)
-                div = 1;
+            for (int64_t t = 0; t < len; t++)
+                div[t] = div[t] == 0 ? 1.0f : div[t];
         } else {
-            mixed = x[0];
+            for (int64_t t = 0; t < len; t++)
+                mixed[t] = x[0][t];
             for (int32_t i = 1; i < n; i++)
-                mixed = mixed + x[i];
+                for (int64_t t = 0; t < len; t++)
+                    mixed[t] = mixed[t] + x[i][t];
+            for (int64_t t = 0; t < len; t++)
+                div[t] = divisor;
         }
         if (normalize)
-            mixed = mixed / div;
+            for (int64_t t = 0; t < len; t++)
+                mixed[t] = mixed[t] / div[t];
         if (apply_lam)
-            mixed = mixed * lam;
-        out[j] = mixed + b;
+            for (int64_t t = 0; t < len; t++)
+                mixed[t] = mixed[t] * lam;
+        for (int64_t t = 0; t < len; t++)
+            out[j0 + t] = mixed[t] + base[j0 + t];
     }
 }
