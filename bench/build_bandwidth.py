@@ -5,7 +5,10 @@ A search worker keeps its sources resident and builds each candidate in memory: 
 `CandidateWorker._build_ps` runs. Here the benchmark family of `merge_speed.py` (base + 3 variants,
 103M parameters each) is resident and each recipe is built; its effective bandwidth is (bytes of every
 source tensor read + bytes of the merged tensors written) / build seconds, against a large torch tensor
-copy (bytes read + written / seconds, best of several) on the same threads.
+copy (bytes read + written / seconds, best of several) on the same threads. A second table times the
+method kernel alone on one large tensor (`--kernel-size`, 4096 x 4096 by default: a 7B model's attention
+projection) of a base and 3 fine-tunes, the same bytes-moved rule, so that per-tensor overheads of the
+small family do not hide the kernel's own speed.
 
     .venv/bin/python bench/build_bandwidth.py             # 103M-parameter family, best of 3
     .venv/bin/python bench/build_bandwidth.py --smoke     # tiny family, seconds
@@ -23,6 +26,8 @@ from common import (add_family_arguments, build_family, markdown_table, paramete
 from merge_speed import recipes
 
 TARGET = 0.5  # share of the copy bandwidth the build should reach
+# The generalised task-arithmetic family, whose kernel is one pass over memory (merge/methods/fused.py).
+METHODS = ("task_arithmetic", "ties", "dare_ties", "dare_linear", "breadcrumbs", "della")
 
 
 def copy_bandwidth(nbytes: int, repeats: int) -> float:
@@ -53,15 +58,47 @@ def build_once(recipe, resident, config) -> tuple[float, float, float]:
     return merged - start, built - start, cpu
 
 
+def kernel_once(method: str, base, models: dict, seed: int) -> float:
+    """Seconds of one `MergeMethod.merge` of a single tensor, as PSMerger calls it."""
+    from evosearch.merge.methods import METHODS, TensorMerge, TensorParameters
+
+    per_model = {m: {"weight": 0.5, "density": 0.4, "gamma": 0.02, "epsilon": 0.05} for m in models}
+    shared = {"normalize": method in ("ties", "della"), "rescale": method.startswith(("dare", "della")),
+              "lambda": 1.0, "int8_mask": False}
+    job = TensorMerge("model.layers.0.self_attn.q_proj.weight", {**models, "base": base}, "base",
+                      TensorParameters(shared, per_model), seed)
+    start = time.perf_counter()
+    METHODS[method].merge(job)
+    return time.perf_counter() - start
+
+
+def kernel_rows(size: int, repeats: int, bandwidth: float) -> list[dict]:
+    import torch
+
+    gen = torch.Generator().manual_seed(0)
+    base = torch.randn(size, size, generator=gen) * 0.02
+    models = {f"ft{i}": base + torch.randn(size, size, generator=gen) * 0.01 for i in range(3)}
+    moved = (len(models) + 2) * base.numel() * base.element_size()
+    rows = []
+    for method in METHODS:
+        seconds = min(kernel_once(method, base, models, seed=7) for _ in range(repeats))
+        rows.append({"method": method, "tensor": [size, size], "sources": len(models) + 1, "bytes_moved": moved,
+                     "seconds": seconds, "gb_per_s": moved / seconds / 1e9, "share_of_bandwidth": moved / seconds / bandwidth})
+        print(f"kernel {method}: {seconds:.3f} s = {moved / seconds / 1e9:.2f} GB/s", flush=True)
+    return rows
+
+
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     add_family_arguments(p, repeats_help="builds per recipe (the fastest counts)")
     p.add_argument("--threads", type=int, default=1, help="torch threads of the build and the copy")
     p.add_argument("--copy-bytes", type=int, default=1 << 30, help="size of the tensor copied for bandwidth "
                                                                   "(--smoke: 64 MiB)")
+    p.add_argument("--kernel-size", type=int, default=4096, help="side of the square tensor of the kernel table "
+                                                                 "(--smoke: 512)")
     args = resolve_family_arguments(p, p.parse_args(argv))
     if args.smoke:
-        args.copy_bytes = 1 << 26
+        args.copy_bytes, args.kernel_size = 1 << 26, 512
     return args
 
 
@@ -83,7 +120,7 @@ def main(argv=None) -> int:
           f"copy bandwidth {bandwidth / 1e9:.1f} GB/s on {torch.get_num_threads()} thread(s)", flush=True)
 
     rows = []
-    for method, raw in recipes(paths).items():
+    for method, raw in recipes(paths, list(METHODS)).items():
         recipe = parse_recipe(raw, source=f"{method} recipe")
         moved = (len(recipe.source_paths()) + 1) * model_bytes  # every source read once, the merge written once
         timings = [build_once(recipe, resident, config) for _ in range(args.repeats)]
@@ -96,13 +133,15 @@ def main(argv=None) -> int:
         print(f"{method}: build {build_s:.2f} s (merge {merge_s:.2f} s, {cpu_s:.2f} CPU s) = "
               f"{moved / build_s / 1e9:.2f} GB/s", flush=True)
 
+    kernel = kernel_rows(args.kernel_size, args.repeats, bandwidth)
     path = write_result(args.out, "build_bandwidth", {
         "settings": {"size": args.size, "parameters": parameter_count(paths["base"]), "model_bytes": model_bytes,
                      "repeats": args.repeats, "threads": torch.get_num_threads(), "copy_bytes": args.copy_bytes,
                      "target_share": TARGET,
-                     "bytes_moved": "every source tensor read once + every merged tensor written once",
+                     "bytes_moved": "every source tensor read once + every merged tensor written once "
+                                    "(M + 1 tensors read, 1 written)",
                      "build": "PSMerger.merge_all over resident tensors + build_model (CandidateWorker._build_ps)"},
-        "copy_bandwidth_gb_per_s": bandwidth / 1e9, "summary": rows})
+        "copy_bandwidth_gb_per_s": bandwidth / 1e9, "summary": rows, "kernel": kernel})
     print()
     print(markdown_table(
         ["method", "sources", "GB moved", "build s (merge s)", "build CPU s", "build GB/s", "copy GB/s",
@@ -111,6 +150,11 @@ def main(argv=None) -> int:
           f"{r['build_seconds']:.2f} ({r['merge_seconds']:.2f})", f"{r['build_cpu_seconds']:.2f}",
           f"{r['build_gb_per_s']:.2f}", f"{bandwidth / 1e9:.1f}", f"{100 * r['share_of_bandwidth']:.0f}%"]
          for r in rows]))
+    print()
+    print(markdown_table(
+        ["method (one tensor)", "tensor", "GB moved", "seconds", "GB/s", "share of copy bandwidth"],
+        [[r["method"], "x".join(map(str, r["tensor"])), f"{r['bytes_moved'] / 1e9:.2f}", f"{r['seconds']:.3f}",
+          f"{r['gb_per_s']:.2f}", f"{100 * r['share_of_bandwidth']:.0f}%"] for r in kernel]))
     print(f"wrote {path}")
     return 0
 
