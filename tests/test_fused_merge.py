@@ -160,3 +160,21 @@ def test_drop_rate_and_rescaling_match_mergekit(rule):
     assert mean["ours"][1] == pytest.approx(mean["mergekit"][1], rel=0.01)
     if rule == "random":
         assert mean["ours"][1] == pytest.approx(1 / density, rel=0.02)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("method", ["ties", "breadcrumbs", "dare_ties", "della"])
+def test_cuda_builds_the_masks_the_cpu_kernel_builds(method, family, tied_resident):
+    """A candidate built on a GPU worker equals its export built on a CPU: the same elements kept (ties and
+    draws alike), the values to float rounding (CUDA sums in its own order)."""
+    recipe = _recipe(method, family)
+    cpu = _merge(recipe, tied_resident)
+    gpu = _merge(recipe, {p: {n: t.cuda() for n, t in sd.items()} for p, sd in tied_resident.items()})
+    base = tied_resident[family[0]]
+    for name in cpu:
+        torch.testing.assert_close(gpu[name].cpu(), cpu[name], rtol=1e-5, atol=1e-6)
+        one = _recipe(method, family, n=1, rescale=False)
+        kept_cpu = _merge(one, tied_resident, [name])[name] != base[name]
+        on_gpu = {p: {name: sd[name].cuda()} for p, sd in tied_resident.items()}
+        kept_gpu = PSMerger(one, as_sources(on_gpu)).merge_tensor(name).cpu() != base[name]
+        assert torch.equal(kept_gpu, kept_cpu), name
