@@ -3,11 +3,6 @@ the driver process SIGKILLed mid-run and resumed."""
 
 from __future__ import annotations
 
-import os
-import signal
-import subprocess
-import sys
-import time
 from collections import Counter
 from pathlib import Path
 
@@ -15,9 +10,8 @@ import pytest
 
 from evosearch.search.driver import run_job
 from evosearch.search.job import JobError, parse_job
-from storage import Store
-from test_driver import _has_job
-from test_job import write_job, zoo_job
+from test_driver import run_and_kill
+from test_job import zoo_job
 
 pytestmark = pytest.mark.slow
 
@@ -39,25 +33,7 @@ def test_killed_steady_state_driver_resumes_without_reevaluating(ray_local, tiny
     """`evosearch run` of a steady-state GA job SIGKILLed once generation 1 has a candidate recorded (so with
     generations asked ahead and out), then resumed: every candidate recorded once, none evaluated twice."""
     job = _steady_job(tiny_zoo, tmp_path, "steady")
-    path = write_job(tmp_path, job)
-    env = {**os.environ, "RAY_ADDRESS": ray_local.get_runtime_context().gcs_address,
-           "PYTHONPATH": os.pathsep.join(filter(None, [str(Path(__file__).parent), os.environ.get("PYTHONPATH")]))}
-    proc = subprocess.Popen([str(Path(sys.executable).parent / "evosearch"), "run", str(path)], cwd=tmp_path,
-                            env=env, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    db = tmp_path / "steady" / "evosearch.db"
-    store = None
-    try:
-        deadline = time.monotonic() + 300
-        while time.monotonic() < deadline and proc.poll() is None:
-            if store is None and _has_job(db, "steady"):
-                store = Store.open(f"sqlite:///{db}")
-            if store is not None and store.list_jobs() and store.candidates(store.get_job("steady").id, generation=1):
-                break
-            time.sleep(0.05)
-    finally:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
-    assert store is not None and proc.returncode == -signal.SIGKILL, "the run ended before it could be killed"
+    store = run_and_kill(job, tmp_path, ray_local)
     job_id = store.get_job("steady").id
     before = {(c.generation, c.index): c for c in store.candidates(job_id)}
     assert len(before) < 8

@@ -184,12 +184,12 @@ void combine(const float *base, const float *const *models, const keep_spec *spe
         int64_t len = end - j0 < BLOCK ? end - j0 : BLOCK;
         for (int32_t i = 0; i < n; i++)
             block_terms(base, models[i], &specs[i], j0, len, x[i]);
-        if (sign_consensus) {
+        for (int64_t t = 0; t < len; t++)
+            mixed[t] = x[0][t];
+        for (int32_t i = 1; i < n; i++)
             for (int64_t t = 0; t < len; t++)
-                mixed[t] = x[0][t];
-            for (int32_t i = 1; i < n; i++)
-                for (int64_t t = 0; t < len; t++)
-                    mixed[t] = mixed[t] + x[i][t];
+                mixed[t] = mixed[t] + x[i][t];
+        if (sign_consensus) {  /* the sum's sign is the majority; the sum is taken again over the agreeing */
             for (int64_t t = 0; t < len; t++)
                 majority[t] = mixed[t] >= 0 ? 1.0f : -1.0f;
             for (int32_t i = 0; i < n; i++) {
@@ -204,11 +204,6 @@ void combine(const float *base, const float *const *models, const keep_spec *spe
             for (int64_t t = 0; t < len; t++)
                 div[t] = div[t] == 0 ? 1.0f : div[t];
         } else {
-            for (int64_t t = 0; t < len; t++)
-                mixed[t] = x[0][t];
-            for (int32_t i = 1; i < n; i++)
-                for (int64_t t = 0; t < len; t++)
-                    mixed[t] = mixed[t] + x[i][t];
             for (int64_t t = 0; t < len; t++)
                 div[t] = divisor;
         }
