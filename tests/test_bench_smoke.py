@@ -72,7 +72,8 @@ def test_build_bandwidth_smoke_reports_a_share_of_the_measured_copy_bandwidth(tm
     bandwidth = result["copy_bandwidth_gb_per_s"]
     assert 0.1 < bandwidth < 10_000, bandwidth
     model_bytes = result["settings"]["model_bytes"]
-    assert {r["method"] for r in result["summary"]} == {"ties", "task_arithmetic", "dare_ties"}
+    assert {r["method"] for r in result["summary"]} == {"ties", "task_arithmetic", "dare_ties", "dare_linear",
+                                                         "breadcrumbs", "della"}
     for r in result["summary"]:
         assert r["bytes_moved"] == (r["sources"] + 1) * model_bytes, r
         assert 0 < r["merge_seconds"] <= r["build_seconds"], r

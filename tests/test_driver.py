@@ -286,34 +286,43 @@ def _has_job(db: Path, name: str) -> bool:
         return False
 
 
-def test_killed_driver_process_resumes_without_reevaluating(ray_local, tiny_zoo, tmp_path):
-    """The real thing: `evosearch run` in its own process, SIGKILLed in the middle of generation 1."""
+def run_and_kill(job: dict, tmp_path: Path, ray_local, generation: int = 1) -> Store:
+    """`evosearch run` of `job` in its own process, SIGKILLed once `generation` has a candidate recorded;
+    the job's store, as the dead driver left it."""
     from test_job import write_job
 
-    job = zoo_job(tiny_zoo, name="killed", generations=2, fitness={"mode": "full"}, report={"when": "never"})
-    job["output_dir"] = str(tmp_path / "killed")
+    name = job["name"]
     path = write_job(tmp_path, job)
-    spec = parse_job(job)
     env = {**os.environ, "RAY_ADDRESS": ray_local.get_runtime_context().gcs_address,
            "PYTHONPATH": os.pathsep.join(filter(None, [str(Path(__file__).parent), os.environ.get("PYTHONPATH")]))}
     cli = Path(sys.executable).parent / "evosearch"
     proc = subprocess.Popen([str(cli), "run", str(path)], cwd=tmp_path, env=env, start_new_session=True,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    db = tmp_path / "killed" / "evosearch.db"
+    db = Path(job["output_dir"]) / "evosearch.db"
     store = None
     try:
         deadline = time.monotonic() + 300
         while time.monotonic() < deadline and proc.poll() is None:
             # Open the store only once the run has migrated it and made its job: never two migrations at once.
-            if store is None and _has_job(db, "killed"):
+            if store is None and _has_job(db, name):
                 store = Store.open(f"sqlite:///{db}")
-            if store is not None and store.list_jobs() and store.candidates(store.get_job("killed").id, generation=1):
+            if store is not None and store.list_jobs() and store.candidates(store.get_job(name).id,
+                                                                            generation=generation):
                 break
             time.sleep(0.05)
     finally:
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
     assert store is not None and proc.returncode == -signal.SIGKILL, "the run ended before it could be killed"
+    return store
+
+
+def test_killed_driver_process_resumes_without_reevaluating(ray_local, tiny_zoo, tmp_path):
+    """The real thing: `evosearch run` in its own process, SIGKILLed in the middle of generation 1."""
+    job = zoo_job(tiny_zoo, name="killed", generations=2, fitness={"mode": "full"}, report={"when": "never"})
+    job["output_dir"] = str(tmp_path / "killed")
+    spec = parse_job(job)
+    store = run_and_kill(job, tmp_path, ray_local)
     job_id = store.get_job("killed").id
     assert store.get_job(job_id).status == "running"  # nobody had the chance to say otherwise
     # What tells a dead driver from a live one: the age of its last write, which stops growing with it.

@@ -40,6 +40,7 @@ from evosearch.search.events import RunEvent
 from evosearch.search.job import JobSpec, TaskObjective
 from evosearch.search.memory import MemoryFitError, check_job_memory
 from evosearch.search.preflight import TaskCheckError, check_search_models, check_search_tasks
+from evosearch.search.scheduler import SteadyStateScheduler, generations_to_ask
 from evosearch.search.ray_session import ensure_ray
 from evosearch.spaces import SearchSpace, build_space
 from fitness.evaluator import LmEvalEvaluator
@@ -213,13 +214,27 @@ class SearchDriver:
 
     def run_generation(self, generation: int) -> None:
         genomes = self.optimizer.ask()
+        final, primaries = self.admit(generation, genomes)
+        if primaries:
+            self._running = len(primaries)
+            self._emit(generation)
+            for pending, outcome in self._evaluate(generation, primaries):
+                self._running -= 1
+                self.settle(generation, genomes, final, pending, outcome)
+                self._emit(generation)
+        self.conclude(generation, genomes, final)
+
+    # --- the steps of a generation, which the steady-state scheduler runs too ----------------------
+    def admit(self, generation: int, genomes: np.ndarray) -> tuple[dict[int, CandidateRecord], list[_Pending]]:
+        """The candidates of a generation already settled (recorded by an interrupted run, copied from the
+        cache), and those a worker must evaluate (a recipe that appears twice is evaluated once)."""
         self._gen_size = len(genomes)
         recorded = {c.index: c for c in self.store.candidates(self.job.id, generation=generation)}
         for i, cand in recorded.items():
             if i >= len(genomes) or not np.allclose(cand.genome, genomes[i], rtol=0, atol=GENOME_ATOL):
                 raise DriverError(f"job {self.spec.name}: generation {generation} candidate {i} was recorded "
                                   "with another genome than the restored optimizer asks for; cannot resume")
-        final: dict[int, object] = dict(recorded)
+        final: dict[int, CandidateRecord] = dict(recorded)
         primaries: dict[str, _Pending] = {}
         for i, genome in enumerate(genomes):
             if i in final:
@@ -239,22 +254,24 @@ class SearchDriver:
                 self._cached += 1
                 continue
             primaries[h] = _Pending(index=i, genome=base["genome"], recipe=recipe, recipe_hash=h)
-        if primaries:
-            self._running = len(primaries)
-            self._emit(generation)
-            for pending, outcome in self._evaluate(generation, list(primaries.values())):
-                self._running -= 1
-                self._evaluated += 1
-                rec = self._record(self._candidate(generation, pending, outcome))
-                final[pending.index] = rec
-                for j in pending.duplicates:
-                    final[j] = self._record(CandidateRecord(
-                        job_id=self.job.id, generation=generation, index=j, genome=[float(x) for x in genomes[j]],
-                        recipe=pending.recipe, recipe_hash=pending.recipe_hash, status=rec.status, worker=rec.worker,
-                        attempts=0, error=rec.error, scores=_search_only(rec.scores),
-                        cached_from=rec.id if rec.status == "done" else None))
-                    self._cached += rec.status == "done"
-                self._emit(generation)
+        return final, list(primaries.values())
+
+    def settle(self, generation: int, genomes: np.ndarray, final: dict[int, CandidateRecord], pending: _Pending,
+               outcome) -> None:
+        """Records a worker's outcome for `pending` and for the later duplicates of its recipe."""
+        self._evaluated += 1
+        rec = self._record(self._candidate(generation, pending, outcome))
+        final[pending.index] = rec
+        for j in pending.duplicates:
+            final[j] = self._record(CandidateRecord(
+                job_id=self.job.id, generation=generation, index=j, genome=[float(x) for x in genomes[j]],
+                recipe=pending.recipe, recipe_hash=pending.recipe_hash, status=rec.status, worker=rec.worker,
+                attempts=0, error=rec.error, scores=_search_only(rec.scores),
+                cached_from=rec.id if rec.status == "done" else None))
+            self._cached += rec.status == "done"
+
+    def conclude(self, generation: int, genomes: np.ndarray, final: dict[int, CandidateRecord]) -> None:
+        """Tells the optimizer the generation (its oldest batch out) and commits it with the front so far."""
         if generation == 0 and all(final[i].status == "failed" for i in range(len(genomes))):
             # Nothing to learn from, and a job that goes on would only report an empty front.
             raise DriverError(f"job {self.spec.name}: every candidate of the first generation failed; "
@@ -265,9 +282,12 @@ class SearchDriver:
         self._front_size = len(front_ids)
         self.store.commit_generation(self.job.id, generation, self.optimizer.state_dict(), front_ids, hv)
 
+    def search_task(self, generation: int, pending: _Pending) -> CandidateTask:
+        return self._search_task(f"{self.spec.name}/g{generation}/i{pending.index}", pending.recipe)
+
     def _evaluate(self, generation: int, pending: list[_Pending]):
         """Yields (pending, PoolOutcome) as the workers finish."""
-        tasks = {p.index: self._search_task(f"{self.spec.name}/g{generation}/i{p.index}", p.recipe) for p in pending}
+        tasks = {p.index: self.search_task(generation, p) for p in pending}
         by_index = {p.index: p for p in pending}
         for outcome in self._workers().map_unordered([p.index for p in pending], lambda i: (tasks[i],)):
             yield by_index[outcome.item], outcome
@@ -323,6 +343,25 @@ class SearchDriver:
             self._emit(generation, phase="report")
 
     # --- the whole job ----------------------------------------------------------------------------
+    def workers(self):
+        return self._workers()
+
+    def running(self, count: int, generation: int) -> None:
+        self._running = count
+        self._emit(generation)
+
+    def _run_steady_state(self, stop_after: Optional[int]) -> tuple[str, Optional[str]]:
+        """The search with workers never waiting for a generation to end (`scheduler.py`)."""
+        per_generation = self.spec.population_size
+        limit = generations_to_ask(self.spec.optimizer.max_generations, self.spec.budget, per_generation, stop_after)
+        SteadyStateScheduler(self, limit).run()
+        told = self.optimizer.generation
+        if stop_after is not None and told >= stop_after and not self.optimizer.done():
+            return "stopped", f"stopped after generation {told - 1} as asked"
+        if self.spec.budget is not None and not self.optimizer.done():
+            return "finished", f"budget of {self.spec.budget} candidates reached after {told} generation(s)"
+        return "finished", None
+
     def run(self, stop_after: Optional[int] = None) -> RunSummary:
         """Runs generations until the optimizer is done, the budget would be passed, or `stop_after`
         generations are committed (counted from 0: the job then stops, resumable)."""
@@ -334,7 +373,9 @@ class SearchDriver:
         self.store.set_job_status(self.job.id, "running")
         try:
             self._prepare()
-            while not self.optimizer.done():
+            if self.spec.scheduling == "steady_state":
+                status, reason = self._run_steady_state(stop_after)
+            while self.spec.scheduling == "generational" and not self.optimizer.done():
                 generation = self.optimizer.generation
                 if stop_after is not None and generation >= stop_after:
                     status, reason = "stopped", f"stopped after generation {generation - 1} as asked"

@@ -19,7 +19,7 @@ from pydantic import Discriminator, Field, Tag, field_validator, model_validator
 
 from evosearch.config_file import known, model_dirs, read_yaml_file, safe_name, store_url
 from evosearch.errors import UsageError
-from evosearch.optimizers import AnyOptimizerConfig, OptimizerError, parse_optimizer_config
+from evosearch.optimizers import OPTIMIZERS, AnyOptimizerConfig, OptimizerError, parse_optimizer_config
 from evosearch.optimizers.base import ScalarisingConfig
 from evosearch.search.costs import COST_TERMS
 from evosearch.search.sections import Section, TasksSpec, WorkersSpec, resolve_models, resolve_tasks, validated
@@ -156,6 +156,9 @@ class JobSpec(Section):
     generations: Optional[int] = Field(default=None, gt=0, description="sets optimizer.max_generations")
     budget: Optional[int] = Field(default=None, gt=0, description="most candidates; a generation that "
                                                                   "would pass it is not started")
+    scheduling: Literal["generational", "steady_state"] = Field(
+        default="generational", description="steady_state: a worker that finishes gets a candidate at once, "
+                                            "from a generation asked ahead (ga, nsga2, random)")
     objectives: list[Objective] = Field(min_length=1)
     fitness: FitnessSpec = Field(default_factory=FitnessSpec)
     tasks: TasksSpec
@@ -301,6 +304,9 @@ def _check_semantics(spec: JobSpec, where: str) -> None:
                        "one weight per objective (or use nsga2)")
     if weights is not None and len(weights) != n_obj:
         raise JobError(f"{where}: optimizer.weights: {len(weights)} weights for {n_obj} objectives")
+    if spec.scheduling == "steady_state" and not OPTIMIZERS[spec.optimizer.name].asynchronous:
+        raise JobError(f"{where}: scheduling: steady_state needs an optimizer that can ask a generation before "
+                       f"the last is told (ga, nsga2, random), not {spec.optimizer.name}")
     if spec.budget is not None and spec.budget < spec.population_size:
         raise JobError(f"{where}: budget: {spec.budget} candidates is less than one generation "
                        f"({spec.population_size})")
