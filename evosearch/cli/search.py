@@ -15,17 +15,19 @@ from evosearch.config_file import SQLITE_PREFIX
 from evosearch.errors import RunFailure, UsageError, one_line
 
 
-def _drive(spec, store, resume: bool) -> None:
+def _drive(spec, store, resume: bool, force: bool = False) -> None:
     from evosearch.search.driver import DriverError, run_job  # start-up time: Ray, torch, lm-eval
+    from evosearch.search.lease import LeaseHeld, LeaseLost
     from evosearch.views.progress import LiveProgress
     from storage import StoreError
 
     try:
         with LiveProgress() as view:
-            summary = run_job(spec, store, resume=resume, on_event=view.update)
+            summary = run_job(spec, store, resume=resume, on_event=view.update, force=force,
+                              on_notice=lambda notice: typer.echo(f"warning: {notice}", err=True))
     except KeyboardInterrupt:
         raise RunFailure(f"interrupted; continue with `evosearch resume {spec.name}`") from None
-    except (DriverError, StoreError):
+    except (DriverError, StoreError, LeaseHeld, LeaseLost):
         raise
     except Exception as e:  # noqa: BLE001 - a worker or optimizer failure: the store keeps the rest
         raise RunFailure(f"{one_line(e)} (continue with `evosearch resume {spec.name}`)") from None
@@ -61,10 +63,15 @@ def run_command(job_file: Path = typer.Argument(..., help="the job YAML")) -> No
 
 @verb
 def resume_command(job: str = typer.Argument(..., help="job name or job file"),
-                   store: Optional[str] = typer.Option(None, "--store", help="store URL (default: the job's)")) -> None:
+                   store: Optional[str] = typer.Option(None, "--store", help="store URL (default: the job's)"),
+                   force: bool = typer.Option(False, "--force", help="take the job even while another driver's "
+                                              "lease on it is live (that driver, if alive, stops at its next "
+                                              "renewal; what it was evaluating is evaluated again)")) -> None:
     """Continue a stopped or killed job from its last committed generation.
 
-    Candidates already recorded are reused, never evaluated again.
+    Candidates already recorded are reused, never evaluated again. A job whose driver still holds its
+    lease (renewed every few seconds; `status` says `dead` once it has expired) is refused (exit 3)
+    unless --force.
 
     Examples:
 
@@ -75,7 +82,7 @@ def resume_command(job: str = typer.Argument(..., help="job name or job file"),
     from evosearch.search.job import spec_of_job  # start-up time
 
     opened, record = locate_job(job, store)
-    _drive(spec_of_job(record), opened, resume=True)
+    _drive(spec_of_job(record), opened, resume=True, force=force)
 
 
 @verb

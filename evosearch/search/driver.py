@@ -35,6 +35,7 @@ from evosearch.search.calibration_spec import stored_irt_settings
 from evosearch.search.costs import COST_TERMS
 from evosearch.search.events import RunEvent
 from evosearch.search.job import JobSpec, TaskObjective
+from evosearch.search.lease import DriverLease, LeaseLost, LeaseSettings
 from evosearch.search.preflight import check_search_models
 from evosearch.search.ray_session import ensure_ray
 from evosearch.spaces import SearchSpace, build_space
@@ -94,8 +95,10 @@ def hypervolume_reference(spec: JobSpec) -> list[float]:
 class SearchDriver:
     """Runs one job against one store; `run()` drives it to the end (or `stop_after` generations)."""
 
-    def __init__(self, spec: JobSpec, store: Store, job: JobRecord, *, on_event: Optional[Callable[[RunEvent], None]] = None):
+    def __init__(self, spec: JobSpec, store: Store, job: JobRecord, *, on_event: Optional[Callable[[RunEvent], None]] = None,
+                 lease: Optional[DriverLease] = None):
         self.spec, self.store, self.job = spec, store, job
+        self.lease = lease  # checked before every write: a driver whose job was taken over writes nothing more
         self.space: SearchSpace = build_space(spec.search_space)
         self.optimizer: Optimizer = make_optimizer(spec.optimizer, self.space.dim, spec.directions, spec.seed)
         self.on_event = on_event
@@ -202,6 +205,7 @@ class SearchDriver:
             evaluated=self._evaluated, front_size=self._front_size, phase=phase))
 
     def _record(self, rec: CandidateRecord) -> CandidateRecord:
+        self._check_lease()
         rec.id = self.store.record_candidate(rec)
         return rec
 
@@ -253,7 +257,12 @@ class SearchDriver:
         self.optimizer.tell(genomes, objectives)
         front_ids, hv = self.front()
         self._front_size = len(front_ids)
+        self._check_lease()
         self.store.commit_generation(self.job.id, generation, self.optimizer.state_dict(), front_ids, hv)
+
+    def _check_lease(self) -> None:
+        if self.lease is not None:
+            self.lease.check()
 
     def _evaluate(self, generation: int, pending: list[_Pending]):
         """Yields (pending, PoolOutcome) as the workers finish."""
@@ -343,6 +352,8 @@ class SearchDriver:
                           f"{max_generations} generations")
             if status == "finished" and self.spec.report.when != "never":
                 self.report_front(self.optimizer.generation - 1)
+        except LeaseLost:
+            raise  # the job is another driver's now: its status is that driver's to write
         except BaseException as e:
             message = "interrupted" if isinstance(e, KeyboardInterrupt) else one_line(e)
             self.store.set_job_status(self.job.id, "stopped" if isinstance(e, KeyboardInterrupt) else "failed",
@@ -383,9 +394,13 @@ def stored_calibration(spec: JobSpec, store: Store) -> CalibrationRecord:
 
 
 def run_job(spec: JobSpec, store: Store, resume: bool = False, *, stop_after: Optional[int] = None,
-            on_event: Optional[Callable[[RunEvent], None]] = None) -> RunSummary:
+            on_event: Optional[Callable[[RunEvent], None]] = None, force: bool = False,
+            on_notice: Optional[Callable[[str], None]] = None) -> RunSummary:
     """Runs a job from its spec (`resume=False`: a new job of that name) or continues the stored job of
-    that name (`resume=True`) from its last committed generation."""
+    that name (`resume=True`) from its last committed generation, holding the job's lease throughout
+    (`LeaseHeld` while another driver's is live, unless `force`; `on_notice` hears what a forced take-over
+    risks)."""
+    lease_settings = LeaseSettings.from_env()
     if resume:
         job = store.get_job(spec.name)
     else:
@@ -401,4 +416,12 @@ def run_job(spec: JobSpec, store: Store, resume: bool = False, *, stop_after: Op
                                    objectives=dict(zip(spec.objective_names, spec.directions)))
         except StoreError as e:
             raise DriverError(f"{e} (continue it with `evosearch resume {spec.name}`)") from None
-    return SearchDriver(spec, store, job, on_event=on_event).run(stop_after=stop_after)
+    lease = DriverLease(store, job, lease_settings)
+    notice = lease.take(force=force)
+    if notice is not None and on_notice is not None:
+        on_notice(notice)
+    lease.start()
+    try:
+        return SearchDriver(spec, store, job, on_event=on_event, lease=lease).run(stop_after=stop_after)
+    finally:
+        lease.release()
