@@ -31,6 +31,7 @@ from evosearch.errors import RunFailure, one_line
 from evosearch.merge.sources import SourceError
 from evosearch.optimizers import Optimizer, ParetoFront, make_optimizer
 from evosearch.recipe import recipe_hash, recipe_sources
+from evosearch.search.calibrate import refit_if_in_finishing_order
 from evosearch.search.calibration_spec import stored_irt_settings
 from evosearch.search.costs import COST_TERMS
 from evosearch.search.events import RunEvent
@@ -386,6 +387,9 @@ def stored_calibration(spec: JobSpec, store: Store) -> CalibrationRecord:
     except StoreError as e:
         raise DriverError(f"job {spec.name}: fitness.calibration: {e} (run `evosearch calibrate` with "
                           "this store first)") from None
+    calibration, note = refit_if_in_finishing_order(store, calibration)
+    if note is not None:
+        log.warning("%s", note)
     missing = [t for t in spec.search_tasks if t not in calibration.tasks]
     if missing:
         raise DriverError(f"calibration {name!r} does not cover task {missing[0]!r} "
