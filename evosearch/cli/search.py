@@ -39,10 +39,11 @@ def _drive(spec, store, resume: bool, force: bool = False) -> None:
 
 @verb
 def run_command(job_file: Path = typer.Argument(..., help="the job YAML")) -> None:
-    """Run a job on a local Ray (started if none is running), with a live progress view.
+    """Run a job on a local Ray of its own (never one that happens to run on the machine), with a live
+    progress view.
 
-    Set RAY_ADDRESS to join a running cluster instead; to hand the job to a cluster and return, use
-    `evosearch submit`.
+    Set RAY_ADDRESS to join a running cluster instead (RAY_ADDRESS=auto: the machine's `ray start`
+    cluster); to hand the job to a cluster and return, use `evosearch submit`.
 
     Examples:
 
