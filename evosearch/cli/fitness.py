@@ -70,12 +70,14 @@ def calibrate_command(calibration_file: Path = typer.Argument(..., help="the cal
                 score_members(spec, todo, store, record.id, on_stored)
         # Its models matched this file's, so this file's settings (sizes, report) now describe it.
         store.set_calibration_spec(record.id, spec.to_dict())
-        version, new = refit(store, spec)
+        version, new, note = refit(store, spec)
     except KeyboardInterrupt:
         raise RunFailure(f"interrupted; models scored so far are stored; run `evosearch calibrate "
                          f"{calibration_file}` again to continue") from None
     except Exception as e:  # noqa: BLE001 - a worker, the store or the fit: what was scored is kept
         raise RunFailure(f"{first_line(e)} (models scored so far are stored; run again to continue)") from None
+    if note is not None:
+        typer.echo(f"note: {note}")
     typer.echo(f"{spec.name}: IRT fit version {version}{' (new)' if new else ' (unchanged)'} on "
                f"{len(members) - spec.n_heldout} models; store {store.url_for_display}")
 

@@ -34,10 +34,12 @@ from evosearch.errors import RunFailure, one_line
 from evosearch.merge.sources import SourceError
 from evosearch.optimizers import Optimizer, ParetoFront, make_optimizer
 from evosearch.recipe import recipe_hash, recipe_sources
+from evosearch.search.calibrate import refit_if_in_finishing_order
 from evosearch.search.calibration_spec import stored_irt_settings
 from evosearch.search.costs import COST_TERMS
 from evosearch.search.events import RunEvent
 from evosearch.search.job import JobSpec, TaskObjective
+from evosearch.search.lease import DriverLease, LeaseLost, LeaseSettings
 from evosearch.search.memory import MemoryFitError, check_job_memory
 from evosearch.search.preflight import TaskCheckError, check_search_models, check_search_tasks
 from evosearch.search.scheduler import SteadyStateScheduler, generations_to_ask
@@ -99,8 +101,10 @@ def hypervolume_reference(spec: JobSpec) -> list[float]:
 class SearchDriver:
     """Runs one job against one store; `run()` drives it to the end (or `stop_after` generations)."""
 
-    def __init__(self, spec: JobSpec, store: Store, job: JobRecord, *, on_event: Optional[Callable[[RunEvent], None]] = None):
+    def __init__(self, spec: JobSpec, store: Store, job: JobRecord, *, on_event: Optional[Callable[[RunEvent], None]] = None,
+                 lease: Optional[DriverLease] = None):
         self.spec, self.store, self.job = spec, store, job
+        self.lease = lease  # checked before every write: a driver whose job was taken over writes nothing more
         self.space: SearchSpace = build_space(spec.search_space)
         self.optimizer: Optimizer = make_optimizer(spec.optimizer, self.space.dim, spec.directions, spec.seed)
         self.on_event = on_event
@@ -209,6 +213,7 @@ class SearchDriver:
             evaluated=self._evaluated, front_size=self._front_size, phase=phase))
 
     def _record(self, rec: CandidateRecord) -> CandidateRecord:
+        self._check_lease()
         rec.id = self.store.record_candidate(rec)
         return rec
 
@@ -280,7 +285,12 @@ class SearchDriver:
         self.optimizer.tell(genomes, objectives)
         front_ids, hv = self.front()
         self._front_size = len(front_ids)
+        self._check_lease()
         self.store.commit_generation(self.job.id, generation, self.optimizer.state_dict(), front_ids, hv)
+
+    def _check_lease(self) -> None:
+        if self.lease is not None:
+            self.lease.check()
 
     def search_task(self, generation: int, pending: _Pending) -> CandidateTask:
         return self._search_task(f"{self.spec.name}/g{generation}/i{pending.index}", pending.recipe)
@@ -395,6 +405,8 @@ class SearchDriver:
                           f"{max_generations} generations")
             if status == "finished" and self.spec.report.when != "never":
                 self.report_front(self.optimizer.generation - 1)
+        except LeaseLost:
+            raise  # the job is another driver's now: its status is that driver's to write
         except BaseException as e:
             message = "interrupted" if isinstance(e, KeyboardInterrupt) else one_line(e)
             self.store.set_job_status(self.job.id, "stopped" if isinstance(e, KeyboardInterrupt) else "failed",
@@ -426,6 +438,9 @@ def stored_calibration(spec: JobSpec, store: Store) -> CalibrationRecord:
     except StoreError as e:
         raise DriverError(f"job {spec.name}: fitness.calibration: {e} (run `evosearch calibrate` with "
                           "this store first)") from None
+    calibration, note = refit_if_in_finishing_order(store, calibration)
+    if note is not None:
+        log.warning("%s", note)
     missing = [t for t in spec.search_tasks if t not in calibration.tasks]
     if missing:
         raise DriverError(f"calibration {name!r} does not cover task {missing[0]!r} "
@@ -441,9 +456,13 @@ def stored_calibration(spec: JobSpec, store: Store) -> CalibrationRecord:
 
 
 def run_job(spec: JobSpec, store: Store, resume: bool = False, *, stop_after: Optional[int] = None,
-            on_event: Optional[Callable[[RunEvent], None]] = None) -> RunSummary:
+            on_event: Optional[Callable[[RunEvent], None]] = None, force: bool = False,
+            on_notice: Optional[Callable[[str], None]] = None) -> RunSummary:
     """Runs a job from its spec (`resume=False`: a new job of that name) or continues the stored job of
-    that name (`resume=True`) from its last committed generation."""
+    that name (`resume=True`) from its last committed generation, holding the job's lease throughout
+    (`LeaseHeld` while another driver's is live, unless `force`; `on_notice` hears what a forced take-over
+    risks)."""
+    lease_settings = LeaseSettings.from_env()
     if resume:
         job = store.get_job(spec.name)
     else:
@@ -469,4 +488,12 @@ def run_job(spec: JobSpec, store: Store, resume: bool = False, *, stop_after: Op
                                    objectives=dict(zip(spec.objective_names, spec.directions)))
         except StoreError as e:
             raise DriverError(f"{e} (continue it with `evosearch resume {spec.name}`)") from None
-    return SearchDriver(spec, store, job, on_event=on_event).run(stop_after=stop_after)
+    lease = DriverLease(store, job, lease_settings)
+    notice = lease.take(force=force)
+    if notice is not None and on_notice is not None:
+        on_notice(notice)
+    lease.start()
+    try:
+        return SearchDriver(spec, store, job, on_event=on_event, lease=lease).run(stop_after=stop_after)
+    finally:
+        lease.release()

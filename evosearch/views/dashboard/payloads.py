@@ -99,10 +99,11 @@ def objectives_of(spec: JobSpec) -> list[dict[str, Any]]:
     return out
 
 
-def liveness(status: str, seconds_quiet: Optional[float], worker_seconds: list[float]) -> dict[str, Any]:
+def liveness(status: str, seconds_quiet: Optional[float], worker_seconds: list[float],
+             lease_expired: Optional[bool] = None) -> dict[str, Any]:
     typical = typical_candidate_seconds(worker_seconds)
     return {"typical_candidate_seconds": typical, "dead_after_seconds": RULE.quiet_limit(typical),
-            "dead_suspected": driver_seems_dead(status, seconds_quiet, typical)}
+            "dead_suspected": driver_seems_dead(status, seconds_quiet, typical, lease_expired=lease_expired)}
 
 
 def job_row(store_key: str, store: Store, record: JobRecord) -> dict[str, Any]:
@@ -111,7 +112,8 @@ def job_row(store_key: str, store: Store, record: JobRecord) -> dict[str, Any]:
     row = status_rows([(record, progress)])[0]
     row.update(store=store_key, objectives=dict(record.objectives), last_write=_iso(progress.last_write),
                created_at=_iso(record.created_at),
-               **liveness(progress.status, row["seconds_since_last_write"], store.worker_seconds(record.id)))
+               **liveness(row["status"], row["seconds_since_last_write"], store.worker_seconds(record.id),
+                          row["driver_dead"]))
     return row
 
 
