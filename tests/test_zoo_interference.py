@@ -16,7 +16,8 @@ from evosearch.merge.ps import merge_state_dict
 from evosearch.recipe import DFSRecipe, PSRecipe
 from evosearch.zoo import PRESETS, build_zoo
 from evosearch.zoo.build import LOWER, UPPER
-from evosearch.zoo.report import default_merge_grid, layer_path, layered_recipe
+from evosearch.spaces.dfs import DFSSpace, DFSSpaceConfig
+from evosearch.zoo.report import anchored_layer_path, default_merge_grid, layer_path, layered_recipe
 from evosearch.zoo.tasks import HABIT_OFFSET, STREAMS, make_eval_items, math_answer, to_l1, training_texts
 from evosearch.zoo.tokenizer import build_tokenizer
 from evosearch.zoo.train import ModelShape, TrainSettings, new_model, packed_batches, train, train_only
@@ -132,6 +133,13 @@ def test_hand_recipes_take_each_specialists_own_block(bed):
     assert isinstance(path, DFSRecipe) and path.path() == [(0, 0), (0, 1), (1, 2), (1, 3)]
     assert path.sources == [paths["lang"], paths["math"]] and path.embed_source == 0
 
+    # The anchored variant is a point of Sakana's anchored DFS space (math's ends, lang's embeddings).
+    anchored = anchored_layer_path(paths, 4)
+    assert anchored.path() == [(0, 0), (1, 0), (1, 1), (0, 2), (0, 3)]
+    space = DFSSpace(DFSSpaceConfig(sources=["math", "lang"], num_layers=4, repeats=2, anchor_ends=True,
+                                    anchor_source=0, embed_source=1))
+    assert space.decode(space.encode(anchored), sources=anchored.sources) == anchored
+
 
 def _cli(*args: str) -> str:
     """`evosearch zoo ARGS` run in-process; its output, once it exited 0."""
@@ -148,7 +156,7 @@ def test_report_cli_on_the_interference_bed(bed):
     assert report["bed"] == "interference" and len(report["target_grid"]) == 36
     assert report["best_target"]["accuracy"] == max(report["target_grid"].values())
     hand = [name for name in report["accuracy"] if name.startswith("hand")]
-    assert len(hand) == 2
+    assert len(hand) == 2 and any(name.startswith("anchored DFS path") for name in report["accuracy"])
     ps, dfs = (report["accuracy"][name] for name in hand)
     assert all(abs(ps[t] - dfs[t]) <= 0.04 for t in ps)  # the same model, built two ways
     assert len(report["bars"]) == 4

@@ -132,6 +132,16 @@ def layer_path(paths: dict[str, str], num_layers: int) -> DFSRecipe:
                      embed_source=0)
 
 
+def anchored_layer_path(paths: dict[str, str], num_layers: int) -> DFSRecipe:
+    """`layer_path` as Sakana's anchored DFS space can write it (sources [math, lang], two repeats, the path
+    starting at math's first layer and ending at its last): math 0, lang's lower layers, math's upper ones,
+    lang's embeddings and head. Shown, not barred: it says what a DFS search anchored this way can reach."""
+    n = num_layers
+    on = {0, *(n + i for i in LOWER), *(2 * n + i for i in UPPER)}
+    return DFSRecipe(sources=[paths["math"], paths["lang"]], num_layers=n, repeats=2,
+                     indicator=[j in on for j in range(4 * n)], scales=[[1.0, 1.0], [1.0, 1.0]], embed_source=1)
+
+
 class _Zoo:
     """The zoo's models resident in memory, and one evaluator over the chosen split."""
 
@@ -219,6 +229,8 @@ def _interference_report(zoo: _Zoo, acc: dict[str, dict[str, float]], gains: dic
                         f"{OVER_BEST_DEFAULT_MERGE:g} points", gained - 100 * best, OVER_BEST_DEFAULT_MERGE))
         bars.append(Bar(f"{kind} beats the best source ({best_source_name}) on the target by ≥ "
                         f"{OVER_BEST_SOURCE:g} points", gained - 100 * best_source, OVER_BEST_SOURCE))
+    anchored = "anchored DFS path (shown, no bar): math 0 -> lang 0,1 -> math 2,3"
+    acc[anchored] = zoo.score(zoo.build(anchored_layer_path(zoo.paths, num_layers)), all_tasks)
     return ZooReport(split=zoo.split, accuracy=acc, gains=gains, retention={}, target_grid=grid,
                      best_target={"merge": best_label, "accuracy": best, "best_source": best_source_name,
                                   "best_source_accuracy": best_source},
