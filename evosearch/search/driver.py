@@ -94,14 +94,16 @@ def hypervolume_reference(spec: JobSpec) -> list[float]:
 class SearchDriver:
     """Runs one job against one store; `run()` drives it to the end (or `stop_after` generations)."""
 
-    def __init__(self, spec: JobSpec, store: Store, job: JobRecord, *, on_event: Optional[Callable[[RunEvent], None]] = None):
+    def __init__(self, spec: JobSpec, store: Store, job: JobRecord, *, on_event: Optional[Callable[[RunEvent], None]] = None,
+                 pool=None):
         self.spec, self.store, self.job = spec, store, job
         self.space: SearchSpace = build_space(spec.search_space)
         self.optimizer: Optimizer = make_optimizer(spec.optimizer, self.space.dim, spec.directions, spec.seed)
         self.on_event = on_event
         self.splits: dict = {}  # task -> TaskSplitRecord, for tasks whose report split is a carved hold-out
         self.fitness = None  # ReducedFitness in reduced mode, set by `_prepare` once the splits are known
-        self._pool = None
+        # A pool handed in (started, holding the job's sources and tasks) is the caller's: it stays up.
+        self._pool, self._owns_pool = pool, pool is None
         self._started = time.monotonic()
         self._evaluated = self._cached = self._running = 0
         self._gen_size = self._front_size = 0
@@ -186,7 +188,7 @@ class SearchDriver:
         return self._pool
 
     def close(self) -> None:
-        if self._pool is not None:
+        if self._pool is not None and self._owns_pool:
             self._pool.shutdown()
             self._pool = None
 
@@ -383,9 +385,11 @@ def stored_calibration(spec: JobSpec, store: Store) -> CalibrationRecord:
 
 
 def run_job(spec: JobSpec, store: Store, resume: bool = False, *, stop_after: Optional[int] = None,
-            on_event: Optional[Callable[[RunEvent], None]] = None) -> RunSummary:
+            on_event: Optional[Callable[[RunEvent], None]] = None, pool=None) -> RunSummary:
     """Runs a job from its spec (`resume=False`: a new job of that name) or continues the stored job of
-    that name (`resume=True`) from its last committed generation."""
+    that name (`resume=True`) from its last committed generation. `pool`: a started worker pool
+    (`workers.candidate.candidate_pool`) whose workers hold the job's sources and tasks, to run several
+    jobs on one set of workers (a benchmark); it is left running."""
     if resume:
         job = store.get_job(spec.name)
     else:
@@ -401,4 +405,4 @@ def run_job(spec: JobSpec, store: Store, resume: bool = False, *, stop_after: Op
                                    objectives=dict(zip(spec.objective_names, spec.directions)))
         except StoreError as e:
             raise DriverError(f"{e} (continue it with `evosearch resume {spec.name}`)") from None
-    return SearchDriver(spec, store, job, on_event=on_event).run(stop_after=stop_after)
+    return SearchDriver(spec, store, job, on_event=on_event, pool=pool).run(stop_after=stop_after)
