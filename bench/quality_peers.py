@@ -105,6 +105,70 @@ def ensure_venv(peer: str, root: Path = DEFAULT_VENVS, log=print) -> Path:
     return python
 
 
+class PeerFailed(RuntimeError):
+    """A peer that could not run; the message is the exact reason (a pip or the runner's last lines)."""
+
+
+def _settings(bed, s, seed: int, work: Path) -> dict:
+    return {"models": [str(bed.zoo.models[m]) for m in bed.specialists], "base_model": str(bed.zoo.models["base"]),
+            "specialists": list(bed.specialists), "target": bed.target, "include_path": [str(bed.zoo.include_path)],
+            "budget": s.budget, "popsize": s.popsize, "seed": seed, "workers": s.workers, "limit": s.limit,
+            "layer_granularity": max(1, bed.num_layers // s.layer_groups), "weight_high": s.weight_high,
+            "work_dir": str(work), "result": str(work / "result.json")}
+
+
+def run_peer(peer: str, bed, s, seed: int, work: Path, log, venvs: Path = DEFAULT_VENVS,
+             timeout: float | None = None) -> dict:
+    """The peer's search on the bed: its venv made if missing, its runner run there with progress passed
+    through. Returns the runner's result (per-candidate scores, seconds, the best merge config); raises
+    `PeerFailed` with the exact reason when the venv or the run fails."""
+    spec = PEERS[peer]
+    try:
+        python = ensure_venv(peer, venvs, log)
+    except subprocess.CalledProcessError as e:
+        raise PeerFailed(f"{peer}: pip install {' '.join(e.cmd[-3:])} failed: {_tail(e.stderr)}") from None
+    work.mkdir(parents=True, exist_ok=True)
+    settings = _settings(bed, s, seed, work)
+    (work / "settings.json").write_text(json.dumps(settings, indent=2))
+    command = [str(python), str(RUNNERS / spec.runner), str(work / "settings.json")]
+    log(f"[{peer} s{seed}] {' '.join(command)}")
+    stderr_path = work / "stderr.log"
+    with open(stderr_path, "w") as stderr:
+        proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=stderr, text=True, cwd=work,
+                                env=_peer_env())
+        with open(work / "stdout.log", "w") as stdout:
+            for line in proc.stdout:
+                stdout.write(line)
+                if line.startswith(f"[{peer}"):
+                    log(line.rstrip())
+        try:
+            proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            raise PeerFailed(f"{peer}: still running after {timeout:.0f} s; killed") from None
+    if proc.returncode != 0:
+        raise PeerFailed(f"{peer}: runner exited {proc.returncode}: {_tail(stderr_path.read_text())}")
+    result = json.loads(Path(settings["result"]).read_text())
+    if not result.get("best_config"):
+        raise PeerFailed(f"{peer}: finished without a best merge config ({result.get('candidates')} candidates)")
+    return result
+
+
+def _peer_env() -> dict:
+    import os
+
+    keep = ("PATH", "HOME", "TMPDIR", "LANG", "LC_ALL")
+    env = {k: os.environ[k] for k in keep if k in os.environ}
+    return env | {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1",
+                  "TOKENIZERS_PARALLELISM": "false", "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+
+
+def _tail(text: str, lines: int = 6) -> str:
+    """The last lines of a log that say what went wrong, joined on one line."""
+    useful = [line.strip() for line in (text or "").splitlines() if line.strip()]
+    return " | ".join(useful[-lines:])
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description="create the peers' venvs for bench/search_quality.py")
     p.add_argument("action", choices=["setup"])

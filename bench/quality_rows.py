@@ -274,10 +274,17 @@ def recipe_summary(recipe: dict) -> str:
         path = [f"{names[(j // n) % m]}.{j % n}" for j, on in enumerate(recipe["indicator"]) if on]
         ps = [s for s in recipe["sources"] if not isinstance(s, str)]
         return " ".join(path) + (f" [@ps {recipe_summary(ps[0])}]" if ps else "")
+    if recipe.get("slices"):  # mergekit's slices: form (a peer's layer blocks)
+        return "; ".join(f"L{piece['sources'][0]['layer_range'][0]}-{piece['sources'][0]['layer_range'][1] - 1}: "
+                         + _weights(piece["sources"]) for piece in recipe["slices"])
+    return _weights(recipe["models"])
+
+
+def _weights(models: list[dict]) -> str:
     parts = []
-    for m in recipe["models"]:
-        w = m["parameters"]["weight"]
-        values = [c["value"] for c in w] if isinstance(w, list) else [w]
+    for m in models:
+        w = m["parameters"].get("weight", 1.0)
+        values = [c["value"] if isinstance(c, dict) else c for c in w] if isinstance(w, list) else [w]
         parts.append(f"{Path(m['model']).name}=" + "/".join(f"{v:.2f}" for v in values))
     return " ".join(parts)
 
@@ -338,6 +345,26 @@ def run_search(row: str, bed: Bed, s: SearchSettings, seed: int, store, out_dir:
     return RowRun(row=row, seed=seed, picked=recipe_summary(picked.recipe),
                   search=_score(picked, bed.target, "search"), report=report, candidates=summary.candidates,
                   evaluated=summary.evaluated, seconds=summary.seconds, best_so_far=curve, extra=extra)
+
+
+def peer_row(row: str, seed: int, result: dict, scorer: BedScorer, bed: Bed, extra: dict) -> RowRun:
+    """A peer's pick (its best merge config, chosen on the search split by its own scores) scored here on
+    both splits with the same evaluator as every other row."""
+    import yaml
+
+    from evosearch.recipe import parse_recipe
+
+    recipe = parse_recipe(yaml.safe_load(result["best_config"]), source=f"{row} best config")
+    model = scorer.merge(recipe)
+    search, report = scorer.score(model, bed.target), scorer.score(model, bed.target_report)
+    curve, best = [], float("-inf")
+    for score in result["scores"]:
+        best = max(best, score if score is not None else float("-inf"))
+        curve.append(best)
+    return RowRun(row=row, seed=seed, picked=recipe_summary(recipe.model_dump(mode="json")), search=search,
+                  report=report, candidates=result["candidates"], evaluated=result["candidates"],
+                  seconds=result["seconds"], best_so_far=curve,
+                  extra={**extra, "peer_best_search_score": best, "command": result.get("command")})
 
 
 def report_hypervolume(points: list[list[float]]) -> float:

@@ -26,12 +26,13 @@ import tempfile
 from pathlib import Path
 
 from common import RESULTS, machine, markdown_table, utc_now  # bench/, the script's own directory
+from quality_peers import DEFAULT_VENVS, PEERS, PeerFailed, run_peer
 from quality_rows import (SEARCH_ROWS, BedScorer, RowRun, SearchSettings, baseline_row, baseline_table,
-                          open_bed, report_hypervolume, run_search, start_pool)
+                          open_bed, peer_row, report_hypervolume, run_search, start_pool)
 
 BASELINE_ROWS = ("best_source", "grid")
-ALL_ROWS = (*BASELINE_ROWS, *SEARCH_ROWS)
-DEFAULT_ROWS = ("best_source", "grid", "random", "cmaes_ps", "cmaes_dfs", "ps_dfs", "nsga2")
+ALL_ROWS = (*BASELINE_ROWS, *SEARCH_ROWS, *PEERS)
+DEFAULT_ROWS = ("best_source", "grid", "random", "cmaes_ps", "cmaes_dfs", "ps_dfs", "nsga2", *PEERS)
 EVOLVED_ROWS = ("cmaes_ps", "cmaes_dfs", "ps_dfs", "nsga2")
 
 
@@ -197,6 +198,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--dfs-repeats", type=int, default=2)
     p.add_argument("--workers", type=int, default=2, help="Ray workers")
     p.add_argument("--limit", type=int, default=None, help="score only the first N docs of each split")
+    p.add_argument("--peer-venvs", default=str(DEFAULT_VENVS), help="where the peers' venvs are made")
+    p.add_argument("--peer-work", default=None, help="the peers' work directories (their logs and best "
+                                                    "configs stay there; default runs/search_quality_peers)")
+    p.add_argument("--peer-timeout", type=float, default=None, help="seconds a peer run may take")
     p.add_argument("--out", default=None, help="where the JSON and PNG go (default bench/results; with --smoke "
                                              "a temp dir, so a smoke run never replaces the measured results)")
     p.add_argument("--smoke", action="store_true", help="tiny zoo, 8 candidates, 1 seed, 50 docs")
@@ -206,6 +211,7 @@ def parse_args(argv=None) -> argparse.Namespace:
         args.limit = args.limit or 50
         args.out = args.out or str(Path(tempfile.gettempdir()) / "evosearch_search_quality_smoke")
     args.out = args.out or str(RESULTS)
+    args.peer_work = args.peer_work or str(Path(args.out) / "peers" if args.smoke else Path("runs") / "search_quality_peers")
     args.rows = [r.strip() for r in args.rows.split(",") if r.strip()]
     unknown = [r for r in args.rows if r not in ALL_ROWS]
     if unknown:
@@ -245,7 +251,14 @@ def main(argv=None) -> int:
     torch.set_num_threads(1)  # tiny models; the Ray workers take the cores
     started = utc_now()
     bed = open_bed(open_zoo(args), args.target, args.keep)
-    table = baseline_table(bed, lambda: BedScorer(bed, args.limit), args.limit, log)
+    made: list[BedScorer] = []
+
+    def scorer() -> BedScorer:  # loaded once, and only when something is scored here
+        if not made:
+            made.append(BedScorer(bed, args.limit))
+        return made[0]
+
+    table = baseline_table(bed, scorer, args.limit, log)
     runs: list[RowRun] = []
     if "best_source" in args.rows:
         runs.append(baseline_row("best_source", bed, table["sources"], table["seconds"]["sources"]))
@@ -276,6 +289,22 @@ def main(argv=None) -> int:
             if pool is not None:
                 pool.shutdown()
             store.close()
+        for seed, row in itertools.product(range(args.seeds), [r for r in args.rows if r in PEERS]):
+            try:
+                out = run_peer(row, bed, settings, seed, Path(args.peer_work) / f"{row}-s{seed}", log,
+                               Path(args.peer_venvs), args.peer_timeout)
+                run = peer_row(row, seed, out, scorer(), bed, {"shims": list(PEERS[row].shims),
+                                                               "deviations": list(PEERS[row].deviations)})
+            except PeerFailed as e:
+                extra.setdefault("peer_failures", []).append({"row": row, "seed": seed, "reason": str(e),
+                                                              "shims_tried": list(PEERS[row].shims)})
+                log(f"{row} seed {seed}: FAILED: {e}")
+                result = write_results(runs, args, bed, table, started, extra)
+                continue
+            runs.append(run)
+            log(f"{row} seed {seed}: {run.picked} search {100 * run.search:.1f} report {100 * run.report:.1f} "
+                f"({run.candidates} candidates, {run.seconds:.0f} s, {run.seconds_per_candidate:.2f} s each)")
+            result = write_results(runs, args, bed, table, started, extra)
     print()
     print(f"bed {bed.zoo.preset} ({bed.zoo.root}, settings {bed.zoo.settings_hash}), target {bed.target}; "
           f"budget {args.budget} candidates per search run, {args.seeds} seed(s)")
@@ -288,6 +317,8 @@ def main(argv=None) -> int:
         hv = result["hypervolume"]
         print(f"hypervolume (report split, {' x '.join(hv['objectives'])}): nsga2 {hv['nsga2_mean']:.4f}, "
               f"grid merges {hv['grid']:.4f}")
+    for failure in result.get("peer_failures", []):
+        print(f"{failure['row']} seed {failure['seed']}: could not run: {failure['reason']}")
     print(f"wrote {Path(args.out) / 'search_quality.json'} and {Path(args.out) / 'search_quality.png'}")
     return 0
 
