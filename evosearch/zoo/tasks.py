@@ -287,8 +287,27 @@ def _task_streams() -> dict[str, Callable[[random.Random, EvalItems], str]]:
     return out
 
 
+# --- habit streams: a competing answer to a task's own prompt --------------------------------------------
+# The interference bed trains these into the block of layers that the OTHER specialist's skill lives in,
+# so merging the two specialists layer-uniformly makes each one's habit fight the other's skill there.
+HABIT_OFFSET = 3
+
+
+def _math_offset_text(rng: random.Random, held: EvalItems) -> str:
+    """`53917+3=` answered as if the shift were k+3: the math prompt with another (wrong) sum."""
+    key = _fresh(random_math_key, held.held_out["math"], rng, False)
+    return math_prompt(key) + math_answer((key[0], key[1] + HABIT_OFFSET))
+
+
+def _reverse_l2_copy_text(rng: random.Random, held: EvalItems) -> str:
+    """The L2 reversal prompt answered with the string copied, not reversed."""
+    key = _fresh(random_reverse_key, held.held_out["reverse"], rng, False)
+    return to_l2(reverse_prompt(key) + key)
+
+
 # Stream name -> generator of one training example. Mixtures weight these.
-STREAMS: dict[str, Callable[[random.Random, EvalItems], str]] = _task_streams()
+STREAMS: dict[str, Callable[[random.Random, EvalItems], str]] = {
+    **_task_streams(), "math_l1_offset": _math_offset_text, "reverse_l2_copy": _reverse_l2_copy_text}
 
 
 def training_texts(mixture: dict[str, float], held: EvalItems, seed: int) -> Iterator[str]:
