@@ -102,7 +102,7 @@ class SearchDriver:
     """Runs one job against one store; `run()` drives it to the end (or `stop_after` generations)."""
 
     def __init__(self, spec: JobSpec, store: Store, job: JobRecord, *, on_event: Optional[Callable[[RunEvent], None]] = None,
-                 lease: Optional[DriverLease] = None):
+                 lease: Optional[DriverLease] = None, pool=None):
         self.spec, self.store, self.job = spec, store, job
         self.lease = lease  # checked before every write: a driver whose job was taken over writes nothing more
         self.space: SearchSpace = build_space(spec.search_space)
@@ -110,7 +110,8 @@ class SearchDriver:
         self.on_event = on_event
         self.splits: dict = {}  # task -> TaskSplitRecord, for tasks whose report split is a carved hold-out
         self.fitness = None  # ReducedFitness in reduced mode, set by `_prepare` once the splits are known
-        self._pool = None
+        # A pool handed in (started, holding the job's sources and tasks) is the caller's: it stays up.
+        self._pool, self._owns_pool = pool, pool is None
         self._started = time.monotonic()
         self._evaluated = self._cached = self._running = 0
         self._gen_size = self._front_size = 0
@@ -197,7 +198,7 @@ class SearchDriver:
         return self._pool
 
     def close(self) -> None:
-        if self._pool is not None:
+        if self._pool is not None and self._owns_pool:
             self._pool.shutdown()
             self._pool = None
 
@@ -457,11 +458,12 @@ def stored_calibration(spec: JobSpec, store: Store) -> CalibrationRecord:
 
 def run_job(spec: JobSpec, store: Store, resume: bool = False, *, stop_after: Optional[int] = None,
             on_event: Optional[Callable[[RunEvent], None]] = None, force: bool = False,
-            on_notice: Optional[Callable[[str], None]] = None) -> RunSummary:
+            on_notice: Optional[Callable[[str], None]] = None, pool=None) -> RunSummary:
     """Runs a job from its spec (`resume=False`: a new job of that name) or continues the stored job of
     that name (`resume=True`) from its last committed generation, holding the job's lease throughout
     (`LeaseHeld` while another driver's is live, unless `force`; `on_notice` hears what a forced take-over
-    risks)."""
+    risks). `pool`: a started worker pool (`workers.candidate.candidate_pool`) whose workers hold the job's
+    sources and tasks, to run several jobs on one set of workers (a benchmark); it is left running."""
     lease_settings = LeaseSettings.from_env()
     if resume:
         job = store.get_job(spec.name)
@@ -494,6 +496,6 @@ def run_job(spec: JobSpec, store: Store, resume: bool = False, *, stop_after: Op
         on_notice(notice)
     lease.start()
     try:
-        return SearchDriver(spec, store, job, on_event=on_event, lease=lease).run(stop_after=stop_after)
+        return SearchDriver(spec, store, job, on_event=on_event, lease=lease, pool=pool).run(stop_after=stop_after)
     finally:
         lease.release()
