@@ -480,7 +480,7 @@ def run_job(spec: JobSpec, store: Store, resume: bool = False, *, stop_after: Op
         w = spec.workers
         ensure_ray(num_cpus=max(os.cpu_count() or 1, w.count * w.num_cpus))
         try:
-            print(f"job {spec.name}: {check_job_memory(spec)}", file=sys.stderr)
+            memory = check_job_memory(spec)
         except MemoryFitError as e:
             raise MemoryFitError(f"job {spec.name}: {e}") from None
         if spec.fitness.mode == "reduced":
@@ -490,6 +490,7 @@ def run_job(spec: JobSpec, store: Store, resume: bool = False, *, stop_after: Op
                                    objectives=dict(zip(spec.objective_names, spec.directions)))
         except StoreError as e:
             raise DriverError(f"{e} (continue it with `evosearch resume {spec.name}`)") from None
+        print(f"job {spec.name}: {memory}", file=sys.stderr)  # once the job is stored: no line beside a refusal
     lease = DriverLease(store, job, lease_settings)
     notice = lease.take(force=force)
     if notice is not None and on_notice is not None:
