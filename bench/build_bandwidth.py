@@ -5,7 +5,10 @@ A search worker keeps its sources resident and builds each candidate in memory: 
 `CandidateWorker._build_ps` runs. Here the benchmark family of `merge_speed.py` (base + 3 variants,
 103M parameters each) is resident and each recipe is built; its effective bandwidth is (bytes of every
 source tensor read + bytes of the merged tensors written) / build seconds, against a large torch tensor
-copy (bytes read + written / seconds, best of several) on the same threads.
+copy (bytes read + written / seconds, best of several) on the same threads. A second table times the
+method kernel alone on one large tensor (`--kernel-size`, 4096 x 4096 by default: a 7B model's attention
+projection) of a base and 3 fine-tunes, the same bytes-moved rule, so that per-tensor overheads of the
+small family do not hide the kernel's own speed.
 
     .venv/bin/python bench/build_bandwidth.py             # 103M-parameter family, best of 3
     .venv/bin/python bench/build_bandwidth.py --smoke     # tiny family, seconds
@@ -23,19 +26,31 @@ from common import (add_family_arguments, build_family, markdown_table, paramete
 from merge_speed import recipes
 
 TARGET = 0.5  # share of the copy bandwidth the build should reach
+# The generalised task-arithmetic family, whose kernel is one pass over memory (merge/methods/fused.py).
+METHODS = ("task_arithmetic", "ties", "dare_ties", "dare_linear", "breadcrumbs", "della")
 
 
-def copy_bandwidth(nbytes: int, repeats: int) -> float:
+def synchronize(device: str) -> None:
+    """Wait for the device's queued work, so a timer reads the work's end (a no-op on CPU)."""
+    import torch
+
+    if device.startswith("cuda"):
+        torch.cuda.synchronize(device)
+
+
+def copy_bandwidth(nbytes: int, repeats: int, device: str = "cpu") -> float:
     """Bytes per second of `dst.copy_(src)` over float32 tensors of `nbytes`, counting read + write."""
     import torch
 
-    src = torch.rand(nbytes // 4)
+    src = torch.rand(nbytes // 4, device=device)
     dst = torch.empty_like(src)
     dst.copy_(src)  # fault the pages in before timing
     best = float("inf")
     for _ in range(repeats):
+        synchronize(device)
         start = time.perf_counter()
         dst.copy_(src)
+        synchronize(device)
         best = min(best, time.perf_counter() - start)
     return 2 * nbytes / best
 
@@ -44,13 +59,50 @@ def build_once(recipe, resident, config) -> tuple[float, float, float]:
     """(merge seconds, build seconds, build CPU seconds) of one in-memory build, as a worker does it."""
     from evosearch.merge.ps import PSMerger, as_sources, build_model
 
+    device = str(next(iter(next(iter(resident.values())).values())).device)
+    synchronize(device)
     start, cpu_start = time.perf_counter(), time.process_time()
     state = PSMerger(recipe, as_sources(resident)).merge_all()
+    synchronize(device)
     merged = time.perf_counter()
     model = build_model(config, state)
+    synchronize(device)
     built, cpu = time.perf_counter(), time.process_time() - cpu_start
     del model, state
     return merged - start, built - start, cpu
+
+
+def kernel_once(method: str, base, models: dict, seed: int) -> float:
+    """Seconds of one `MergeMethod.merge` of a single tensor, as PSMerger calls it."""
+    from evosearch.merge.methods import METHODS, TensorMerge, TensorParameters
+
+    per_model = {m: {"weight": 0.5, "density": 0.4, "gamma": 0.02, "epsilon": 0.05} for m in models}
+    shared = {"normalize": method in ("ties", "della"), "rescale": method.startswith(("dare", "della")),
+              "lambda": 1.0, "int8_mask": False}
+    job = TensorMerge("model.layers.0.self_attn.q_proj.weight", {**models, "base": base}, "base",
+                      TensorParameters(shared, per_model), seed)
+    synchronize(str(base.device))
+    start = time.perf_counter()
+    METHODS[method].merge(job)
+    synchronize(str(base.device))
+    return time.perf_counter() - start
+
+
+def kernel_rows(size: int, repeats: int, bandwidth: float, device: str) -> list[dict]:
+    import torch
+
+    gen = torch.Generator().manual_seed(0)
+    base = torch.randn(size, size, generator=gen) * 0.02
+    models = {f"ft{i}": (base + torch.randn(size, size, generator=gen) * 0.01).to(device) for i in range(3)}
+    base = base.to(device)
+    moved = (len(models) + 2) * base.numel() * base.element_size()
+    rows = []
+    for method in METHODS:
+        seconds = min(kernel_once(method, base, models, seed=7) for _ in range(repeats))
+        rows.append({"method": method, "tensor": [size, size], "sources": len(models) + 1, "bytes_moved": moved,
+                     "seconds": seconds, "gb_per_s": moved / seconds / 1e9, "share_of_bandwidth": moved / seconds / bandwidth})
+        print(f"kernel {method}: {seconds:.3f} s = {moved / seconds / 1e9:.2f} GB/s", flush=True)
+    return rows
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -59,9 +111,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--threads", type=int, default=1, help="torch threads of the build and the copy")
     p.add_argument("--copy-bytes", type=int, default=1 << 30, help="size of the tensor copied for bandwidth "
                                                                   "(--smoke: 64 MiB)")
+    p.add_argument("--device", default="cpu", help="where the resident sources live (cuda: as a GPU worker's)")
+    p.add_argument("--kernel-size", type=int, default=4096, help="side of the square tensor of the kernel table "
+                                                                 "(--smoke: 512)")
     args = resolve_family_arguments(p, p.parse_args(argv))
     if args.smoke:
-        args.copy_bytes = 1 << 26
+        args.copy_bytes, args.kernel_size = 1 << 26, 512
     return args
 
 
@@ -75,15 +130,16 @@ def main(argv=None) -> int:
     torch.set_num_threads(args.threads)
     paths = build_family(Path(args.cache) / args.size, args.size)
     sources = {str(p): SourceModel.open(str(p)) for p in paths.values()}
-    resident = {path: source.load_all() for path, source in sources.items()}  # what a worker holds
+    # What a worker holds, on its device.
+    resident = {path: {n: t.to(args.device) for n, t in source.load_all().items()} for path, source in sources.items()}
     config = sources[str(paths["base"])].config
     model_bytes = sum(t.numel() * t.element_size() for t in resident[str(paths["base"])].values())
-    bandwidth = copy_bandwidth(args.copy_bytes, repeats=5 if args.smoke else 10)
+    bandwidth = copy_bandwidth(args.copy_bytes, repeats=5 if args.smoke else 10, device=args.device)
     print(f"family: {parameter_count(paths['base']) / 1e6:.1f}M parameters, {model_bytes / 1e6:.0f} MB per model; "
           f"copy bandwidth {bandwidth / 1e9:.1f} GB/s on {torch.get_num_threads()} thread(s)", flush=True)
 
     rows = []
-    for method, raw in recipes(paths).items():
+    for method, raw in recipes(paths, list(METHODS)).items():
         recipe = parse_recipe(raw, source=f"{method} recipe")
         moved = (len(recipe.source_paths()) + 1) * model_bytes  # every source read once, the merge written once
         timings = [build_once(recipe, resident, config) for _ in range(args.repeats)]
@@ -96,13 +152,16 @@ def main(argv=None) -> int:
         print(f"{method}: build {build_s:.2f} s (merge {merge_s:.2f} s, {cpu_s:.2f} CPU s) = "
               f"{moved / build_s / 1e9:.2f} GB/s", flush=True)
 
+    kernel = kernel_rows(args.kernel_size, args.repeats, bandwidth, args.device)
     path = write_result(args.out, "build_bandwidth", {
-        "settings": {"size": args.size, "parameters": parameter_count(paths["base"]), "model_bytes": model_bytes,
+        "settings": {"device": args.device, "size": args.size, "parameters": parameter_count(paths["base"]),
+                     "model_bytes": model_bytes,
                      "repeats": args.repeats, "threads": torch.get_num_threads(), "copy_bytes": args.copy_bytes,
                      "target_share": TARGET,
-                     "bytes_moved": "every source tensor read once + every merged tensor written once",
+                     "bytes_moved": "every source tensor read once + every merged tensor written once "
+                                    "(M + 1 tensors read, 1 written)",
                      "build": "PSMerger.merge_all over resident tensors + build_model (CandidateWorker._build_ps)"},
-        "copy_bandwidth_gb_per_s": bandwidth / 1e9, "summary": rows})
+        "copy_bandwidth_gb_per_s": bandwidth / 1e9, "summary": rows, "kernel": kernel})
     print()
     print(markdown_table(
         ["method", "sources", "GB moved", "build s (merge s)", "build CPU s", "build GB/s", "copy GB/s",
@@ -111,6 +170,11 @@ def main(argv=None) -> int:
           f"{r['build_seconds']:.2f} ({r['merge_seconds']:.2f})", f"{r['build_cpu_seconds']:.2f}",
           f"{r['build_gb_per_s']:.2f}", f"{bandwidth / 1e9:.1f}", f"{100 * r['share_of_bandwidth']:.0f}%"]
          for r in rows]))
+    print()
+    print(markdown_table(
+        ["method (one tensor)", "tensor", "GB moved", "seconds", "GB/s", "share of copy bandwidth"],
+        [[r["method"], "x".join(map(str, r["tensor"])), f"{r['bytes_moved'] / 1e9:.2f}", f"{r['seconds']:.3f}",
+          f"{r['gb_per_s']:.2f}", f"{100 * r['share_of_bandwidth']:.0f}%"] for r in kernel]))
     print(f"wrote {path}")
     return 0
 

@@ -33,8 +33,13 @@ PARITY_TOLERANCE = 1e-5
 DARE_SEED = 1234
 
 
-def recipes(paths: dict[str, Path]) -> dict[str, dict]:
-    """The benchmark recipes, mergekit's YAML format, per-layer gradients on every tool-relevant knob."""
+SMOKE_METHODS = ("ties", "task_arithmetic", "dare_ties")  # --smoke: seconds, not minutes, of mergekit start-ups
+RANDOM_METHODS = {"dare_ties", "dare_linear", "della", "della_linear"}  # drops drawn differently by each tool
+
+
+def recipes(paths: dict[str, Path], methods: Optional[list[str]] = None) -> dict[str, dict]:
+    """The benchmark recipes, mergekit's YAML format, per-layer gradients on every tool-relevant knob: one per
+    method the two tools share (`methods`: a subset, by name)."""
     base, ft = str(paths["base"]), [str(paths[f"ft{i}"]) for i in range(3)]
     gradient_models = [
         {"model": ft[0], "parameters": {"weight": [0.2, 0.8, 0.5], "density": [0.4, 0.9]}},
@@ -42,13 +47,41 @@ def recipes(paths: dict[str, Path]) -> dict[str, dict]:
         {"model": ft[2], "parameters": {"weight": 0.5, "density": [0.7, 0.3]}},
     ]
     ta_models = [{"model": m["model"], "parameters": {"weight": m["parameters"]["weight"]}} for m in gradient_models]
+    plain = [{"model": m} for m in ft]
     common = {"base_model": base, "dtype": "float32"}
-    return {
+    every = {
         "ties": {"merge_method": "ties", **common, "models": gradient_models, "parameters": {"normalize": True}},
         "task_arithmetic": {"merge_method": "task_arithmetic", **common, "models": ta_models,
                             "parameters": {"lambda": [0.8, 1.2]}},
         "dare_ties": {"merge_method": "dare_ties", **common, "models": gradient_models, "seed": DARE_SEED},
+        "dare_linear": {"merge_method": "dare_linear", **common, "models": gradient_models, "seed": DARE_SEED},
+        "breadcrumbs": {"merge_method": "breadcrumbs", **common, "models": gradient_models,
+                        "parameters": {"gamma": 0.02}},
+        "breadcrumbs_ties": {"merge_method": "breadcrumbs_ties", **common, "models": gradient_models,
+                             "parameters": {"gamma": 0.02}},
+        "della": {"merge_method": "della", **common, "models": gradient_models, "parameters": {"epsilon": 0.05},
+                  "seed": DARE_SEED},
+        "della_linear": {"merge_method": "della_linear", **common, "models": gradient_models,
+                         "parameters": {"epsilon": 0.05}, "seed": DARE_SEED},
+        "linear": {"merge_method": "linear", "dtype": "float32", "models": [
+            {"model": base, "parameters": {"weight": [1.0, 0.2]}}, *ta_models]},
+        "slerp": {"merge_method": "slerp", **common, "models": [{"model": base}, {"model": ft[0]}],
+                  "parameters": {"t": [0.1, 0.6, 0.9]}},
+        "model_stock": {"merge_method": "model_stock", **common, "models": plain},
+        "sce": {"merge_method": "sce", **common, "models": plain, "parameters": {"select_topk": [0.4, 0.9]}},
+        "nuslerp": {"merge_method": "nuslerp", **common, "models": ta_models[:2]},
+        "multislerp": {"merge_method": "multislerp", **common, "models": ta_models},
+        "karcher": {"merge_method": "karcher", "dtype": "float32", "models": [{"model": m} for m in [base, *ft]]},
+        "nearswap": {"merge_method": "nearswap", **common, "models": plain[:1], "parameters": {"t": 0.01}},
+        "arcee_fusion": {"merge_method": "arcee_fusion", **common, "models": plain[:1]},
+        "ram": {"merge_method": "ram", **common, "models": plain, "parameters": {"epsilon": 0.01}},
+        "passthrough": {"merge_method": "passthrough", "dtype": "float32", "models": [
+            {"model": ft[2], "parameters": {"scale": [0.5, 2.0]}}]},
     }
+    unknown = set(methods or ()) - set(every)
+    if unknown:
+        raise SystemExit(f"--methods: no benchmark recipe for {', '.join(sorted(unknown))}")
+    return {m: r for m, r in every.items() if methods is None or m in methods}
 
 
 @dataclass
@@ -167,9 +200,14 @@ def table(rows: list[dict]) -> str:
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     add_family_arguments(p, repeats_help="runs per tool and recipe (the best time counts)")
+    p.add_argument("--methods", nargs="+", default=None, help="benchmark only these methods (default: every one "
+                                                               "both tools have)")
     p.add_argument("--threads", type=int, default=1,
                    help="torch threads of both tools' processes (OMP_NUM_THREADS); 1 suits a shared machine")
-    return resolve_family_arguments(p, p.parse_args(argv))
+    args = resolve_family_arguments(p, p.parse_args(argv))
+    if args.smoke and args.methods is None:
+        args.methods = list(SMOKE_METHODS)
+    return args
 
 
 def main(argv=None) -> int:
@@ -182,7 +220,7 @@ def main(argv=None) -> int:
     differences: dict[str, float] = {}
     with tempfile.TemporaryDirectory(prefix="merge_speed_", dir=Path(args.cache)) as tmp:
         work = Path(tmp)
-        for method, recipe in recipes(paths).items():
+        for method, recipe in recipes(paths, args.methods).items():
             for repeat in range(args.repeats):
                 outs = {tool: work / f"{method}-{tool}-{repeat}" for tool in ("evosearch", "mergekit")}
                 order = ["evosearch", "mergekit"] if repeat % 2 == 0 else ["mergekit", "evosearch"]
@@ -192,7 +230,7 @@ def main(argv=None) -> int:
                     runs.append(Run(tool, method, repeat, seconds, cpu, rss))
                     print(f"{method} {tool} #{repeat}: {seconds:.2f} s ({cpu:.2f} CPU s), peak RSS "
                           f"{rss / (1 << 20):.0f} MiB", flush=True)
-                if recipe["merge_method"] in ("ties", "task_arithmetic") and method not in differences:
+                if recipe["merge_method"] not in RANDOM_METHODS and method not in differences:
                     differences[method] = max_abs_difference(outs["evosearch"], outs["mergekit"])
                 for out in outs.values():
                     shutil.rmtree(out)
@@ -205,7 +243,7 @@ def main(argv=None) -> int:
                      "timing": "wall and CPU (user + system) seconds of the whole command, interpreter start-up "
                                "included; each the best of the repeats",
                      "peak_rss": "ru_maxrss of each fresh child, max over repeats",
-                     "recipes": recipes({k: Path(k) for k in paths})},
+                     "recipes": recipes({k: Path(k) for k in paths}, args.methods)},
         "startup_cpu_seconds": startup, "summary": rows, "runs": [asdict(r) for r in runs]})
     print()
     print(table(rows))

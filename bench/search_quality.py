@@ -1,14 +1,17 @@
-"""Search quality on the zoo's cross-domain target: evolved merge vs random search vs best source vs best
-default merge, at an equal evaluation budget (issue 4, "What must be shown"; issue 6, item 5).
+"""Search quality on a zoo bed's cross-domain target: every search space and optimizer of ours, the default
+merges, the best source and the peers, at an equal candidate budget (issue 4; issue 6, item 5; issue 15).
 
-Every method picks its model on the SEARCH split (`zoo_target`); the picked model is then scored on the
-held-out REPORT split (`zoo_target_report`), the number users trust. Evolved (CMA-ES) and random search run
-through the real driver (`run_job`: local Ray workers, a SQLite store); the source models and the default
-merge grid are scored in this process with the same evaluator and tasks.
+Every row picks its model on the SEARCH split of the target; the pick is then scored on the held-out REPORT
+split, the number users trust. Our searches run through the real driver (`run_job`: local Ray workers, a
+SQLite store); the sources and the 36-merge default grid are scored in this process with the same evaluator
+and tasks, once per bed build (cached in the zoo directory, keyed by its settings hash).
 
-    .venv/bin/python bench/search_quality.py                  # runs/zoo, 3 seeds x 120 candidates
-    .venv/bin/python bench/search_quality.py --smoke          # tiny zoo, 1 seed, seconds (CI)
+    .venv/bin/python bench/search_quality.py --bed interference        # 3 seeds x 120 candidates, every row
+    .venv/bin/python bench/search_quality.py --rows grid,cmaes_ps,random --budget 60 --seeds 1
+    .venv/bin/python bench/search_quality.py --smoke                   # tiny zoo, 1 seed, seconds (CI)
 
+Rows (`--rows`): best_source, grid, random (PS space; random_dfs and random_ps_dfs: the other spaces),
+cmaes_ps, cmaes_dfs, ps_dfs, nsga2 (target + one specialist's own task), mergekit_evolve, mergenetic.
 Writes a table to stdout, JSON to bench/results/search_quality.json and a convergence plot (best-so-far
 search-split accuracy vs candidates evaluated, mean over seeds) to bench/results/search_quality.png.
 """
@@ -16,298 +19,203 @@ search-split accuracy vs candidates evaluated, mean over seeds) to bench/results
 from __future__ import annotations
 
 import argparse
-import datetime
 import itertools
-import json
-import os
 import statistics
 import sys
 import tempfile
-import time
-from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Optional
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
-os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
-os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script from anywhere
+from common import RESULTS, machine, markdown_table, utc_now  # bench/, the script's own directory
+from quality_peers import DEFAULT_VENVS, PEERS, PeerFailed, run_peer
+from quality_rows import (SEARCH_ROWS, BedScorer, RowRun, SearchSettings, baseline_row, baseline_table,
+                          open_bed, peer_row, report_hypervolume, run_search, start_pool)
 
-from common import machine  # noqa: E402  (bench/, the script's own directory)
-
-SEARCH_TASK, REPORT_TASK = "zoo_target", "zoo_target_report"
-SPECIALISTS = ("math", "strings", "lang")
-GRID_WEIGHTS = (0.5, 0.75, 1.0)
-TIES_DENSITIES = (0.5, 0.7)
-RESULTS = Path(__file__).resolve().parent / "results"
+BASELINE_ROWS = ("best_source", "grid")
+ALL_ROWS = (*BASELINE_ROWS, *SEARCH_ROWS, *PEERS)
+DEFAULT_ROWS = ("best_source", "grid", "random", "cmaes_ps", "cmaes_dfs", "ps_dfs", "nsga2", *PEERS)
+EVOLVED_ROWS = ("cmaes_ps", "cmaes_dfs", "ps_dfs", "nsga2")
 
 
-@dataclass
-class MethodRun:
-    """One method on one seed (or the one deterministic run of a baseline)."""
-
-    method: str
-    seed: Optional[int]
-    picked: str  # what the method chose (a recipe summary or a model name)
-    search: float  # the picked model's search-split accuracy
-    report: float  # ... and its report-split accuracy
-    candidates: int  # candidates charged to the budget (identical recipes served from the cache included)
-    evaluated: int  # of which actually evaluated
-    seconds: float
-    best_so_far: list[float] = field(default_factory=list)  # search split, after each candidate
-
-    @property
-    def gap(self) -> float:
-        return self.search - self.report
+def log(message: str) -> None:
+    print(message, flush=True)
 
 
-# --- driver methods: evolved (CMA-ES) and random search -------------------------------------------------
-def search_job(zoo, method: str, seed: int, args, out_dir: Path) -> dict:
-    """A PS job over the three specialists onto the base: task-arithmetic weights per 2-layer block (plus the
-    embeddings/norms/head group); CMA-ES for `evolved`, uniform sampling for `random`."""
-    optimizer = ({"name": "cmaes", "popsize": args.popsize, "sigma0": 0.25} if method == "evolved"
-                 else {"name": "random", "pop_size": args.popsize})
-    num_layers = json.loads((Path(zoo.models["base"]) / "config.json").read_text())["num_hidden_layers"]
-    return {
-        "name": f"{method}-s{seed}",
-        "seed": seed,
-        "output_dir": str(out_dir / f"{method}-s{seed}"),
-        "sources": {k: str(v) for k, v in zoo.models.items()},
-        "base_model": "base",
-        "search_space": {"kind": "ps", "sources": list(SPECIALISTS), "methods": "task_arithmetic",
-                         "num_layers": num_layers, "layer_groups": 2, "bounds": {"weight": [0.0, 1.5]},
-                         "fixed_per_model": {"density": 1.0}, "parameters": {"normalize": False}},
-        "optimizer": optimizer,
-        "generations": -(-args.budget // args.popsize),
-        "budget": args.budget,
-        "objectives": [{"task": SEARCH_TASK, "direction": "max", "report_task": REPORT_TASK}],
-        "fitness": {"mode": "full", **({"limit": args.limit} if args.limit else {})},
-        "tasks": {"include_path": str(zoo.include_path)},
-        "workers": {"count": args.workers, "num_cpus": 1},
-        "report": {"when": "end"},
-    }
+# --- summary, targets, table, JSON, plot -----------------------------------------------------------------
+def _mean_se(values: list[float]) -> tuple[float, float, float]:
+    """Mean, standard deviation and standard error of the mean (0 for one value)."""
+    std = statistics.stdev(values) if len(values) > 1 else 0.0
+    return statistics.fmean(values), std, std / len(values) ** 0.5
 
 
-def _score(cand, split: str) -> Optional[float]:
-    for s in cand.scores:
-        if s.split == split and s.objective == SEARCH_TASK:
-            return s.full if s.full is not None else s.estimated
-    return None
-
-
-def _recipe_summary(recipe: dict) -> str:
-    """`model: [w per group]` per source, short enough for a table."""
-    parts = []
-    for m in recipe["models"]:
-        w = m["parameters"]["weight"]
-        values = [c["value"] for c in w] if isinstance(w, list) else [w]
-        parts.append(f"{Path(m['model']).name}=" + "/".join(f"{v:.2f}" for v in values))
-    return " ".join(parts)
-
-
-def run_search(zoo, method: str, seed: int, args, store, out_dir: Path) -> MethodRun:
-    from evosearch.search.driver import run_job
-    from evosearch.search.job import parse_job
-
-    spec = parse_job(search_job(zoo, method, seed, args, out_dir), where=f"{method}-s{seed}")
-    summary = run_job(spec, store)
-    cands = sorted(store.candidates(summary.job_id), key=lambda c: (c.generation, c.index))
-    curve, best = [], float("-inf")
-    for c in cands:
-        value = _score(c, "search") if c.status == "done" else None
-        best = max(best, value if value is not None else float("-inf"))
-        curve.append(best)
-    # The pick is decided on the search split alone; among tied front members the first one found wins
-    # (never the one with the best report score: that would peek at the held-out split).
-    front = sorted(store.front(summary.job_id), key=lambda c: (-_score(c, "search"), c.generation, c.index))
-    picked = front[0]
-    report = _score(picked, "report")
-    if report is None:
-        raise RuntimeError(f"{method}-s{seed}: the picked candidate {picked.id} has no report-split score")
-    return MethodRun(method=method, seed=seed, picked=_recipe_summary(picked.recipe), search=_score(picked, "search"),
-                     report=report, candidates=summary.candidates, evaluated=summary.evaluated,
-                     seconds=summary.seconds, best_so_far=curve)
-
-
-# --- in-process methods: the source models and the default merge grid -----------------------------------
-class ZooScorer:
-    """The zoo's tensors resident, one evaluator over the target's search and report splits."""
-
-    def __init__(self, zoo, limit: Optional[int]):
-        from safetensors.torch import load_file
-        from transformers import AutoConfig, AutoTokenizer
-
-        from fitness.evaluator import LmEvalEvaluator
-
-        self.zoo = zoo
-        self.paths = {name: str(path) for name, path in zoo.models.items()}
-        self.tensors = {p: load_file(str(Path(p) / "model.safetensors")) for p in self.paths.values()}
-        self.config = AutoConfig.from_pretrained(self.paths["base"])
-        self.tokenizer = AutoTokenizer.from_pretrained(self.paths["base"])
-        self.evaluator = LmEvalEvaluator(zoo.include_path, [SEARCH_TASK, REPORT_TASK])
-        self.samples = None if limit is None else {t: list(range(limit)) for t in (SEARCH_TASK, REPORT_TASK)}
-
-    def score(self, model, task: str) -> float:
-        samples = None if self.samples is None else {task: self.samples[task]}
-        return self.evaluator.evaluate(model, self.tokenizer, tasks=[task], samples=samples).accuracy[task]
-
-    def source(self, name: str):
-        from transformers import AutoModelForCausalLM
-
-        return AutoModelForCausalLM.from_pretrained(self.paths[name]).eval()
-
-    def merge(self, method: str, weights: dict[str, float], density: float = 1.0):
-        from evosearch.merge.ps import build_merged_model
-        from evosearch.recipe import PSRecipe
-
-        recipe = PSRecipe(merge_method=method, base_model=self.paths["base"], parameters={"normalize": False},
-                          models=[{"model": self.paths[m], "parameters": {"weight": w, "density": density}}
-                                  for m, w in weights.items()])
-        return build_merged_model(recipe, self.tensors, config=self.config)
-
-
-def default_merge_grid() -> list[tuple[str, str, dict[str, float], float]]:
-    """(label, method, weights, density): uniform task arithmetic and TIES over every set of two or three
-    specialists, each weight in GRID_WEIGHTS, TIES at each of TIES_DENSITIES."""
-    grid = []
-    subsets = [s for r in (2, 3) for s in itertools.combinations(SPECIALISTS, r)]
-    for subset, w in itertools.product(subsets, GRID_WEIGHTS):
-        weights = {m: w for m in subset}
-        grid.append((f"TA {'+'.join(subset)} w={w}", "task_arithmetic", weights, 1.0))
-        for d in TIES_DENSITIES:
-            grid.append((f"TIES {'+'.join(subset)} w={w} d={d}", "ties", weights, d))
-    return grid
-
-
-def pick_and_report(method: str, scorer: ZooScorer, entries) -> MethodRun:
-    """Score each (label, build) on the search split, pick the best (first on ties), score it on report."""
-    started = time.monotonic()
-    curve, scored, best = [], [], float("-inf")
-    for label, build in entries:
-        acc = scorer.score(build(), SEARCH_TASK)
-        scored.append((label, acc, build))
-        best = max(best, acc)
-        curve.append(best)
-    label, acc, build = max(scored, key=lambda t: t[1])  # max keeps the first of equal scores
-    report = scorer.score(build(), REPORT_TASK)
-    return MethodRun(method=method, seed=None, picked=label, search=acc, report=report, candidates=len(scored),
-                     evaluated=len(scored), seconds=time.monotonic() - started, best_so_far=curve)
-
-
-def run_baselines(scorer: ZooScorer) -> list[MethodRun]:
-    sources = [(name, lambda name=name: scorer.source(name)) for name in ("base", *SPECIALISTS)]
-    merges = [(label, lambda m=m, w=w, d=d: scorer.merge(m, w, d)) for label, m, w, d in default_merge_grid()]
-    return [pick_and_report("best source", scorer, sources), pick_and_report("best default merge", scorer, merges)]
-
-
-# --- summary, table, JSON, plot -----------------------------------------------------------------------
-def _mean_std(values: list[float]) -> tuple[float, float]:
-    return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
-
-
-def summarise(runs: list[MethodRun]) -> dict[str, dict]:
+def summarise(runs: list[RowRun]) -> dict[str, dict]:
     out: dict[str, dict] = {}
-    for method in dict.fromkeys(r.method for r in runs):
-        mine = [r for r in runs if r.method == method]
-        report, search, gap = (_mean_std([getattr(r, k) for r in mine]) for k in ("report", "search", "gap"))
-        out[method] = {
-            "seeds": len(mine), "report_mean": report[0], "report_std": report[1],
-            "search_mean": search[0], "search_std": search[1], "gap_mean": gap[0], "gap_std": gap[1],
+    for row in dict.fromkeys(r.row for r in runs):
+        mine = [r for r in runs if r.row == row]
+        report, search, gap = (_mean_se([getattr(r, k) for r in mine]) for k in ("report", "search", "gap"))
+        seconds = sum(r.seconds for r in mine)
+        candidates = sum(r.candidates for r in mine)
+        out[row] = {
+            "seeds": len(mine), "report_mean": report[0], "report_std": report[1], "report_se": report[2],
+            "search_mean": search[0], "search_std": search[1], "gap_mean": gap[0],
             "candidates_mean": statistics.fmean(r.candidates for r in mine),
             "evaluated_mean": statistics.fmean(r.evaluated for r in mine),
-            "seconds_mean": statistics.fmean(r.seconds for r in mine),
+            "seconds_mean": seconds / len(mine),
+            "seconds_per_candidate": seconds / candidates if candidates else None,
             "picked": [r.picked for r in mine],
         }
     return out
 
 
-def differences(summary: dict[str, dict]) -> dict[str, float]:
-    """Report-split points (x100) the evolved pick gains over each other method's pick."""
-    evolved = summary.get("evolved")
-    if evolved is None:
+def targets(summary: dict[str, dict]) -> dict:
+    """Issue 15's targets, on the report split (points): the best evolved row against the best default
+    merge (>= 10), the best source (>= 20), random search in the same space (> 2 standard errors of the
+    difference) and every peer row."""
+    evolved = [r for r in EVOLVED_ROWS if r in summary]
+    if not evolved:
         return {}
-    return {f"evolved - {m}": 100 * (evolved["report_mean"] - s["report_mean"])
-            for m, s in summary.items() if m != "evolved"}
+    best = max(evolved, key=lambda r: summary[r]["report_mean"])
+    b = summary[best]
+    out: dict = {"best_evolved_row": best}
+
+    def points(other: str) -> float:
+        return 100 * (b["report_mean"] - summary[other]["report_mean"])
+
+    if "grid" in summary:
+        out["vs_best_default_merge"] = {"points": points("grid"), "bar": 10, "met": points("grid") >= 10}
+    if "best_source" in summary:
+        out["vs_best_source"] = {"points": points("best_source"), "bar": 20, "met": points("best_source") >= 20}
+    random_row = {"cmaes_ps": "random", "nsga2": "random", "cmaes_dfs": "random_dfs", "ps_dfs": "random_ps_dfs"}[best]
+    if random_row not in summary and "random" in summary:
+        random_row = "random"
+    if random_row in summary:
+        r = summary[random_row]
+        se = 100 * (b["report_se"] ** 2 + r["report_se"] ** 2) ** 0.5
+        out["vs_random"] = {"row": random_row, "points": points(random_row), "two_se": 2 * se,
+                            "met": points(random_row) > 2 * se and se > 0}
+    for peer in ("mergekit_evolve", "mergenetic"):
+        if peer in summary:
+            out[f"vs_{peer}"] = {"points": points(peer), "met": points(peer) > 0}
+    return out
 
 
-def table(summary: dict[str, dict]) -> str:
-    head = ("| method | seeds | report acc % (mean ± std) | search acc % | search - report (pts) "
-            "| candidates (evaluated) | seconds |")
-    rows = [head, "|" + "---|" * 7]
-    for method, s in summary.items():
-        rows.append(f"| {method} | {s['seeds']} | {100 * s['report_mean']:.1f} ± {100 * s['report_std']:.1f} "
-                    f"| {100 * s['search_mean']:.1f} ± {100 * s['search_std']:.1f} | {100 * s['gap_mean']:+.1f} "
-                    f"| {s['candidates_mean']:.0f} ({s['evaluated_mean']:.0f}) | {s['seconds_mean']:.0f} |")
-    return "\n".join(rows)
+def hypervolumes(runs: list[RowRun], table: dict, bed) -> dict:
+    """NSGA-II's front (report split: target, kept task) against the grid merges' points, same reference."""
+    grid = report_hypervolume([[s[bed.target_report], s[bed.keep_report]] for s in table["grid"].values()])
+    fronts = [report_hypervolume(r.extra["front_report"]) for r in runs if r.row == "nsga2"]
+    if not fronts:
+        return {}
+    return {"objectives": [bed.target_report, bed.keep_report], "reference": [0.0, 0.0], "grid": grid,
+            "nsga2_per_seed": fronts, "nsga2_mean": statistics.fmean(fronts)}
 
 
-def plot(runs: list[MethodRun], path: Path, budget: int) -> None:
+def table_text(summary: dict[str, dict]) -> str:
+    rows = []
+    for row, s in summary.items():
+        spc = s["seconds_per_candidate"]
+        rows.append([row, s["seeds"], f"{100 * s['report_mean']:.1f} ± {100 * s['report_se']:.1f}",
+                     f"{100 * s['search_mean']:.1f}", f"{100 * s['gap_mean']:+.1f}",
+                     f"{s['candidates_mean']:.0f} ({s['evaluated_mean']:.0f})", f"{s['seconds_mean']:.0f}",
+                     f"{spc:.2f}" if spc is not None else "-"])
+    return markdown_table(["row", "seeds", "report acc % (mean ± SE)", "search acc %", "search - report",
+                           "candidates (evaluated)", "wall s per seed", "s/candidate"], rows)
+
+
+def plot(runs: list[RowRun], path: Path, budget: int, title: str) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     import numpy as np
 
-    fig, ax = plt.subplots(figsize=(7, 4.5))
-    for method in dict.fromkeys(r.method for r in runs):
-        curves = [r.best_so_far for r in runs if r.method == method]
+    fig, ax = plt.subplots(figsize=(8, 5))
+    for row in dict.fromkeys(r.row for r in runs):
+        curves = [r.best_so_far for r in runs if r.row == row and r.best_so_far]
+        if not curves:
+            continue
         n = min(len(c) for c in curves)
         mean = 100 * np.mean([c[:n] for c in curves], axis=0)
         x = np.arange(1, n + 1)
-        seeded = [r for r in runs if r.method == method and r.seed is not None]
-        runs_label = f"{len(curves)} seed{'s' if len(curves) > 1 else ''}" if seeded else "fixed set"
-        (line,) = ax.plot(x, mean, label=f"{method} ({runs_label})", drawstyle="steps-post")
+        seeded = any(r.seed is not None for r in runs if r.row == row)
+        label = f"{row} ({len(curves)} seed{'s' if len(curves) > 1 else ''})" if seeded else f"{row} (fixed set)"
+        (line,) = ax.plot(x, mean, label=label, drawstyle="steps-post")
         if len(curves) > 1:
             lo, hi = 100 * np.min([c[:n] for c in curves], axis=0), 100 * np.max([c[:n] for c in curves], axis=0)
-            ax.fill_between(x, lo, hi, alpha=0.15, color=line.get_color(), step="post")
-        if n < budget:  # a fixed set smaller than the budget: its best carries on
+            ax.fill_between(x, lo, hi, alpha=0.12, color=line.get_color(), step="post")
+        if n < budget:  # a fixed set (or a search that stopped early): its best carries on
             ax.hlines(mean[-1], n, budget, linestyles="dotted", colors=line.get_color())
     ax.set_xlabel("candidates evaluated")
-    ax.set_ylabel(f"best-so-far {SEARCH_TASK} accuracy (search split, %)")
-    ax.set_title("Search quality on the zoo's cross-domain target (mean over seeds; band: min-max)")
-    ax.title.set_fontsize(10)
+    ax.set_ylabel("best-so-far target accuracy (search split, %)")
+    ax.set_title(title)
+    ax.title.set_fontsize(9)
     ax.grid(alpha=0.3)
-    ax.legend(loc="lower right")
+    ax.legend(loc="lower right", fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
 
 
-def write_results(runs: list[MethodRun], args, zoo_root: str, out: Path, started: str) -> dict:
+def write_results(runs: list[RowRun], args, bed, table: dict, started: str, extra: dict) -> dict:
+    import json
+
     summary = summarise(runs)
     result = {
-        "benchmark": "search_quality", "date": started, "machine": machine(), "zoo": zoo_root,
-        "settings": {"budget": args.budget, "seeds": args.seeds, "popsize": args.popsize, "workers": args.workers,
-                     "limit": args.limit, "search_task": SEARCH_TASK, "report_task": REPORT_TASK,
-                     "space": "task_arithmetic over math/strings/lang onto base, weight in [0, 1.5] per 2-layer "
-                              "block + rest group, normalize false",
-                     "default_grid_size": len(default_merge_grid())},
-        "summary": summary, "differences_report_points": differences(summary),
-        "runs": [asdict(r) | {"gap": r.gap} for r in runs],
+        "benchmark": "search_quality", "date": started, "machine": machine(),
+        "bed": {"zoo": str(bed.zoo.root), "preset": bed.zoo.preset, "settings_hash": bed.zoo.settings_hash,
+                "target": bed.target, "report": bed.target_report, "kept_task": bed.keep,
+                "specialists": list(bed.specialists), "num_layers": bed.num_layers},
+        "settings": {k: v for k, v in vars(args).items() if k not in ("out",)},
+        "summary": summary, "targets": targets(summary), "hypervolume": hypervolumes(runs, table, bed),
+        "baselines": table, "runs": [r.to_json() for r in runs], **extra,
     }
+    out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "search_quality.json").write_text(json.dumps(result, indent=2))
-    plot(runs, out / "search_quality.png", args.budget)
+    plot(runs, out / "search_quality.png", args.budget,
+         f"{bed.zoo.preset} bed, target {bed.target} (mean over seeds; band: min-max), budget {args.budget}")
     return result
 
 
+# --- arguments and the run -----------------------------------------------------------------------------
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--zoo", default="runs/zoo", help="a built zoo (`evosearch zoo build DIR`)")
-    p.add_argument("--budget", type=int, default=120, help="candidates per search run")
+    p.add_argument("--bed", default="full", help="zoo preset built (cached) under runs/zoo-<preset>, e.g. "
+                                                 "full, tiny, interference, interference-tiny")
+    p.add_argument("--zoo", default=None, help="an already built zoo directory instead of --bed")
+    p.add_argument("--target", default="zoo_target", help="the bed's target task (search split; "
+                                                          "<target>_report is scored)")
+    p.add_argument("--keep", default="math", help="specialist whose own task is NSGA-II's second objective")
+    p.add_argument("--rows", default=",".join(DEFAULT_ROWS), help=f"comma-separated, of: {', '.join(ALL_ROWS)}")
+    p.add_argument("--budget", type=int, default=120, help="candidates per search run (every search row)")
     p.add_argument("--seeds", type=int, default=3)
-    p.add_argument("--popsize", type=int, default=12, help="candidates per generation (both searches)")
+    p.add_argument("--popsize", type=int, default=12, help="candidates per generation (every search row)")
+    p.add_argument("--sigma0", type=float, default=0.25, help="CMA-ES initial step size (unit box)")
+    p.add_argument("--layer-groups", type=int, default=2, help="PS: layer blocks with a weight each")
+    p.add_argument("--weight-high", type=float, default=1.5, help="PS: task-arithmetic weights in [0, this]")
+    p.add_argument("--dfs-sources", default=None, help="DFS sources, the first anchors the path "
+                                                       "(default: the specialists)")
+    p.add_argument("--psdfs-sources", default=None, help="PS+DFS's DFS sources with @ps (default: @ps and "
+                                                         "the specialists)")
+    p.add_argument("--dfs-repeats", type=int, default=2)
     p.add_argument("--workers", type=int, default=2, help="Ray workers")
     p.add_argument("--limit", type=int, default=None, help="score only the first N docs of each split")
+    p.add_argument("--peer-venvs", default=str(DEFAULT_VENVS), help="where the peers' venvs are made")
+    p.add_argument("--peer-work", default=None, help="the peers' work directories (their logs and best "
+                                                    "configs stay there; default runs/search_quality_peers)")
+    p.add_argument("--peer-timeout", type=float, default=None, help="seconds a peer run may take")
     p.add_argument("--out", default=None, help="where the JSON and PNG go (default bench/results; with --smoke "
                                              "a temp dir, so a smoke run never replaces the measured results)")
-    p.add_argument("--smoke", action="store_true", help="tiny zoo (built in a temp dir), 8 candidates, 1 seed")
+    p.add_argument("--smoke", action="store_true", help="tiny zoo, 8 candidates, 1 seed, 50 docs")
     args = p.parse_args(argv)
     if args.smoke:
-        args.budget, args.seeds, args.popsize, args.workers, args.limit = 8, 1, 4, 1, args.limit or 50
+        args.bed, args.budget, args.seeds, args.popsize, args.workers = "tiny", 8, 1, 4, 1
+        args.limit = args.limit or 50
         args.out = args.out or str(Path(tempfile.gettempdir()) / "evosearch_search_quality_smoke")
     args.out = args.out or str(RESULTS)
+    args.peer_work = args.peer_work or str(Path(args.out) / "peers" if args.smoke else Path("runs") / "search_quality_peers")
+    args.rows = [r.strip() for r in args.rows.split(",") if r.strip()]
+    unknown = [r for r in args.rows if r not in ALL_ROWS]
+    if unknown:
+        p.error(f"--rows: unknown row {unknown[0]!r}; known: {', '.join(ALL_ROWS)}")
     if args.seeds < 1:
         p.error("--seeds must be at least 1")
     if args.budget < args.popsize:
@@ -315,38 +223,102 @@ def parse_args(argv=None) -> argparse.Namespace:
     return args
 
 
+def open_zoo(args):
+    from evosearch.zoo import ZooManifest, build_zoo
+
+    if args.zoo:
+        return ZooManifest.load(Path(args.zoo))
+    root = Path(args.out) / "zoo" if args.smoke else Path("runs") / f"zoo-{args.bed}"
+    log(f"bed: zoo preset {args.bed!r} in {root} (built once, then cached)")
+    return build_zoo(root, preset=args.bed)
+
+
+def settings_for(args, bed) -> SearchSettings:
+    dfs = tuple(args.dfs_sources.split(",")) if args.dfs_sources else bed.specialists
+    psdfs = tuple(args.psdfs_sources.split(",")) if args.psdfs_sources else ("@ps", *bed.specialists)
+    return SearchSettings(budget=args.budget, popsize=args.popsize, workers=args.workers, limit=args.limit,
+                          sigma0=args.sigma0, layer_groups=min(args.layer_groups, bed.num_layers),
+                          weight_high=args.weight_high, dfs_sources=dfs, psdfs_sources=psdfs,
+                          dfs_repeats=args.dfs_repeats)
+
+
 def main(argv=None) -> int:
     import torch
 
-    from evosearch.zoo import ZooManifest, build_zoo
     from storage import Store
 
     args = parse_args(argv)
     torch.set_num_threads(1)  # tiny models; the Ray workers take the cores
-    started = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+    started = utc_now()
+    bed = open_bed(open_zoo(args), args.target, args.keep)
+    made: list[BedScorer] = []
+
+    def scorer() -> BedScorer:  # loaded once, and only when something is scored here
+        if not made:
+            made.append(BedScorer(bed, args.limit))
+        return made[0]
+
+    table = baseline_table(bed, scorer, args.limit, log)
+    runs: list[RowRun] = []
+    if "best_source" in args.rows:
+        runs.append(baseline_row("best_source", bed, table["sources"], table["seconds"]["sources"]))
+    if "grid" in args.rows:
+        runs.append(baseline_row("grid", bed, table["grid"], table["seconds"]["grid"]))
+    for r in runs:
+        log(f"{r.row}: {r.picked} search {100 * r.search:.1f} report {100 * r.report:.1f}")
+    settings = settings_for(args, bed)
+    extra: dict = {}
+    result = write_results(runs, args, bed, table, started, extra)
+    search_rows = [r for r in args.rows if r in SEARCH_ROWS]
     with tempfile.TemporaryDirectory(prefix="search_quality_") as tmp:
-        tmp_dir = Path(tmp)
-        zoo = build_zoo(tmp_dir / "zoo", preset="tiny") if args.smoke else ZooManifest.load(Path(args.zoo))
-        runs = run_baselines(ZooScorer(zoo, args.limit))
-        for r in runs:
-            print(f"{r.method}: {r.picked} search {100 * r.search:.1f} report {100 * r.report:.1f} "
-                  f"({r.seconds:.0f} s)", flush=True)
-        store = Store.open(f"sqlite:///{tmp_dir / 'evosearch.db'}")
+        store = Store.open(f"sqlite:///{Path(tmp) / 'evosearch.db'}")
+        pool = None
         try:
-            for seed, method in itertools.product(range(args.seeds), ("evolved", "random")):
-                run = run_search(zoo, method, seed, args, store, tmp_dir)
+            if search_rows:
+                pool, extra["worker_start_seconds"] = start_pool(bed, settings, Path(tmp))
+                log(f"{settings.workers} Ray worker(s) started in {extra['worker_start_seconds']:.0f} s, shared by "
+                    "every search row (not in any row's seconds)")
+            for seed, row in itertools.product(range(args.seeds), search_rows):
+                run = run_search(row, bed, settings, seed, store, Path(tmp), log, pool=pool)
                 runs.append(run)
-                print(f"{method} seed {seed}: {run.picked} search {100 * run.search:.1f} report "
-                      f"{100 * run.report:.1f} ({run.candidates} candidates, {run.seconds:.0f} s)", flush=True)
+                log(f"{row} seed {seed}: {run.picked} search {100 * run.search:.1f} report {100 * run.report:.1f} "
+                    f"({run.candidates} candidates, {run.seconds:.0f} s, {run.seconds_per_candidate:.2f} s each)")
                 # Written after every run so an interrupted benchmark still leaves its measurements.
-                result = write_results(runs, args, str(zoo.root), Path(args.out), started)
+                result = write_results(runs, args, bed, table, started, extra)
         finally:
+            if pool is not None:
+                pool.shutdown()
             store.close()
+        for seed, row in itertools.product(range(args.seeds), [r for r in args.rows if r in PEERS]):
+            try:
+                out = run_peer(row, bed, settings, seed, Path(args.peer_work) / f"{row}-s{seed}", log,
+                               Path(args.peer_venvs), args.peer_timeout)
+                run = peer_row(row, seed, out, scorer(), bed, {"shims": list(PEERS[row].shims),
+                                                               "deviations": list(PEERS[row].deviations)})
+            except PeerFailed as e:
+                extra.setdefault("peer_failures", []).append({"row": row, "seed": seed, "reason": str(e),
+                                                              "shims_tried": list(PEERS[row].shims)})
+                log(f"{row} seed {seed}: FAILED: {e}")
+                result = write_results(runs, args, bed, table, started, extra)
+                continue
+            runs.append(run)
+            log(f"{row} seed {seed}: {run.picked} search {100 * run.search:.1f} report {100 * run.report:.1f} "
+                f"({run.candidates} candidates, {run.seconds:.0f} s, {run.seconds_per_candidate:.2f} s each)")
+            result = write_results(runs, args, bed, table, started, extra)
     print()
-    print(f"budget {args.budget} candidates per search run, {args.seeds} seed(s), zoo {zoo.root}")
-    print(table(result["summary"]))
-    for name, points in result["differences_report_points"].items():
-        print(f"{name}: {points:+.1f} points (report split)")
+    print(f"bed {bed.zoo.preset} ({bed.zoo.root}, settings {bed.zoo.settings_hash}), target {bed.target}; "
+          f"budget {args.budget} candidates per search run, {args.seeds} seed(s)")
+    print(table_text(result["summary"]))
+    for name, t in result["targets"].items():
+        if isinstance(t, dict):
+            print(f"{result['targets']['best_evolved_row']} {name}: {t['points']:+.1f} points "
+                  f"({'met' if t['met'] else 'missed'})")
+    if result["hypervolume"]:
+        hv = result["hypervolume"]
+        print(f"hypervolume (report split, {' x '.join(hv['objectives'])}): nsga2 {hv['nsga2_mean']:.4f}, "
+              f"grid merges {hv['grid']:.4f}")
+    for failure in result.get("peer_failures", []):
+        print(f"{failure['row']} seed {failure['seed']}: could not run: {failure['reason']}")
     print(f"wrote {Path(args.out) / 'search_quality.json'} and {Path(args.out) / 'search_quality.png'}")
     return 0
 

@@ -154,7 +154,8 @@ class Job:
             raise QueryError(f"job {self.name} has no task objective to verify")
         model = AutoModelForCausalLM.from_pretrained(out, local_files_only=True, trust_remote_code=False)
         tokenizer = AutoTokenizer.from_pretrained(out, local_files_only=True, trust_remote_code=False)
-        evaluator = LmEvalEvaluator(spec.tasks.include_path, tasks, batch_size=spec.workers.batch_size)
+        evaluator = LmEvalEvaluator(spec.tasks.source(), tasks, batch_size=spec.workers.batch_size,
+                                    scoring=spec.scoring)
         samples = split_docs(tasks, splits, "report", spec.fitness.limit)
         return Verification(evaluator.evaluate(model, tokenizer, samples=samples).accuracy, spec.fitness.limit)
 

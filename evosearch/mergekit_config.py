@@ -33,7 +33,7 @@ from evosearch.errors import RecipeError
 from evosearch.merge.methods import METHODS, get_method
 
 UNSUPPORTED = ("modules", "tokenizer", "chat_template")
-_FIELDS = ("merge_method", "base_model", "parameters", "dtype", "tokenizer_source")
+_FIELDS = ("merge_method", "base_model", "parameters", "dtype", "out_dtype", "tokenizer_source")
 _EVERY_PARAMETER = frozenset(p.name for m in METHODS.values() for p in m.parameters)
 
 

@@ -88,7 +88,10 @@ class PSRecipe(BaseModel):
     slices: Optional[list[OutputSlice]] = None
     base_model: Optional[str] = None
     parameters: dict[str, ParameterSetting] = Field(default_factory=dict)
+    # mergekit's pair: sources are read at `dtype` (bf16/fp16 round them), the merge is written at `out_dtype`
+    # (default: `dtype`). The arithmetic itself runs in float32 at least, where mergekit's runs at `dtype`.
     dtype: Literal["float32", "float16", "bfloat16"] = "float32"
+    out_dtype: Optional[Literal["float32", "float16", "bfloat16"]] = None
     tokenizer_source: Optional[str] = None
     # Seed for the random drop of DARE / DELLA; the same seed gives the same merge.
     seed: int = 0
@@ -151,7 +154,13 @@ class PSRecipe(BaseModel):
         # The form not used is left out: a `models:` recipe dumps (and hashes) as it did before slices existed.
         out = handler(self)
         out.pop("slices" if self.slices is None else "models", None)
+        if out.get("out_dtype", "") is None:  # so recipes that do not set it keep their hash
+            out.pop("out_dtype")
         return out
+
+    @property
+    def output_dtype(self) -> str:
+        return self.out_dtype or self.dtype
 
     @property
     def method(self):

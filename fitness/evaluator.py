@@ -1,35 +1,36 @@
 """Score an in-memory model on lm-eval tasks, with per-item correctness, reusing task objects.
 
-lm-eval's `TaskManager` indexes task YAMLs and builds `Task` objects (loading their datasets); both are
-slow next to scoring a tiny model, so an `LmEvalEvaluator` does them once and every `evaluate` call
-only builds requests for the asked doc ids and runs the model through lm-eval's HF wrapper.
+lm-eval indexes task YAMLs and builds `Task` objects (loading their datasets); both are slow next to
+scoring a tiny model, so an `LmEvalEvaluator` does them once (`fitness.tasks.TaskCatalog`) and every
+`evaluate` call only builds requests for the asked doc ids and runs the model through lm-eval's HF wrapper
+(batched, generation included, with each task's own generation settings). A task's score and per-item
+correctness are read for one metric under one filter (`Scoring`), from lm-eval's logged samples.
 """
 
 from __future__ import annotations
 
 import functools
 import logging
+import math
+import numbers
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
+from typing import Mapping, Optional, Sequence
 
 import torch
 
-from evosearch.errors import RunFailure, one_line
-
-
-class EvaluationError(RunFailure, RuntimeError):
-    """A task lm-eval cannot load or run; the message is one line naming the task or file."""
+from evosearch.errors import one_line
+from fitness.tasks import EvaluationError, Scoring, TaskCatalog, TaskSource, choose_scoring
 
 
 @dataclass
 class EvalResult:
     """Scores of one model on the asked tasks and doc ids."""
 
-    accuracy: dict[str, float]  # task -> mean of `metric` over the evaluated docs
-    correct: dict[str, dict[int, int]]  # task -> doc id -> 1 if the model got the item right, else 0
-    metric: str = "acc"
+    accuracy: dict[str, float]  # task -> its metric over the evaluated docs, as lm-eval aggregates it
+    correct: dict[str, dict[int, float]]  # task -> doc id -> the item's metric value (0/1 for a binary metric)
+    scoring: dict[str, Scoring] = field(default_factory=dict)  # task -> the metric and filter read
     seconds: float = 0.0  # wall time of the call
     model_seconds: float = 0.0  # part of it spent inside the model's forward passes
 
@@ -76,41 +77,22 @@ def _quiet_hflm():
 class LmEvalEvaluator:
     """Build once per process (or Ray actor); call `evaluate` for every candidate model."""
 
-    def __init__(self, include_path: str | Path | Sequence[str | Path], tasks: Sequence[str],
-                 batch_size: int = 64, device: str = "cpu", metric: str = "acc",
-                 include_defaults: bool = False) -> None:
-        from lm_eval.tasks import TaskManager  # see `_quiet_hflm`: views of a job never load lm-eval
-
-        paths = [include_path] if isinstance(include_path, (str, Path)) else list(include_path)
-        for p in paths:
-            if not Path(p).exists():
-                raise EvaluationError(f"task include path not found: {p}")
-        self.batch_size, self.device, self.metric = batch_size, device, metric
-        # The built-in task index is slow to build and never needed for the zoo: leave it out by default.
-        self._manager = TaskManager(include_path=[str(p) for p in paths], include_defaults=include_defaults)
-        self._tasks: dict = {}
-        for name in tasks:
-            self._tasks[name] = self._load(name)
+    def __init__(self, tasks_from: TaskSource | str | Path | Sequence[str | Path], tasks: Sequence[str],
+                 batch_size: int = 64, device: str = "cpu",
+                 scoring: Optional[Mapping[str, tuple[Optional[str], Optional[str]]]] = None) -> None:
+        """`tasks_from`: a job's `TaskSource`, or local task directories; `scoring`: task -> (metric, filter),
+        either None for the task's first."""
+        self.source = TaskSource.of(tasks_from)
+        self.batch_size, self.device = batch_size, device
+        catalog = TaskCatalog(self.source)
+        self._tasks: dict = {name: catalog.build_task(name) for name in tasks}
+        self.scoring: dict[str, Scoring] = {
+            name: choose_scoring(name, task, *(scoring or {}).get(name, (None, None)))
+            for name, task in self._tasks.items()}
 
     @property
     def task_names(self) -> list[str]:
         return list(self._tasks)
-
-    def _load(self, name: str):
-        entry = self._manager.task_index.get(name)
-        where = f" ({entry.yaml_path})" if entry is not None and getattr(entry, "yaml_path", None) else ""
-        if entry is None:
-            raise EvaluationError(f"unknown lm-eval task {name!r}: not found under the include path")
-        try:
-            loaded = self._manager.load([name])["tasks"]
-        except Exception as e:  # lm-eval raises many types for a bad YAML or dataset
-            raise EvaluationError(f"lm-eval rejected task {name!r}{where}: {one_line(e)}") from None
-        if name not in loaded:
-            raise EvaluationError(f"{name!r}{where} is a group or tag, not a task; name its tasks instead")
-        task = loaded[name]
-        if task.OUTPUT_TYPE not in ("multiple_choice", "loglikelihood", "generate_until"):
-            raise EvaluationError(f"task {name!r}{where}: unsupported output_type {task.OUTPUT_TYPE!r}")
-        return task
 
     def doc_ids(self, task: str) -> list[int]:
         """Every doc id of a task (its evaluation split), in order."""
@@ -149,7 +131,7 @@ class LmEvalEvaluator:
             with torch.inference_mode():
                 out = lm_eval.evaluator.evaluate(
                     lm, {"tasks": chosen, "groups": {}, "group_map": {}}, samples=samples or None,
-                    bootstrap_iters=0, log_samples=True)
+                    bootstrap_iters=0, log_samples=True, **self.source.prompt_settings)
         except EvaluationError:
             raise
         except Exception as e:
@@ -161,8 +143,18 @@ class LmEvalEvaluator:
 
         accuracy, correct = {}, {}
         for n in names:
-            items = {int(s["doc_id"]): int(round(float(s[self.metric]))) for s in out["samples"][n]}
+            scoring = self.scoring[n]
+            items = {int(s["doc_id"]): _item_value(s[scoring.metric], scoring) for s in out["samples"][n]
+                     if s["filter"] == scoring.filter}
             correct[n] = dict(sorted(items.items()))
-            accuracy[n] = float(out["results"][n][f"{self.metric},none"])
-        return EvalResult(accuracy=accuracy, correct=correct, metric=self.metric,
+            accuracy[n] = float(out["results"][n][scoring.key])
+        return EvalResult(accuracy=accuracy, correct=correct, scoring={n: self.scoring[n] for n in names},
                           seconds=time.perf_counter() - started, model_seconds=timer.total)
+
+
+def _item_value(value, scoring: Scoring) -> float:
+    """An item's metric value as stored: 0/1 (an int) for a binary metric, else the float; NaN for an item of
+    a corpus metric (bleu logs a (reference, prediction) pair: only the aggregate is a score)."""
+    if not isinstance(value, numbers.Real):
+        return math.nan
+    return int(round(float(value))) if scoring.binary else float(value)

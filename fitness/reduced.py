@@ -53,7 +53,9 @@ class ResponseMatrix:
     @classmethod
     def from_calibration(cls, calibration: Any, roles: Sequence[str] = FIT_ROLES) -> "ResponseMatrix":
         tasks = list(calibration.tasks)
-        models = [m for m in calibration.models if m.role in roles]
+        # Rows by label, not in stored order (the order workers finished in): the fit and so the anchors
+        # must not depend on which model finished first.
+        models = sorted((m for m in calibration.models if m.role in roles), key=lambda m: m.label)
         if not tasks:
             raise FitnessError(f"calibration {_name(calibration)} names no tasks")
         labels = [m.label for m in models]
@@ -96,6 +98,14 @@ def fit_calibration(calibration: Any, settings: IRTFitSettings = IRTFitSettings(
         raise FitnessError(f"calibration {_name(calibration)} has {len(matrix.model_ids)} model(s) to fit IRT on; "
                            f"at least 2 are needed (more for a stable fit)")
     return fit_irt(matrix.values, matrix.item_ids, matrix.item_tasks, matrix.model_ids, settings)
+
+
+def fitted_in_finishing_order(params: IRTParams, calibration: Any) -> bool:
+    """A stored fit of an evosearch that laid rows out in finishing order: the calibration's models and items,
+    rows in another order than by label. Refit it once (its anchors may differ from a label-order fit)."""
+    matrix = ResponseMatrix.from_calibration(calibration)
+    return (params.item_ids == matrix.item_ids and params.model_ids != matrix.model_ids
+            and sorted(params.model_ids) == matrix.model_ids)
 
 
 def stored_or_fitted_params(calibration: Any, settings: IRTFitSettings = IRTFitSettings()) -> IRTParams:

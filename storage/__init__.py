@@ -11,6 +11,7 @@ from storage.records import (
     GenerationSummary,
     JobProgress,
     JobRecord,
+    LeaseClaim,
     ScoreRecord,
     TaskSplitRecord,
 )
@@ -19,6 +20,6 @@ from storage.store import Store
 
 __all__ = [
     "CalibrationModelRecord", "CalibrationRecord", "CalibrationSummary", "CandidateRecord", "CandidateSummary",
-    "GenerationRecord", "GenerationSummary", "JobProgress", "JobRecord", "RetryPolicy", "ScoreRecord", "Store",
+    "GenerationRecord", "GenerationSummary", "JobProgress", "JobRecord", "LeaseClaim", "RetryPolicy", "ScoreRecord", "Store",
     "StoreError", "TaskSplitRecord",
 ]

@@ -72,6 +72,10 @@ class Job(Base):
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime)
     # objective name -> "max" | "min": what `progress` needs to tell the best value of each
     objectives: Mapped[dict[str, str]] = mapped_column(JSON, server_default="{}")
+    # The driver lease: which driver process runs the job, until when (it renews it every few seconds).
+    lease_owner: Mapped[str | None] = mapped_column(String(255))
+    lease_expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    restarts: Mapped[int] = mapped_column(Integer, server_default="0")  # by `evosearch submit --max-restarts`
 
 
 class Calibration(Base):
@@ -152,6 +156,8 @@ class Score(Base):
     estimated: Mapped[float | None] = mapped_column(Float)
     anchor_accuracy: Mapped[float | None] = mapped_column(Float)
     full: Mapped[float | None] = mapped_column(Float)
+    metric: Mapped[str | None] = mapped_column(String(64))  # lm-eval's metric; None for a cost
+    filter: Mapped[str | None] = mapped_column(String(64))  # lm-eval's filter (`none` when the task has none)
 
 
 class Generation(Base):

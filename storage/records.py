@@ -25,6 +25,30 @@ class JobRecord:
     created_at: datetime
     updated_at: datetime
     objectives: dict[str, str] = field(default_factory=dict)  # objective name -> "max" | "min"
+    lease_owner: str | None = None  # the driver that holds (or last held) the job's lease
+    lease_expires_at: datetime | None = None  # None: no driver holds it (or a job of an older store)
+    restarts: int = 0  # automatic restarts of its driver (`evosearch submit --max-restarts`)
+
+    def lease_live(self, now: datetime) -> bool:
+        return self.lease_expires_at is not None and self.lease_expires_at > now
+
+    def driver_dead(self, now: datetime) -> bool | None:
+        """For a `running` job: True once its lease has expired, False while it is live; None when the job
+        is not running or carries no lease (an older store's job: only the age of its writes tells)."""
+        if self.status != "running" or self.lease_expires_at is None:
+            return None
+        return not self.lease_live(now)
+
+
+@dataclass(frozen=True)
+class LeaseClaim:
+    """The outcome of trying to take a job's lease: who holds it now and until when."""
+
+    taken: bool
+    owner: str | None
+    expires_at: datetime | None
+    previous_owner: str | None  # who held it before the attempt (a live lease taken with force, say)
+    previous_expires_at: datetime | None
 
 
 @dataclass
@@ -34,6 +58,8 @@ class ScoreRecord:
     estimated: float | None = None
     anchor_accuracy: float | None = None
     full: float | None = None
+    metric: str | None = None  # the lm-eval metric a task score was read from; None for a cost
+    filter: str | None = None  # and its filter (`none` for a task without filters)
 
 
 @dataclass

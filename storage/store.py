@@ -7,9 +7,10 @@ import logging
 import math
 import time
 from collections.abc import Callable, Mapping, Sequence
+from datetime import timedelta
 from typing import Any, TypeVar
 
-from sqlalchemy import Engine, event, func, select
+from sqlalchemy import Engine, event, func, or_, select, update
 from sqlalchemy.engine import URL
 from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 from sqlalchemy.orm import Session, selectinload, sessionmaker
@@ -31,7 +32,7 @@ from storage.models import (
 from storage.records import (CALIBRATION_MODEL_ROLES, CANDIDATE_STATUSES, DIRECTIONS, JOB_STATUSES, SCORE_SPLITS,
                              CalibrationModelRecord, CalibrationRecord, CalibrationSummary, CandidateRecord,
                              CandidateSummary, GenerationRecord, GenerationSummary, JobProgress, JobRecord,
-                             ScoreRecord, TaskSplitRecord)
+                             LeaseClaim, ScoreRecord, TaskSplitRecord)
 from storage.retry import RetryPolicy, is_transient
 
 log = logging.getLogger(__name__)
@@ -101,6 +102,11 @@ class Store:
     def url_for_display(self) -> str:
         return display(self._url)
 
+    @property
+    def in_memory(self) -> bool:
+        """An in-memory SQLite store: one connection, shared by every thread, seen by no other process."""
+        return self._url.get_backend_name() == "sqlite" and self._url.database in (None, "", ":memory:")
+
     def close(self) -> None:
         self._engine.dispose()
 
@@ -136,7 +142,8 @@ class Store:
                 raise StoreError(f"job name {name!r} is taken in store {self.url_for_display}")
             now = utcnow()
             job = Job(name=name, spec=spec, seed=int(seed), status="created", message=None,
-                      output_dir=str(output_dir), created_at=now, updated_at=now, objectives=objectives)
+                      output_dir=str(output_dir), created_at=now, updated_at=now, objectives=objectives,
+                      restarts=0)
             session.add(job)
             session.flush()
             return _job_record(job)
@@ -159,6 +166,58 @@ class Store:
             job.status, job.message, job.updated_at = status, message, utcnow()
 
         self._transaction(f"setting job {job_id} status", write)
+
+    # the driver lease: one driver per job. Each call is one conditional UPDATE, so two drivers racing for a
+    # lease are settled by the database (SQLite: the writer lock of BEGIN IMMEDIATE; PostgreSQL: the row
+    # lock, after which the second UPDATE re-checks its WHERE against the first one's row).
+    # Expiry times come from the drivers' clocks: the machines of one cluster must keep them in step.
+
+    def take_lease(self, job_id: int, owner: str, seconds: float, *, force: bool = False) -> LeaseClaim:
+        """Take the job's lease for `seconds` if nobody holds it, it has expired, or `owner` already holds
+        it (a restarted driver of the same supervisor); with `force`, whoever holds it."""
+        def write(session: Session) -> LeaseClaim:
+            job = _job(session, job_id)
+            previous = (job.lease_owner, job.lease_expires_at)
+            now = utcnow()
+            statement = update(Job).where(Job.id == job_id)
+            if not force:
+                statement = statement.where(or_(Job.lease_expires_at.is_(None), Job.lease_expires_at <= now,
+                                                Job.lease_owner == owner))
+            taken = session.execute(statement.values(lease_owner=owner,
+                                                     lease_expires_at=now + timedelta(seconds=seconds)),
+                                    execution_options={"synchronize_session": False}).rowcount == 1
+            session.expire(job)
+            session.refresh(job)
+            return LeaseClaim(taken=taken, owner=job.lease_owner, expires_at=job.lease_expires_at,
+                              previous_owner=previous[0], previous_expires_at=previous[1])
+
+        return self._transaction(f"taking the lease of job {job_id}", write)
+
+    def renew_lease(self, job_id: int, owner: str, seconds: float) -> bool:
+        """Extend `owner`'s lease by `seconds` from now; False when it is no longer `owner`'s (taken over)."""
+        def write(session: Session) -> bool:
+            statement = update(Job).where(Job.id == job_id, Job.lease_owner == owner).values(
+                lease_expires_at=utcnow() + timedelta(seconds=seconds))
+            return session.execute(statement, execution_options={"synchronize_session": False}).rowcount == 1
+
+        return self._transaction(f"renewing the lease of job {job_id}", write)
+
+    def release_lease(self, job_id: int, owner: str) -> None:
+        """End `owner`'s lease now (the owner's name stays, for `status`); a no-op if another holds it."""
+        def write(session: Session) -> None:
+            session.execute(update(Job).where(Job.id == job_id, Job.lease_owner == owner).values(
+                lease_expires_at=None), execution_options={"synchronize_session": False})
+
+        self._transaction(f"releasing the lease of job {job_id}", write)
+
+    def record_restart(self, job_id: int, message: str) -> int:
+        """One more automatic restart of the job's driver, with why; returns the count so far."""
+        def write(session: Session) -> int:
+            job = _job(session, job_id)
+            job.restarts, job.message, job.updated_at = job.restarts + 1, message, utcnow()
+            return job.restarts
+
+        return self._transaction(f"recording a restart of job {job_id}", write)
 
     # candidates
 
@@ -235,13 +294,14 @@ class Store:
         def read(session: Session) -> list[CandidateSummary]:
             _job(session, job_id)
             scores: dict[int, list[ScoreRecord]] = {}
-            for candidate_id, objective, split, estimated, anchor, full in session.execute(
+            for candidate_id, objective, split, estimated, anchor, full, metric, filter_ in session.execute(
                     select(Score.candidate_id, Score.objective, Score.split, Score.estimated,
-                           Score.anchor_accuracy, Score.full)
+                           Score.anchor_accuracy, Score.full, Score.metric, Score.filter)
                     .join(Candidate, Score.candidate_id == Candidate.id)
                     .where(Candidate.job_id == job_id).order_by(Score.id)):
                 scores.setdefault(candidate_id, []).append(ScoreRecord(
-                    objective=objective, split=split, estimated=estimated, anchor_accuracy=anchor, full=full))
+                    objective=objective, split=split, estimated=estimated, anchor_accuracy=anchor, full=full,
+                    metric=metric, filter=filter_))
             rows = session.execute(
                 select(Candidate.id, Candidate.generation, Candidate.index, Candidate.recipe_hash, Candidate.status,
                        Candidate.worker, Candidate.attempts, Candidate.build_seconds, Candidate.eval_seconds,
@@ -590,7 +650,8 @@ def _generation(session: Session, job_id: int, generation: int | None) -> Genera
 def _job_record(job: Job) -> JobRecord:
     return JobRecord(id=job.id, name=job.name, spec=job.spec, seed=job.seed, status=job.status,
                      message=job.message, output_dir=job.output_dir, created_at=job.created_at,
-                     updated_at=job.updated_at, objectives=dict(job.objectives or {}))
+                     updated_at=job.updated_at, objectives=dict(job.objectives or {}),
+                     lease_owner=job.lease_owner, lease_expires_at=job.lease_expires_at, restarts=job.restarts or 0)
 
 
 def _number(value: float | None) -> float | None:
@@ -601,7 +662,8 @@ def _number(value: float | None) -> float | None:
 
 def _score_row(score: ScoreRecord) -> Score:
     return Score(objective=score.objective, split=score.split, estimated=_number(score.estimated),
-                 anchor_accuracy=_number(score.anchor_accuracy), full=_number(score.full))
+                 anchor_accuracy=_number(score.anchor_accuracy), full=_number(score.full), metric=score.metric,
+                 filter=score.filter)
 
 
 def _candidate_record(row: Candidate) -> CandidateRecord:
@@ -611,7 +673,8 @@ def _candidate_record(row: Candidate) -> CandidateRecord:
         build_seconds=row.build_seconds, eval_seconds=row.eval_seconds, overhead_seconds=row.overhead_seconds,
         error=row.error, id=row.id, cached_from=row.cached_from,
         scores=[ScoreRecord(objective=score.objective, split=score.split, estimated=score.estimated,
-                            anchor_accuracy=score.anchor_accuracy, full=score.full) for score in row.scores])
+                            anchor_accuracy=score.anchor_accuracy, full=score.full, metric=score.metric,
+                            filter=score.filter) for score in row.scores])
 
 
 def _generation_record(row: Generation) -> GenerationRecord:

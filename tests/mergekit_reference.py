@@ -8,14 +8,15 @@ import torch
 from safetensors.torch import load_file
 
 
-def mergekit_merge(config: dict, out_dir: Path) -> dict[str, torch.Tensor]:
-    """The tensors mergekit writes for `config`, computed and stored in float32."""
+def mergekit_merge(config: dict, out_dir: Path, **options) -> dict[str, torch.Tensor]:
+    """The tensors mergekit writes for `config`, computed and stored in float32 (`options`: more
+    `MergeOptions`, e.g. `lora_merge_cache` for `model+lora` sources)."""
     from mergekit.config import MergeConfiguration
     from mergekit.merge import run_merge
     from mergekit.options import MergeOptions
 
     cfg = MergeConfiguration.model_validate({**config, "dtype": "float32", "out_dtype": "float32"})
-    run_merge(cfg, str(out_dir), MergeOptions(copy_tokenizer=False, write_model_card=False, quiet=True))
+    run_merge(cfg, str(out_dir), MergeOptions(copy_tokenizer=False, write_model_card=False, quiet=True, **options))
     return load_file(out_dir / "model.safetensors")
 
 

@@ -11,6 +11,7 @@ from safetensors.torch import load_file, save_file
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
 from evosearch.merge.ps import build_merged_model
+from evosearch.merge.sources import SourceError
 from evosearch.recipe import PSRecipe
 from fitness.evaluator import LmEvalEvaluator
 from workers.candidate import CandidateError, CandidateResult, CandidateTask, CandidateWorker
@@ -142,3 +143,20 @@ def test_worker_runs_under_the_ray_pool(ray_local, tiny_zoo, zoo_paths):
     assert ok.value.worker.split(":")[1].isdigit()
     assert outcomes["ray/bad"].error.startswith("CandidateError: candidate ray/bad: build failed: SourceError: model ")
     assert outcomes["ray/bad"].attempts == 1
+
+
+def test_host_resident_worker_scores_like_the_device_resident_one(worker, tiny_zoo, zoo_paths):
+    """`workers.resident: host`: the sources stay in host memory, each candidate is staged tensor by tensor
+    (PS) or copied layer by layer (DFS) onto the device; the answers are the device-resident worker's."""
+    paths = [zoo_paths[m] for m in ("base", "math", "strings", "lang")]
+    host = CandidateWorker(paths, str(tiny_zoo.include_path), TASKS, device="auto", resident="host")
+    ps = _ta(zoo_paths, {"math": 0.5, "strings": 0.5})
+    dfs = {"kind": "dfs", "sources": [ps, zoo_paths["lang"]], "num_layers": 2,
+           "indicator": [True, False, False, True], "scales": [[1.0, 1.3], [0.8, 1.0]]}
+    for recipe in (ps, dfs):
+        task = CandidateTask(key="host", recipe=recipe, samples=ANCHORS)
+        assert host.run(task).correct == worker.run(task).correct
+    layers = host._modules[next(iter(host._modules))].model.layers
+    assert all(p.device == host._home for p in layers.parameters())  # the sources were not moved
+    with pytest.raises(SourceError, match="worker: resident 'gpu' is not one of device, host"):
+        CandidateWorker(paths, str(tiny_zoo.include_path), TASKS, resident="gpu")

@@ -12,6 +12,7 @@ import sys
 import time
 from collections import Counter
 from contextlib import closing
+from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
@@ -21,6 +22,7 @@ from safetensors.torch import load_file, save_file
 
 from evosearch.search.driver import DriverError, run_job
 from evosearch.search.job import parse_job
+from evosearch.search.lease import LeaseHeld
 from evosearch.optimizers.pareto import non_dominated_mask
 from storage import Store
 from test_job import zoo_job
@@ -286,50 +288,73 @@ def _has_job(db: Path, name: str) -> bool:
         return False
 
 
-def test_killed_driver_process_resumes_without_reevaluating(ray_local, tiny_zoo, tmp_path):
-    """The real thing: `evosearch run` in its own process, SIGKILLed in the middle of generation 1."""
+def run_and_kill(job: dict, tmp_path: Path, ray_local, generation: int = 1) -> Store:
+    """`evosearch run` of `job` in its own process, SIGKILLed once `generation` has a candidate recorded;
+    the job's store, as the dead driver left it."""
     from test_job import write_job
 
-    job = zoo_job(tiny_zoo, name="killed", generations=2, fitness={"mode": "full"}, report={"when": "never"})
-    job["output_dir"] = str(tmp_path / "killed")
+    name = job["name"]
     path = write_job(tmp_path, job)
-    spec = parse_job(job)
     env = {**os.environ, "RAY_ADDRESS": ray_local.get_runtime_context().gcs_address,
-           "PYTHONPATH": os.pathsep.join(filter(None, [str(Path(__file__).parent), os.environ.get("PYTHONPATH")]))}
+           "PYTHONPATH": os.pathsep.join(filter(None, [str(Path(__file__).parent), os.environ.get("PYTHONPATH")])),
+           "EVOSEARCH_LEASE_SECONDS": "4"}
     cli = Path(sys.executable).parent / "evosearch"
     proc = subprocess.Popen([str(cli), "run", str(path)], cwd=tmp_path, env=env, start_new_session=True,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    db = tmp_path / "killed" / "evosearch.db"
+    db = Path(job["output_dir"]) / "evosearch.db"
     store = None
     try:
         deadline = time.monotonic() + 300
         while time.monotonic() < deadline and proc.poll() is None:
             # Open the store only once the run has migrated it and made its job: never two migrations at once.
-            if store is None and _has_job(db, "killed"):
+            if store is None and _has_job(db, name):
                 store = Store.open(f"sqlite:///{db}")
-            if store is not None and store.list_jobs() and store.candidates(store.get_job("killed").id, generation=1):
+            if store is not None and store.list_jobs() and store.candidates(store.get_job(name).id,
+                                                                            generation=generation):
                 break
             time.sleep(0.05)
     finally:
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
     assert store is not None and proc.returncode == -signal.SIGKILL, "the run ended before it could be killed"
+    return store
+
+
+def test_killed_driver_process_resumes_without_reevaluating(ray_local, tiny_zoo, tmp_path):
+    """The real thing: `evosearch run` in its own process, SIGKILLed in the middle of generation 1."""
+    job = zoo_job(tiny_zoo, name="killed", generations=2, fitness={"mode": "full"}, report={"when": "never"})
+    job["output_dir"] = str(tmp_path / "killed")
+    spec = parse_job(job)
+    store = run_and_kill(job, tmp_path, ray_local)
     job_id = store.get_job("killed").id
     assert store.get_job(job_id).status == "running"  # nobody had the chance to say otherwise
-    # What tells a dead driver from a live one: the age of its last write, which stops growing with it.
+    # What tells a dead driver from a live one: its lease, which nobody renews once it is gone.
     from evosearch.views.progress import status_rows
 
-    time.sleep(1.5)
     (row,) = status_rows([(store.get_job(job_id), store.progress(job_id))])
-    assert row["status"] == "running" and row["seconds_since_last_write"] >= 1.5
+    assert row["status"] == "running" and row["driver_dead"] is False
+    with pytest.raises(LeaseHeld, match="job 'killed' is being run by driver .* lease is live"):
+        run_job(spec, store, resume=True)  # refused while the lease may still be live: nothing written
+    resume = [str(cli), "resume", "killed", "--store", f"sqlite:///{db}"]
+    time.sleep(max(0.0, (store.get_job(job_id).lease_expires_at - datetime.now(timezone.utc)).total_seconds()))
+    (row,) = status_rows([(store.get_job(job_id), store.progress(job_id))])
+    assert row["status"] == "dead" and row["driver_dead"] is True
     before = {c.index: c for c in store.candidates(job_id, generation=1)}
     assert 0 < len(before) < 4
 
-    resumed = run_job(spec, store, resume=True)
+    # Two resumes at once on the expired lease (a user trying twice, two terminals): exactly one runs it.
+    racing = [subprocess.Popen(resume, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                               text=True) for _ in range(2)]
+    outputs = [(proc.wait(timeout=300), *proc.communicate()) for proc in racing]
+    assert sorted(code for code, _, _ in outputs) == [0, 3], outputs
+    (won,) = [out for code, out, _ in outputs if code == 0]
+    (lost,) = [err for code, _, err in outputs if code == 3]
+    assert "is being run by driver" in lost and lost.count("\n") == 1
     after = {c.index: c for c in store.candidates(job_id, generation=1)}
-    assert resumed.status == "finished" and resumed.generations == 2 and len(store.candidates(job_id)) == 8
-    assert resumed.evaluated == sum(1 for c in after.values() if c.cached_from is None) - \
+    assert store.get_job(job_id).status == "finished" and len(store.candidates(job_id)) == 8
+    evaluated = sum(1 for c in after.values() if c.cached_from is None) - \
         sum(1 for c in before.values() if c.cached_from is None)
+    assert f"({evaluated} evaluated this run)" in won
     for index, c in before.items():
         assert (after[index].id, after[index].eval_seconds, after[index].genome) == (c.id, c.eval_seconds, c.genome)
 

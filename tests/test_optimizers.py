@@ -254,3 +254,50 @@ def test_knee_falls_back_to_the_ideal_point_in_three_objectives():
     pts = np.array([[0.0, 1.0, 1.0], [1.0, 0.0, 1.0], [1.0, 1.0, 0.0], [0.4, 0.4, 0.4]])
     assert knee_index(pts, ["min"] * 3) == 3
     assert hypervolume(pts, ["min"] * 3, [0.1, 0.1, 0.1]) == 0.0
+
+
+def run_ahead(opt, fn, lookahead=2, stop_at=None):
+    """Steady-state use: keep `lookahead` batches out, tell the oldest; returns every batch asked, in order."""
+    asked = []
+    while opt.asked < opt.config.max_generations or opt.pending():
+        while len(opt.pending()) < lookahead and opt.can_ask_ahead():
+            asked.append(opt.ask_ahead())
+            if stop_at is not None and len(asked) == stop_at:
+                return asked
+        x = opt.pending()[0]
+        opt.tell(x, fn(x))
+    return asked
+
+
+@pytest.mark.parametrize("name", ["nsga2", "ga", "random"])
+def test_asking_ahead_resumes_exactly_and_still_optimises(name):
+    config, fn, directions = CONFIGS[name]
+    whole = make_optimizer(config, 4, directions, seed=3)
+    uninterrupted = run_ahead(whole, fn)
+    assert len(uninterrupted) == config.max_generations and whole.generation == config.max_generations
+    if name != "random":  # batches bred from an initial population: asked only once it is told
+        fresh = make_optimizer(config, 4, directions, seed=3)
+        fresh.ask_ahead()
+        assert not fresh.can_ask_ahead()
+
+    first = make_optimizer(config, 4, directions, seed=3)
+    asked = run_ahead(first, fn, stop_at=4)  # two batches out when the state is saved
+    assert len(first.pending()) == 2
+    resumed = make_optimizer(config, 4, directions, seed=3)
+    resumed.load_state(first.state_dict())
+    for a, b in zip(resumed.pending(), asked[-2:]):
+        np.testing.assert_array_equal(a, b)
+    asked += run_ahead(resumed, fn)
+    for a, b in zip(asked, uninterrupted):
+        np.testing.assert_array_equal(a, b)
+    if name == "ga":
+        assert whole.best()[1][0, 0] < sphere(uninterrupted[0]).min()  # it learnt from what it was told
+
+
+def test_cmaes_cannot_ask_ahead():
+    config, _, directions = CONFIGS["cmaes"]
+    opt = make_optimizer(config, 4, directions, seed=0)
+    opt.ask()
+    assert not opt.can_ask_ahead()
+    with pytest.raises(OptimizerError, match="cannot ask another batch"):
+        opt.ask_ahead()

@@ -88,3 +88,26 @@ def test_resident_model_is_a_source(family):
     check_compatible([disk, resident])
     with pytest.raises(SourceError, match="has no tensor nope"):
         resident.read("nope")
+
+
+def test_sharded_sources_are_read_lazily_and_merge_like_single_files(tmp_path):
+    """A checkpoint split over shards by model.safetensors.index.json: opening reads headers only, each
+    tensor comes from its own shard, and a merge over sharded sources equals the one over single files."""
+    from evosearch.merge.export import export_recipe
+    from evosearch.merge.ps import PSMerger
+    from evosearch.recipe import parse_recipe
+
+    family = [str(p) for p in save_llama_family(tmp_path, n_finetunes=2, config=tiny_llama_config(layers=2, hidden=32))]
+    sharded = []
+    for path in family:
+        identity = parse_recipe({"kind": "ps", "merge_method": "linear", "models": [{"model": path, "parameters": {"weight": 1.0}}]})
+        sharded.append(str(export_recipe(identity, tmp_path / "sharded" / path.split("/")[-1], max_shard_size="20KB")))
+    source = SourceModel.open(sharded[1])
+    assert len({loc.file for loc in source._index.values()}) > 3  # many shards, one index
+    assert torch.equal(source.read("model.norm.weight"), SourceModel.open(family[1]).read("model.norm.weight"))
+
+    def ties(paths):
+        return parse_recipe({"kind": "ps", "merge_method": "ties", "base_model": paths[0], "models": [
+            {"model": m, "parameters": {"weight": 0.5, "density": 0.5}} for m in paths[1:]]})
+    ours, single = PSMerger.open(ties(sharded)).merge_all(), PSMerger.open(ties(family)).merge_all()
+    assert all(torch.equal(ours[n], single[n]) for n in single)

@@ -295,7 +295,7 @@ def test_migration_matches_the_models_and_reopening_is_a_no_op(store, store_url)
     with store._engine.connect() as connection:
         context = MigrationContext.configure(connection, opts={"compare_type": True})
         assert compare_metadata(context, Base.metadata) == []
-        assert context.get_current_revision() == "0003"
+        assert context.get_current_revision() == "0005"
 
 
 def test_a_store_of_the_first_schema_is_upgraded_in_place_with_its_jobs_kept(tmp_path):

@@ -6,7 +6,9 @@ import os
 import time
 from pathlib import Path
 
-from workers.pool import ActorOptions, WorkerPool
+import pytest
+
+from workers.pool import EXHAUSTED, ActorOptions, WorkerPool
 
 
 class SquareWorker:
@@ -39,6 +41,28 @@ def test_pool_runs_every_item_and_spreads_over_actors(ray_local, tmp_path):
     assert sorted(o.value[0] for o in outcomes) == [i * i for i in range(20)]
     assert all(o.ok and o.attempts == 1 for o in outcomes)
     assert len({o.value[1] for o in outcomes}) == 2, "both actors should have taken work"
+
+
+def test_stream_hands_out_items_made_from_earlier_outcomes(ray_local, tmp_path):
+    """A source that has nothing until an outcome arrives (None), then makes items from it, then stops."""
+    pool = WorkerPool(SquareWorker, (str(tmp_path),), num_workers=2, options=ActorOptions(num_cpus=0.5)).start()
+    made, seen = [2], []
+
+    def next_item():
+        if made:
+            return made.pop()
+        return EXHAUSTED if len(seen) >= 4 else None
+
+    try:
+        for outcome in pool.stream(next_item, lambda i: (i,)):
+            seen.append(outcome.value[0])
+            if outcome.value[0] < 1000:
+                made.append(outcome.value[0])  # the next item is this result: 2, 4, 16, 256
+        with pytest.raises(RuntimeError, match="nothing to hand out"):
+            list(pool.stream(lambda: None, lambda i: (i,)))
+    finally:
+        pool.shutdown()
+    assert seen == [4, 16, 256, 65536]
 
 
 def test_pool_requeues_after_actor_death_and_reports_task_errors(ray_local, tmp_path):

@@ -137,6 +137,7 @@ def test_zoo_report_cli_prints_every_model_and_the_merge_figures(tiny_zoo):
     assert result.exit_code == 0, result.output
     report = json.loads(result.output[result.output.index("{"):])
     assert set(report["accuracy"]) >= {"base", "math", "strings", "lang"}
+    assert all("zoo_target_gen" in report["accuracy"][m] for m in ("base", "math", "strings", "lang"))
     for scores in report["accuracy"].values():
         assert all(0.0 <= v <= 1.0 for v in scores.values())
     assert set(report["gains"]) == {"math", "strings", "lang"}

@@ -28,6 +28,7 @@ from evosearch.errors import RunFailure, one_line
 log = logging.getLogger(__name__)
 
 Item = TypeVar("Item")
+EXHAUSTED = object()  # what a `WorkerPool.stream` source returns when it has no more items, ever
 
 
 @dataclass(frozen=True)
@@ -173,22 +174,42 @@ class WorkerPool(Generic[Item]):
 
         Every idle actor gets the next queued item at once, so no actor waits while work is queued.
         """
+        queue = deque(items)
+        return self.stream(lambda: queue.popleft() if queue else EXHAUSTED, args_of)
+
+    def stream(self, next_item: Callable[[], Any], args_of: Callable[[Item], tuple]) -> Iterator[PoolOutcome[Item]]:
+        """Like `map_unordered`, over items that `next_item()` makes as actors fall idle: it returns an item,
+        None (nothing yet: asked again after the next outcome) or EXHAUSTED (no more, ever). The caller may
+        act on each outcome before the pool asks for more, so what it hands out next can depend on it."""
         if not self._slots:
             self.start()
-        queue: deque[tuple[Item, int]] = deque((it, 0) for it in items)
+        retry: deque[tuple[Item, int]] = deque()  # items whose actor died, before any new one
         idle: deque[_Slot] = deque(s for s in self._slots if s.ready is None)
         starting: dict[Any, _Slot] = {s.ready: s for s in self._slots if s.ready is not None}
         running: dict[Any, _InFlight[Item]] = {}
+        exhausted = False
 
         def submit() -> None:
-            while queue and idle:
-                item, attempts = queue.popleft()
+            nonlocal exhausted
+            while idle and (retry or not exhausted):
+                if retry:
+                    item, attempts = retry.popleft()
+                else:
+                    item, attempts = next_item(), 0
+                    if item is EXHAUSTED:
+                        exhausted = True
+                        return
+                    if item is None:
+                        return
                 slot = idle.popleft()
                 ref = getattr(slot.actor, self.call).remote(*args_of(item))
                 running[ref] = _InFlight(item=item, slot=slot, attempts=attempts + 1)
 
         submit()
-        while running or queue:
+        while running or retry or not exhausted:
+            if not running and not starting:
+                # Idle actors, and a source with nothing yet: no outcome will ever change its mind.
+                raise RuntimeError("the pool's item source has nothing to hand out while nothing runs")
             # With nothing running, only a starting actor can take the queue: wait for one, not forever.
             done, _ = ray.wait([*running, *starting], num_returns=1,
                                timeout=None if running else self.start_timeout_s)
@@ -214,7 +235,7 @@ class WorkerPool(Generic[Item]):
                 if flight.attempts <= self.max_retries:
                     log.warning("%s died on an item (attempt %d); re-queued: %s", flight.slot.name,
                                 flight.attempts, remote_one_line(exc))
-                    queue.appendleft((flight.item, flight.attempts))
+                    retry.appendleft((flight.item, flight.attempts))
                 else:
                     yield PoolOutcome(item=flight.item, error=f"worker died {flight.attempts} times: {remote_one_line(exc)}",
                                       attempts=flight.attempts, worker=flight.slot.name)

@@ -37,9 +37,14 @@ def calibrate_command(calibration_file: Path = typer.Argument(..., help="the cal
     """
     from evosearch.search.calibrate import members_to_score, open_calibration, refit, score_members  # start-up
     from evosearch.search.calibration_spec import load_calibration_spec
+    from evosearch.search.preflight import TaskCheckError, check_calibration_tasks
     from fitness.calibration import calibration_population
 
     spec = load_calibration_spec(calibration_file)
+    try:  # before anything is stored: fills in each task's metric and filter, stored with the calibration
+        check_calibration_tasks(spec)
+    except TaskCheckError as e:
+        raise TaskCheckError(f"{calibration_file}: {e}") from None
     members = calibration_population(spec.search_space, spec.n_random, seed=spec.seed, n_heldout=spec.n_heldout)
     fitted = sum(1 for m in members if m.role != "heldout")
     if fitted < 2:
@@ -49,7 +54,7 @@ def calibrate_command(calibration_file: Path = typer.Argument(..., help="the cal
     record = open_calibration(store, spec)
     todo = members_to_score(store, record, members)
     typer.echo(f"{spec.name}: {len(members)} models ({spec.n_random} random, {spec.n_heldout} held out), "
-               f"{len(members) - len(todo)} already stored, {len(todo)} to score on {', '.join(spec.tasks)}")
+               f"{len(members) - len(todo)} already stored, {len(todo)} to score on {', '.join(spec.task_names)}")
     try:
         if todo:
             with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
@@ -65,12 +70,14 @@ def calibrate_command(calibration_file: Path = typer.Argument(..., help="the cal
                 score_members(spec, todo, store, record.id, on_stored)
         # Its models matched this file's, so this file's settings (sizes, report) now describe it.
         store.set_calibration_spec(record.id, spec.to_dict())
-        version, new = refit(store, spec)
+        version, new, note = refit(store, spec)
     except KeyboardInterrupt:
         raise RunFailure(f"interrupted; models scored so far are stored; run `evosearch calibrate "
                          f"{calibration_file}` again to continue") from None
     except Exception as e:  # noqa: BLE001 - a worker, the store or the fit: what was scored is kept
         raise RunFailure(f"{first_line(e)} (models scored so far are stored; run again to continue)") from None
+    if note is not None:
+        typer.echo(f"note: {note}")
     typer.echo(f"{spec.name}: IRT fit version {version}{' (new)' if new else ' (unchanged)'} on "
                f"{len(members) - spec.n_heldout} models; store {store.url_for_display}")
 

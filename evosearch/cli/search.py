@@ -15,17 +15,19 @@ from evosearch.config_file import SQLITE_PREFIX
 from evosearch.errors import RunFailure, UsageError, one_line
 
 
-def _drive(spec, store, resume: bool) -> None:
+def _drive(spec, store, resume: bool, force: bool = False) -> None:
     from evosearch.search.driver import DriverError, run_job  # start-up time: Ray, torch, lm-eval
+    from evosearch.search.lease import LeaseHeld, LeaseLost
     from evosearch.views.progress import LiveProgress
     from storage import StoreError
 
     try:
         with LiveProgress() as view:
-            summary = run_job(spec, store, resume=resume, on_event=view.update)
+            summary = run_job(spec, store, resume=resume, on_event=view.update, force=force,
+                              on_notice=lambda notice: typer.echo(f"warning: {notice}", err=True))
     except KeyboardInterrupt:
         raise RunFailure(f"interrupted; continue with `evosearch resume {spec.name}`") from None
-    except (DriverError, StoreError):
+    except (DriverError, StoreError, LeaseHeld, LeaseLost, UsageError):  # UsageError: the preflight's verdict
         raise
     except Exception as e:  # noqa: BLE001 - a worker or optimizer failure: the store keeps the rest
         raise RunFailure(f"{one_line(e)} (continue with `evosearch resume {spec.name}`)") from None
@@ -37,10 +39,11 @@ def _drive(spec, store, resume: bool) -> None:
 
 @verb
 def run_command(job_file: Path = typer.Argument(..., help="the job YAML")) -> None:
-    """Run a job on a local Ray (started if none is running), with a live progress view.
+    """Run a job on a local Ray of its own (never one that happens to run on the machine), with a live
+    progress view.
 
-    Set RAY_ADDRESS to join a running cluster instead; to hand the job to a cluster and return, use
-    `evosearch submit`.
+    Set RAY_ADDRESS to join a running cluster instead (RAY_ADDRESS=auto: the machine's `ray start`
+    cluster); to hand the job to a cluster and return, use `evosearch submit`.
 
     Examples:
 
@@ -61,10 +64,15 @@ def run_command(job_file: Path = typer.Argument(..., help="the job YAML")) -> No
 
 @verb
 def resume_command(job: str = typer.Argument(..., help="job name or job file"),
-                   store: Optional[str] = typer.Option(None, "--store", help="store URL (default: the job's)")) -> None:
+                   store: Optional[str] = typer.Option(None, "--store", help="store URL (default: the job's)"),
+                   force: bool = typer.Option(False, "--force", help="take the job even while another driver's "
+                                              "lease on it is live (that driver, if alive, stops at its next "
+                                              "renewal; what it was evaluating is evaluated again)")) -> None:
     """Continue a stopped or killed job from its last committed generation.
 
-    Candidates already recorded are reused, never evaluated again.
+    Candidates already recorded are reused, never evaluated again. A job whose driver still holds its
+    lease (renewed every few seconds; `status` says `dead` once it has expired) is refused (exit 3)
+    unless --force.
 
     Examples:
 
@@ -75,7 +83,7 @@ def resume_command(job: str = typer.Argument(..., help="job name or job file"),
     from evosearch.search.job import spec_of_job  # start-up time
 
     opened, record = locate_job(job, store)
-    _drive(spec_of_job(record), opened, resume=True)
+    _drive(spec_of_job(record), opened, resume=True, force=force)
 
 
 @verb
@@ -93,7 +101,7 @@ def front_command(job: str = typer.Argument(..., help="job name or job file"),
       evosearch front zoo-dfs-nsga2 --generation 3 --json
     """
     from evosearch.api import Job  # start-up time
-    from evosearch.views.scores import SPLITS
+    from evosearch.views.scores import SPLITS, measured_by
     from storage import StoreError
 
     if by not in SPLITS:
@@ -107,7 +115,8 @@ def front_command(job: str = typer.Argument(..., help="job name or job file"),
     first = spec.objective_names[0]
     if as_json:
         typer.echo(json.dumps({"job": spec.name, "generation": generation, "ranked_by": by,
-                               "objectives": dict(zip(spec.objective_names, spec.directions)), "front": rows},
+                               "objectives": dict(zip(spec.objective_names, spec.directions)),
+                               "measured_by": {o.objective: measured_by(o) for o in spec.objectives}, "front": rows},
                               indent=2))
         return
     table = Table(title=f"{spec.name}: front ({len(rows)}), ranked by {first} on the {by} split",
@@ -115,10 +124,12 @@ def front_command(job: str = typer.Argument(..., help="job name or job file"),
     for column in ("id", "gen", "#"):
         table.add_column(column, justify="right")
     task_names = {o.objective for o in spec.task_objectives}
-    for name in spec.objective_names:
-        table.add_column(f"{name} (search)", justify="right")
+    for objective in spec.objectives:
+        name = objective.objective
+        by = "" if name not in task_names else f" {measured_by(objective)}"
+        table.add_column(f"{name}{by} (search)", justify="right")
         if name in task_names:
-            table.add_column(f"{name} (report)", justify="right")
+            table.add_column(f"{name}{by} (report)", justify="right")
     for row in rows:
         cells = [str(row["id"]), str(row["generation"]), str(row["index"])]
         for name in spec.objective_names:

@@ -20,14 +20,14 @@ from typing import Callable, Optional, Protocol, Union
 import torch
 import yaml
 from safetensors.torch import save_file
-from transformers import PretrainedConfig
+from transformers import PretrainedConfig, PreTrainedTokenizerBase
 
 from evosearch.errors import UsageError
 from evosearch.merge import DEFAULT_MAX_SHARD_SIZE
 from evosearch.merge.dfs import DFSPlan
 from evosearch.merge.ps import PSMerger
 from evosearch.merge.sources import TOKENIZER_FILES, SourceError, SourceModel, TensorSource, load_tokenizer, \
-    resolve_model_dir
+    tokenizer_dir
 from evosearch.recipe import DFSRecipe, PSRecipe, recipe_hash, recipe_methods, recipe_to_yaml
 
 _UNITS = {"": 1, "b": 1, "k": 10**3, "kb": 10**3, "m": 10**6, "mb": 10**6, "g": 10**9, "gb": 10**9,
@@ -57,6 +57,10 @@ class TensorProducer(Protocol):
 
     def produce(self, name: str) -> torch.Tensor: ...
 
+    def tokenizer(self) -> Optional[PreTrainedTokenizerBase]:
+        """The tokenizer the engine built for the output vocabulary (None: copy one from a model)."""
+        ...
+
 
 @dataclass
 class _PSProducer:
@@ -65,6 +69,9 @@ class _PSProducer:
 
     def tensor_names(self) -> list[str]:
         return self.merger.tensor_names()
+
+    def tokenizer(self) -> Optional[PreTrainedTokenizerBase]:
+        return self.merger.vocabulary.tokenizer if self.merger.vocabulary else None
 
     def produce(self, name: str) -> torch.Tensor:
         return self.merger.merge_tensor(name)
@@ -75,12 +82,16 @@ class _DFSProducer:
     plan: DFSPlan
     read: Callable[[int, str], torch.Tensor]
     config: PretrainedConfig
+    embed_tokenizer: Optional[PreTrainedTokenizerBase]
 
     def tensor_names(self) -> list[str]:
         return self.plan.output_tensor_names()
 
     def produce(self, name: str) -> torch.Tensor:
         return self.plan.output_tensor(name, self.read)
+
+    def tokenizer(self) -> Optional[PreTrainedTokenizerBase]:
+        return self.embed_tokenizer
 
 
 def open_source(source: Union[str, PSRecipe], allow_pickle: bool = False) -> TensorSource:
@@ -98,7 +109,9 @@ def _producer(recipe: Union[PSRecipe, DFSRecipe], allow_pickle: bool, max_path: 
         return _PSProducer(merger, merger.config)
     sources = [open_source(s, allow_pickle) for s in recipe.sources]
     plan = DFSPlan.from_recipe(recipe, [s.config for s in sources], max_path=max_path)
-    return _DFSProducer(plan, lambda i, name: sources[i].read(name), plan.output_config())
+    embed = sources[recipe.embed_source]
+    tokenizer = embed.vocabulary.tokenizer if isinstance(embed, PSMerger) and embed.vocabulary else None
+    return _DFSProducer(plan, lambda i, name: sources[i].read(name), plan.output_config(), tokenizer)
 
 
 def check_buildable(recipe: Union[PSRecipe, DFSRecipe], allow_pickle: bool = False) -> None:
@@ -164,7 +177,7 @@ def _copy_tokenizer(source: Optional[str], explicit: bool, out: Path) -> Optiona
     """Save the tokenizer of `source` into `out`; a default source without one is skipped."""
     if source is None:
         return None
-    root = resolve_model_dir(source)
+    root = tokenizer_dir(source)
     if not explicit and not any((root / f).is_file() for f in TOKENIZER_FILES):
         return None
     load_tokenizer(source).save_pretrained(out)
@@ -227,6 +240,9 @@ def export_recipe(recipe: Union[PSRecipe, DFSRecipe], out_dir: Union[str, Path],
     max_bytes = parse_size(max_shard_size)
     out_dir = output_dir(out_dir, force)
     producer = _producer(recipe, allow_pickle, max_path)  # validates sources and parameters before any write
+    if tokenizer_source and producer.tokenizer() is not None:
+        raise ExportError(f"--tokenizer-source {tokenizer_source}: the recipe's tokenizer_source "
+                          f"{_default_tokenizer_source(recipe)} already gives the output vocabulary")
 
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     staging = out_dir.parent / f".{out_dir.name}.evosearch-tmp-{uuid.uuid4().hex[:8]}"
@@ -238,10 +254,15 @@ def export_recipe(recipe: Union[PSRecipe, DFSRecipe], out_dir: Union[str, Path],
         writer.close()
         config = copy.deepcopy(producer.config)
         if isinstance(recipe, PSRecipe):
-            config.dtype = recipe.dtype
+            config.dtype = recipe.output_dtype
         config.save_pretrained(staging)
-        tokenizer = _copy_tokenizer(tokenizer_source or _default_tokenizer_source(recipe),
-                                    explicit=bool(tokenizer_source or recipe.tokenizer_source), out=staging)
+        built = producer.tokenizer()
+        if built is not None:
+            built.save_pretrained(staging)
+            tokenizer = f"{_default_tokenizer_source(recipe)} vocabulary"
+        else:
+            tokenizer = _copy_tokenizer(tokenizer_source or _default_tokenizer_source(recipe),
+                                        explicit=bool(tokenizer_source or recipe.tokenizer_source), out=staging)
         _drop_remote_code_references(staging)
         (staging / "evosearch_recipe.yaml").write_text(recipe_to_yaml(recipe))
         if isinstance(recipe, PSRecipe) and recipe.mergekit_blocker() is None:

@@ -7,6 +7,7 @@ export (sources read lazily from safetensors) and the search workers (sources re
 
 from __future__ import annotations
 
+import copy
 import hashlib
 from typing import Mapping, Optional, Union
 
@@ -18,7 +19,9 @@ from evosearch.merge.dtypes import torch_dtype
 from evosearch.merge.methods import TensorMerge, TensorParameters
 from evosearch.merge.parameters import count_layers
 from evosearch.merge.slice_plan import merge_parts, part_for
-from evosearch.merge.sources import ResidentModel, SourceError, SourceModel, TensorSource, check_compatible
+from evosearch.merge.sources import ResidentModel, SourceError, SourceModel, TensorSource, check_compatible, \
+    is_vocabulary_tensor, vocabulary_size
+from evosearch.merge.vocabulary import OutputVocabulary, output_vocabulary
 from evosearch.recipe import PSRecipe
 
 
@@ -37,12 +40,18 @@ class PSMerger:
         if missing:
             raise SourceError(f"model {missing[0]}: not among the loaded sources")
         self.sources = {p: sources[p] for p in recipe.source_paths()}
-        check_compatible(list(self.sources.values()))
+        check_compatible(list(self.sources.values()), recipe.tokenizer_source)
         self._reference = self.sources[recipe.source_paths()[0]]
         self._names = self._reference.tensor_names()
+        # With a tokenizer_source, every vocabulary tensor is re-indexed by token before it is merged.
+        self.vocabulary: Optional[OutputVocabulary] = None
+        if recipe.tokenizer_source:
+            self.vocabulary = output_vocabulary(recipe.tokenizer_source, list(self.sources), recipe.base_model,
+                                                {p: vocabulary_size(s) for p, s in self.sources.items()})
         self.num_layers = count_layers(self._names)
         self.parts = merge_parts(recipe, self.num_layers)
-        self.out_dtype = torch_dtype(recipe.dtype)
+        self.read_dtype = torch_dtype(recipe.dtype)
+        self.out_dtype = torch_dtype(recipe.output_dtype)
         self._scratch_buffer: Optional[torch.Tensor] = None
         self._validate()
 
@@ -53,14 +62,26 @@ class PSMerger:
 
     @property
     def config(self) -> Optional[PretrainedConfig]:
-        """The merged model's config: the base model's (else the first model's)."""
-        return self._reference.config
+        """The merged model's config: the base model's (else the first model's), with the output
+        vocabulary's size."""
+        return self.output_config(self._reference.config)
+
+    def output_config(self, config: Optional[PretrainedConfig]) -> Optional[PretrainedConfig]:
+        """`config` (a source's) as the merged model's: a copy with the output vocabulary's size."""
+        if config is None or self.vocabulary is None or config.vocab_size == self.vocabulary.size:
+            return config
+        config = copy.deepcopy(config)
+        config.vocab_size = self.vocabulary.size
+        return config
 
     def tensor_names(self) -> list[str]:
         return list(self._names)
 
     def shape(self, name: str) -> tuple[int, ...]:
-        return tuple(self._reference.shape(name))
+        shape = tuple(self._reference.shape(name))
+        if self.vocabulary is not None and is_vocabulary_tensor(name):
+            return (self.vocabulary.size, *shape[1:])
+        return shape
 
     def read(self, name: str) -> torch.Tensor:
         """Alias of `merge_tensor`, so a merger can itself serve as a source (PS+DFS)."""
@@ -83,7 +104,12 @@ class PSMerger:
         compute = torch.float64 if first.dtype == torch.float64 else torch.float32
         device = first.device
         del first  # every reference dropped early lets a source tensor be freed once used
-        job = TensorMerge(name=name, tensors={m: t.to(compute) for m, t in tensors.items()}, base=part.base,
+        if self.read_dtype != torch.float32:  # mergekit reads the sources at `dtype`: bf16/fp16 round them
+            tensors = {m: t.to(self.read_dtype) for m, t in tensors.items()}
+        tensors = {m: t.to(compute) for m, t in tensors.items()}
+        if self.vocabulary is not None and is_vocabulary_tensor(name):
+            tensors = self.vocabulary.remap(tensors, part.base)
+        job = TensorMerge(name=name, tensors=tensors, base=part.base,
                           params=part.parameters(name), seed=tensor_seed(self.recipe.seed, name),
                           scratch=lambda elements: self._scratch(elements, compute, device))
         del tensors
@@ -106,6 +132,24 @@ class PSMerger:
 
     def merge_all(self) -> dict[str, torch.Tensor]:
         return {n: self.merge_tensor(n) for n in self._names}
+
+
+class StagedSource:
+    """A source whose tensors are copied onto `device` as they are read: sources kept in host memory feed a
+    merge that runs on the GPU one tensor at a time."""
+
+    def __init__(self, source: TensorSource, device: torch.device):
+        self.source, self.device = source, device
+        self.name, self.config = source.name, source.config
+
+    def tensor_names(self) -> list[str]:
+        return self.source.tensor_names()
+
+    def shape(self, name: str) -> tuple[int, ...]:
+        return self.source.shape(name)
+
+    def read(self, name: str) -> torch.Tensor:
+        return self.source.read(name).to(self.device, non_blocking=True)
 
 
 ResidentSources = Mapping[str, Union[Mapping[str, torch.Tensor], TensorSource]]
@@ -154,7 +198,7 @@ def build_merged_model(recipe: PSRecipe, resident: ResidentSources,
                        config: Optional[PretrainedConfig] = None) -> torch.nn.Module:
     """Merge resident sources and return a ready model (config: the base model's unless given)."""
     merger = PSMerger(recipe, as_sources(resident))
-    config = config or merger.config
+    config = merger.output_config(config) or merger.config
     if config is None:
         raise SourceError(f"model {recipe.source_paths()[0]}: no config to build the merged model")
     return build_model(config, merger.merge_all())

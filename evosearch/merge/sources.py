@@ -16,10 +16,15 @@ from safetensors import safe_open
 from transformers import AutoConfig, AutoTokenizer, PretrainedConfig
 
 from evosearch.errors import UsageError, first_line
+from evosearch.merge.lora import LoraAdapter, adapter_base, is_adapter_dir
 
 
 class SourceError(UsageError, ValueError):
     """A source model that cannot be used; the message is one line naming the model (and tensor)."""
+
+
+class VocabularyError(SourceError):
+    """Sources whose vocabularies cannot be reconciled as asked; one line naming the models and sizes."""
 
 
 class TensorSource(Protocol):
@@ -36,11 +41,39 @@ class TensorSource(Protocol):
 _SAFETENSORS_INDEX = "model.safetensors.index.json"
 _PICKLE_PATTERNS = ("*.bin", "*.pt", "*.pth")
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json")
+# Names of the tensors indexed by token along dim 0, as the architectures this engine merges spell them.
+VOCABULARY_TENSOR_SUFFIXES = ("embed_tokens.weight", "lm_head.weight")
+
+
+def is_vocabulary_tensor(name: str) -> bool:
+    return name.endswith(VOCABULARY_TENSOR_SUFFIXES)
+
+
+def vocabulary_size(model: "TensorSource") -> Optional[int]:
+    """The embedding rows of a source (None when it has no token embedding)."""
+    for name in model.tensor_names():
+        if name.endswith(VOCABULARY_TENSOR_SUFFIXES[0]):
+            return model.shape(name)[0]
+    return None
+
+
+def model_reference(ref: str) -> tuple[str, Optional[str]]:
+    """(model, adapter or None) of a source: mergekit's `MODEL+LORA`, a PEFT adapter directory (its base
+    from adapter_config.json), or a plain model."""
+    path = Path(ref).expanduser()
+    if "+" in ref and not path.exists():
+        model, _, adapter = ref.partition("+")
+        return model, adapter
+    if path.is_dir() and is_adapter_dir(path) and not (path / "config.json").is_file():
+        return adapter_base(path), ref
+    return ref, None
 
 
 def source_key(path: str) -> str:
-    """One spelling per model directory (recipes may write a path relative or with a trailing slash)."""
-    return str(Path(path).expanduser().resolve())
+    """One spelling per source (recipes may write a path relative or with a trailing slash)."""
+    model, adapter = model_reference(path)
+    key = str(Path(model).expanduser().resolve())
+    return key if adapter is None else f"{key}+{Path(adapter).expanduser().resolve()}"
 
 
 def resolve_model_dir(ref: str) -> Path:
@@ -60,6 +93,12 @@ def resolve_model_dir(ref: str) -> Path:
 class _TensorLocation:
     file: Path
     shape: tuple[int, ...]
+    itemsize: int  # bytes per element as stored
+
+
+# Bytes per element of the safetensors header's dtype names.
+_SAFETENSORS_ITEMSIZE = {"F64": 8, "I64": 8, "U64": 8, "F32": 4, "I32": 4, "U32": 4, "BF16": 2, "F16": 2,
+                         "I16": 2, "U16": 2, "I8": 1, "U8": 1, "BOOL": 1, "F8_E4M3": 1, "F8_E5M2": 1}
 
 
 @dataclass
@@ -72,9 +111,23 @@ class SourceModel:
     _index: dict[str, _TensorLocation]
     _pickled: dict[Path, dict[str, torch.Tensor]] = field(default_factory=dict, repr=False)
     _is_pickle: bool = False
+    adapter: Optional[LoraAdapter] = None  # folded into every tensor it changes, as the tensor is read
 
     @classmethod
     def open(cls, path: str, allow_pickle: bool = False) -> "SourceModel":
+        """The model of source `path`: a model directory, `MODEL+LORA` or a PEFT adapter directory."""
+        model_ref, adapter_ref = model_reference(str(path))
+        model = cls._open_model(model_ref, allow_pickle)
+        model.name = str(path)
+        if adapter_ref is not None:
+            model.adapter = LoraAdapter.load(resolve_model_dir(adapter_ref))
+            unknown = sorted(model.adapter.targets() - set(model._index))
+            if unknown:
+                raise SourceError(f"model {path}: the adapter changes tensor {unknown[0]}, which {model_ref} lacks")
+        return model
+
+    @classmethod
+    def _open_model(cls, path: str, allow_pickle: bool) -> "SourceModel":
         root = resolve_model_dir(str(path))
         config = _load_config(root, str(path))
         files = _safetensors_files(root, str(path))
@@ -91,7 +144,7 @@ class SourceModel:
         for file in pickled:
             state = _torch_load(file, str(path))
             model._pickled[file] = state
-            model._index.update({k: _TensorLocation(file, tuple(v.shape)) for k, v in state.items()})
+            model._index.update({k: _TensorLocation(file, tuple(v.shape), v.element_size()) for k, v in state.items()})
         return model
 
     def tensor_names(self) -> list[str]:
@@ -100,13 +153,19 @@ class SourceModel:
     def shape(self, name: str) -> tuple[int, ...]:
         return self._location(name).shape
 
+    def stored_itemsize(self, name: str) -> int:
+        """Bytes per element of tensor `name` as the checkpoint stores it (from the header)."""
+        return self._location(name).itemsize
+
     def read(self, name: str) -> torch.Tensor:
         loc = self._location(name)
         if self._is_pickle:
-            return self._pickled[loc.file][name]
-        # A short-lived handle: a long-lived mmap would keep every page read so far in our RSS.
-        with safe_open(loc.file, framework="pt") as f:
-            return f.get_tensor(name)
+            tensor = self._pickled[loc.file][name]
+        else:
+            # A short-lived handle: a long-lived mmap would keep every page read so far in our RSS.
+            with safe_open(loc.file, framework="pt") as f:
+                tensor = f.get_tensor(name)
+        return tensor if self.adapter is None else self.adapter.fold(name, tensor)
 
     def load_all(self, device: str | torch.device = "cpu") -> dict[str, torch.Tensor]:
         """Every tensor, resident on `device` (what a search worker keeps)."""
@@ -143,11 +202,19 @@ class ResidentModel:
             raise SourceError(f"model {self.name}: has no tensor {name}") from None
 
 
-def check_compatible(models: Sequence[TensorSource]) -> None:
-    """Raise SourceError unless all models share architecture, tensor names and shapes."""
+def check_compatible(models: Sequence[TensorSource], tokenizer_source: Optional[str] = None) -> None:
+    """Raise SourceError unless all models share architecture, tensor names and shapes. With a
+    `tokenizer_source` the vocabulary tensors may differ in rows (they are mapped by token); without one
+    differing vocabularies are a VocabularyError naming two models and their sizes."""
     if not models:
         return
     first = models[0]
+    sizes = {m.name: vocabulary_size(m) for m in models}
+    if tokenizer_source is None and len(set(sizes.values())) > 1:
+        other = next(m for m in models if sizes[m.name] != sizes[first.name])
+        raise VocabularyError(f"models {first.name} (vocabulary {sizes[first.name]}) and {other.name} (vocabulary "
+                              f"{sizes[other.name]}) differ in vocabulary; set tokenizer_source: base, union or "
+                              f"a model path")
     first_arch = _architecture(first)
     first_names = first.tensor_names()
     for other in models[1:]:
@@ -162,14 +229,27 @@ def check_compatible(models: Sequence[TensorSource]) -> None:
         if extra:
             raise SourceError(f"model {other.name}: has tensor {extra[0]} absent from {first.name}")
         for n in first_names:
-            if tuple(other.shape(n)) != tuple(first.shape(n)):
+            a, b = tuple(other.shape(n)), tuple(first.shape(n))
+            if tokenizer_source is not None and is_vocabulary_tensor(n):
+                a, b = a[1:], b[1:]
+            if a != b:
                 raise SourceError(f"model {other.name}: tensor {n} has shape {tuple(other.shape(n))}, "
                                   f"{first.name} has {tuple(first.shape(n))}")
 
 
+def tokenizer_dir(ref: str) -> Path:
+    """Where source `ref`'s tokenizer lives: an adapter's own when it ships one, else its model's."""
+    model, adapter = model_reference(ref)
+    if adapter is not None:
+        root = resolve_model_dir(adapter)
+        if any((root / f).is_file() for f in TOKENIZER_FILES):
+            return root
+    return resolve_model_dir(model)
+
+
 def load_tokenizer(ref: str):
-    """The tokenizer of local model `ref`, never with its remote code; SourceError when it has none."""
-    root = resolve_model_dir(ref)
+    """The tokenizer of local source `ref`, never with its remote code; SourceError when it has none."""
+    root = tokenizer_dir(ref)
     if not any((root / f).is_file() for f in TOKENIZER_FILES):
         raise SourceError(f"model {ref}: no tokenizer in {root} (none of {', '.join(TOKENIZER_FILES)})")
     try:
@@ -178,12 +258,12 @@ def load_tokenizer(ref: str):
         raise SourceError(f"model {ref}: cannot load its tokenizer ({first_line(e)})") from None
 
 
-def check_model_set(paths: Sequence[str], allow_pickle: bool = False) -> None:
+def check_model_set(paths: Sequence[str], allow_pickle: bool = False, tokenizer_source: Optional[str] = None) -> None:
     """What a search's workers will load, checked from headers alone (no tensor is read): every model opens,
-    has a tokenizer, and shares the first one's architecture, tensor names and shapes. SourceError naming
-    the model otherwise."""
+    has a tokenizer, and shares the first one's architecture, tensor names and shapes (vocabulary rows aside
+    when a `tokenizer_source` maps them). SourceError naming the model otherwise."""
     models = [SourceModel.open(p, allow_pickle=allow_pickle) for p in paths]
-    check_compatible(models)
+    check_compatible(models, tokenizer_source)
     for p in paths:
         load_tokenizer(p)
 
@@ -226,7 +306,9 @@ def _index_safetensors(files: Sequence[Path], ref: str) -> dict[str, _TensorLoca
         try:
             with safe_open(file, framework="pt") as f:
                 for name in f.keys():
-                    index[name] = _TensorLocation(file, tuple(f.get_slice(name).get_shape()))
+                    piece = f.get_slice(name)
+                    index[name] = _TensorLocation(file, tuple(piece.get_shape()),
+                                                  _SAFETENSORS_ITEMSIZE.get(piece.get_dtype(), 4))
         except Exception as e:  # safetensors raises its own error type for corrupt headers
             raise SourceError(f"model {ref}: unreadable {file.name} ({first_line(e)})") from None
     return index

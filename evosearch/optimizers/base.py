@@ -2,6 +2,9 @@
 
 Protocol: `ask()` proposes a batch (asking again before `tell` returns the same batch), `tell()` gets the
 objective values of exactly that batch, one row per genome, in the directions declared at construction.
+An `asynchronous` optimizer may also `ask_ahead()`: a further batch while earlier ones are out, drawn from
+what it knows now (the steady-state scheduler's way to keep every worker busy); batches are told in the
+order they were asked, `tell()` always telling the oldest one out.
 A failed candidate's NaN (or infinite) objectives are replaced by a penalty worse than anything seen, so
 the algorithms never see NaN. `state_dict()` after any call and `load_state()` on a fresh optimizer built
 with the same config, dim, directions and seed continue the exact same sequence.
@@ -56,6 +59,8 @@ class Optimizer(ABC):
     config_class: ClassVar[type[OptimizerConfig]]
     # Single-objective algorithms rank by the weighted sum; the others keep a Pareto archive.
     scalarising: ClassVar[bool] = False
+    # Can ask a batch before the batches already out are told (steady-state scheduling).
+    asynchronous: ClassVar[bool] = False
 
     def __init__(self, config: OptimizerConfig, dim: int, directions: Sequence[Direction], seed: int):
         if dim < 1:
@@ -68,7 +73,7 @@ class Optimizer(ABC):
         self.n_obj = len(self.directions)
         self._weights = self._scalarisation_weights()
         self.generation = 0
-        self._pending: Optional[np.ndarray] = None
+        self._pending: list[np.ndarray] = []  # batches asked and not told yet, oldest first
         self._worst: Optional[np.ndarray] = None
         self._archive_x = np.empty((0, dim))
         self._archive_f = np.empty((0, self.n_obj))
@@ -91,32 +96,57 @@ class Optimizer(ABC):
     def _converged(self) -> bool:
         return False
 
+    def _ready_to_ask_ahead(self) -> bool:
+        """Whether the algorithm can draw another batch now (e.g. not before its first population is told)."""
+        return True
+
     # --- public interface --------------------------------------------------------------------------
     def ask(self) -> np.ndarray:
-        if self._pending is None:
+        if not self._pending:
             if self.done():
                 raise OptimizerError(f"{self.name}: the search is done after {self.generation} generation(s)")
-            self._pending = np.asarray(self._ask(), dtype=float)
-        return np.clip(self._pending, 0.0, 1.0)
+            self._pending.append(np.asarray(self._ask(), dtype=float))
+        return np.clip(self._pending[0], 0.0, 1.0)
+
+    @property
+    def asked(self) -> int:
+        """Batches asked so far: told (`generation`) and out."""
+        return self.generation + len(self._pending)
+
+    def pending(self) -> list[np.ndarray]:
+        """The batches out, oldest first, as `ask`/`ask_ahead` returned them."""
+        return [np.clip(x, 0.0, 1.0) for x in self._pending]
+
+    def can_ask_ahead(self) -> bool:
+        return (self.asynchronous and self.asked < self.config.max_generations and not self._converged()
+                and (not self._pending or self._ready_to_ask_ahead()))
+
+    def ask_ahead(self) -> np.ndarray:
+        """One more batch, asked while the earlier ones are out; told after them, in order."""
+        if not self.can_ask_ahead():
+            raise OptimizerError(f"{self.name}: cannot ask another batch now ({len(self._pending)} out, "
+                                 f"{self.asked} of {self.config.max_generations} asked)")
+        self._pending.append(np.asarray(self._ask(), dtype=float))
+        return np.clip(self._pending[-1], 0.0, 1.0)
 
     def tell(self, genomes: np.ndarray, objectives: np.ndarray,
              directions: Optional[Sequence[Direction]] = None) -> None:
-        if self._pending is None:
+        if not self._pending:
             raise OptimizerError(f"{self.name}: tell() without a pending ask()")
         if directions is not None and tuple(directions) != self.directions:
             raise OptimizerError(f"{self.name}: directions {list(directions)} differ from {list(self.directions)}")
         x = np.asarray(genomes, dtype=float)
-        asked = np.clip(self._pending, 0.0, 1.0)
+        asked = np.clip(self._pending[0], 0.0, 1.0)
         if x.shape != asked.shape or not np.allclose(x, asked, rtol=0, atol=1e-12):
             raise OptimizerError(f"{self.name}: told genomes are not the {len(asked)} genomes last asked, in order")
         f = np.asarray(objectives, dtype=float)
         if f.shape != (len(asked), self.n_obj):
             raise OptimizerError(f"{self.name}: objectives have shape {f.shape}, expected {(len(asked), self.n_obj)}")
         f_min = self._penalised(np.where(np.array([d == "max" for d in self.directions]), -f, f))
-        self._tell(self._pending, f_min)
+        self._tell(self._pending[0], f_min)
         self._update_archive(asked, f_min, failed=~np.all(np.isfinite(f), axis=1))
         self.generation += 1
-        self._pending = None
+        self._pending.pop(0)
 
     def done(self) -> bool:
         return self.generation >= self.config.max_generations or self._converged()
@@ -147,7 +177,9 @@ class Optimizer(ABC):
         for key, value in mine.items():
             if state[key] != value:
                 raise OptimizerError(f"{self.name}: saved state has {key}={state[key]!r}, this optimizer {value!r}")
-        self.generation, self._pending, self._worst = state["generation"], state["pending"], state["worst"]
+        self.generation, self._worst = state["generation"], state["worst"]
+        pending = state["pending"]  # one array or None in states written before batches could be asked ahead
+        self._pending = list(pending) if isinstance(pending, list) else [] if pending is None else [pending]
         self._archive_x, self._archive_f = state["archive"]
         self._load_algorithm_state(state["algorithm"])
 

@@ -24,6 +24,7 @@ class GAConfig(ScalarisingConfig):
 
 class GAOptimizer(PymooOptimizer):
     name = "ga"
+    asynchronous = True
     scalarising = True
     config: GAConfig
     config_class = GAConfig

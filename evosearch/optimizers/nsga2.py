@@ -28,6 +28,7 @@ class NSGA2Config(OptimizerConfig):
 
 class NSGA2Optimizer(PymooOptimizer):
     name = "nsga2"
+    asynchronous = True
     config: NSGA2Config
     config_class = NSGA2Config
 

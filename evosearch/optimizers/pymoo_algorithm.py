@@ -37,25 +37,31 @@ class PymooOptimizer(Optimizer):
         self._algorithm = self._make_algorithm()
         self._algorithm.setup(self._problem, seed=seed, termination=("n_gen", config.max_generations),
                               verbose=False)
-        self._infills = None
+        self._infills: list = []  # one pymoo Population per batch out, oldest first
 
     def _ask(self) -> np.ndarray:
-        self._infills = self._algorithm.ask()
-        return self._infills.get("X")
+        self._infills.append(self._algorithm.ask())
+        return self._infills[-1].get("X")
 
     def _tell(self, genomes: np.ndarray, objectives: np.ndarray) -> None:
         f = self._scalar(objectives)[:, None] if self.scalarising else objectives
-        Evaluator().eval(StaticProblem(self._problem, F=f), self._infills)
-        self._algorithm.tell(infills=self._infills)
-        self._infills = None
+        infills = self._infills.pop(0)
+        Evaluator().eval(StaticProblem(self._problem, F=f), infills)
+        self._algorithm.tell(infills=infills)
 
     def _converged(self) -> bool:
         return not self._algorithm.has_next()
+
+    def _ready_to_ask_ahead(self) -> bool:
+        # Offspring are bred from the population: there is none until the initial one is told.
+        return self._algorithm.is_initialized
 
     def _algorithm_state(self) -> Any:
         # One object so the pending infills keep their identity inside the algorithm on unpickling.
         return {"algorithm": self._algorithm, "infills": self._infills}
 
     def _load_algorithm_state(self, state: Any) -> None:
-        self._algorithm, self._infills = state["algorithm"], state["infills"]
+        infills = state["infills"]
+        self._algorithm = state["algorithm"]
+        self._infills = infills if isinstance(infills, list) else [] if infills is None else [infills]
         self._problem = self._algorithm.problem

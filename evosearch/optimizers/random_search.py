@@ -20,6 +20,7 @@ class RandomSearchConfig(OptimizerConfig):
 
 class RandomSearch(Optimizer):
     name = "random"
+    asynchronous = True
     config: RandomSearchConfig
     config_class = RandomSearchConfig
 

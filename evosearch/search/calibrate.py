@@ -17,7 +17,7 @@ from evosearch.search.ray_session import ensure_ray
 from fitness.calibration import BAR, CalibrationMember, fitness_report, meets_bar
 from fitness.errors import FitnessError
 from fitness.irt import IRTFitSettings, IRTParams
-from fitness.reduced import ResponseMatrix, fit_calibration
+from fitness.reduced import ResponseMatrix, fit_calibration, fitted_in_finishing_order
 from storage import CalibrationModelRecord, CalibrationRecord, Store, StoreError
 from workers.candidate import CandidateError, CandidateTask, candidate_pool
 from workers.pool import WorkerPool
@@ -77,11 +77,11 @@ def open_calibration(store: Store, spec: CalibrationSpec) -> CalibrationRecord:
     try:
         record = store.get_calibration(spec.name)
     except StoreError:
-        store.save_calibration(CalibrationRecord(name=spec.name, tasks=list(spec.tasks), spec=spec.to_dict()))
+        store.save_calibration(CalibrationRecord(name=spec.name, tasks=spec.task_names, spec=spec.to_dict()))
         return store.get_calibration(spec.name)
-    if list(record.tasks) != list(spec.tasks):
+    if list(record.tasks) != spec.task_names:
         raise UsageError(f"calibration {spec.name!r} in {store.url_for_display} has tasks {record.tasks}, this "
-                         f"file {spec.tasks}; give the calibration another name")
+                         f"file {spec.task_names}; give the calibration another name")
     return record
 
 
@@ -105,29 +105,48 @@ def score_members(spec: CalibrationSpec, members: list[CalibrationMember], store
 
     w = spec.workers
     ensure_ray(num_cpus=max(os.cpu_count() or 1, w.count * w.num_cpus))
-    pool = candidate_pool(w, spec.source_paths, spec.include_path, list(spec.tasks),
-                          num_workers=min(w.count, len(members)))
+    pool = candidate_pool(w, spec.source_paths, spec.tasks.source(), spec.task_names,
+                          num_workers=min(w.count, len(members)), scoring=spec.tasks.metric_filter())
     try:
         pool.start()
-        run_calibration(members, pool, tasks=list(spec.tasks), on_model=store_one, key_prefix=spec.name)
+        run_calibration(members, pool, tasks=spec.task_names, on_model=store_one, key_prefix=spec.name)
     finally:
         pool.shutdown()
 
 
-def refit(store: Store, spec: CalibrationSpec) -> tuple[int, bool]:
+def refit(store: Store, spec: CalibrationSpec) -> tuple[int, bool, Optional[str]]:
     """Fit IRT on the stored non-held-out models; a new version unless the stored fit covers them already.
-    Returns (fit version, whether it is new)."""
+    Returns (fit version, whether it is new, a note when it replaced a fit made in finishing order)."""
     record = store.get_calibration(spec.name)
+    note = None
     if record.irt_params:
         stored = IRTParams.from_dict(record.irt_params)
         matrix = ResponseMatrix.from_calibration(record)
         if (stored.model_ids, stored.item_ids, stored.settings) == \
                 (matrix.model_ids, matrix.item_ids, spec.irt_settings):
-            return record.fit_version, False
+            return record.fit_version, False, None
+        if fitted_in_finishing_order(stored, record):
+            note = _finishing_order_note(record.name, record.fit_version)
     params = fit_calibration(record, spec.irt_settings)
     version = record.fit_version + 1
     store.set_calibration_fit(record.id, params.to_dict(), fit_version=version)
-    return version, True
+    return version, True, note
+
+
+def _finishing_order_note(name: str, version: int) -> str:
+    return (f"calibration {name!r}: fit version {version} laid its models out in the order they finished; "
+            f"refitted once as version {version + 1} with models in label order (its anchors may differ; "
+            f"version {version} is kept)")
+
+
+def refit_if_in_finishing_order(store: Store, record: CalibrationRecord) -> tuple[CalibrationRecord, Optional[str]]:
+    """A calibration whose current fit was made with rows in finishing order, refitted once in label order
+    (with its stored settings) and stored as the next version; returns it and a note, or it unchanged."""
+    if not record.irt_params or not fitted_in_finishing_order(IRTParams.from_dict(record.irt_params), record):
+        return record, None
+    params = fit_calibration(record, stored_irt_settings(record.spec or {}))
+    store.set_calibration_fit(record.id, params.to_dict(), fit_version=record.fit_version + 1)
+    return store.get_calibration(record.name), _finishing_order_note(record.name, record.fit_version)
 
 
 # --- evosearch fitness report ---------------------------------------------------------------------------

@@ -14,10 +14,9 @@ from typing import Any, Optional
 
 from pydantic import Field, field_validator, model_validator
 
-from evosearch.config_file import OneOrMore, known, model_dirs, read_yaml_file, safe_name, store_url
+from evosearch.config_file import known, model_dirs, read_yaml_file, safe_name, store_url
 from evosearch.errors import UsageError
-from evosearch.search.sections import (Section, WorkersSpec, resolve_include_paths, resolve_models, task_index,
-                                       validated)
+from evosearch.search.sections import Section, TasksSpec, WorkersSpec, resolve_models, resolve_tasks, validated
 from evosearch.spaces import PSSpaceConfig, SpaceError, parse_space_config
 from fitness.anchors import ANCHOR_STRATEGIES
 from fitness.calibration import DEFAULT_STRATEGIES
@@ -78,6 +77,32 @@ class ReportSettings(Section):
         return v
 
 
+class ScoringSpec(Section):
+    """What a calibration reads of a task's results (default: its first metric and first filter)."""
+
+    metric: Optional[str] = None
+    filter: Optional[str] = None
+
+
+class CalibrationTasks(TasksSpec):
+    """A job's `tasks` section, and the tasks to score (`names`) with their metric and filter (`scoring`)."""
+
+    names: list[str] = Field(min_length=1, description="lm-eval task names, scored on every doc")
+    scoring: dict[str, ScoringSpec] = Field(default_factory=dict)
+
+    @field_validator("names")
+    @classmethod
+    def _distinct(cls, v: list[str]) -> list[str]:
+        if len(set(v)) != len(v):
+            raise ValueError(f"task {next(t for t in v if v.count(t) > 1)!r} is listed twice")
+        return v
+
+    def metric_filter(self) -> dict[str, tuple[Optional[str], Optional[str]]]:
+        """Task -> (metric, filter) as asked, None for the task's first."""
+        return {t: (self.scoring[t].metric, self.scoring[t].filter) if t in self.scoring else (None, None)
+                for t in self.names}
+
+
 class CalibrationSpec(Section):
     name: str
     store: Optional[str] = None
@@ -87,8 +112,7 @@ class CalibrationSpec(Section):
     n_random: int = Field(default=48, ge=0, description="random merges in the fit")
     n_heldout: int = Field(default=16, ge=0, description="merges scored for the report only, never fitted")
     seed: int = 0
-    tasks: list[str] = Field(min_length=1, description="lm-eval task names, scored on every doc")
-    include_path: OneOrMore = Field(min_length=1)
+    tasks: CalibrationTasks
     workers: WorkersSpec = Field(default_factory=WorkersSpec)
     irt: IRTSpec = Field(default_factory=IRTSpec)
     report: ReportSettings = Field(default_factory=ReportSettings)
@@ -98,13 +122,6 @@ class CalibrationSpec(Section):
     def _safe_name(cls, v: str) -> str:
         return safe_name(v, "calibration")
 
-    @field_validator("tasks")
-    @classmethod
-    def _distinct(cls, v: list[str]) -> list[str]:
-        if len(set(v)) != len(v):
-            raise ValueError(f"task {next(t for t in v if v.count(t) > 1)!r} is listed twice")
-        return v
-
     @model_validator(mode="after")
     def _defaults(self) -> "CalibrationSpec":
         self.store = store_url(self.store, self.name)
@@ -113,6 +130,10 @@ class CalibrationSpec(Section):
     @property
     def source_paths(self) -> list[str]:
         return model_dirs(self.sources, self.base_model)
+
+    @property
+    def task_names(self) -> list[str]:
+        return list(self.tasks.names)
 
     @property
     def irt_settings(self) -> IRTFitSettings:
@@ -128,9 +149,12 @@ def parse_calibration_spec(raw: Any, where: str = "calibration") -> CalibrationS
         raise CalibrationSpecError(f"{where}: a calibration file is a YAML mapping of fields, "
                                    f"got {type(raw).__name__}")
     raw = copy.deepcopy(raw)
-    for field in ("name", "sources", "search_space", "tasks", "include_path"):
+    for field in ("name", "sources", "search_space", "tasks"):
         if field not in raw:
             raise CalibrationSpecError(f"{where}: {field}: required field is missing")
+    if isinstance(raw["tasks"], list):  # the short form: `tasks: [names]`, with a top-level `include_path`
+        raw["tasks"] = {"names": raw["tasks"], **({"include_path": raw.pop("include_path")}
+                                                  if "include_path" in raw else {})}
     resolve_models(raw, where, CalibrationSpecError)
     space = raw["search_space"]
     if isinstance(space, dict) and space.get("kind", "ps") != "ps":
@@ -146,12 +170,10 @@ def parse_calibration_spec(raw: Any, where: str = "calibration") -> CalibrationS
 
 
 def _check_tasks(spec: CalibrationSpec, where: str) -> None:
-    include = resolve_include_paths(spec.include_path, "include_path", where, CalibrationSpecError)
-    spec.include_path = [str(p) for p in include]
-    known = task_index(include)
-    for i, task in enumerate(spec.tasks):
-        if task not in known:
-            raise CalibrationSpecError(f"{where}: tasks[{i}]: task {task!r} is not defined under include_path")
+    unknown = [t for t in spec.tasks.scoring if t not in spec.tasks.names]
+    if unknown:
+        raise CalibrationSpecError(f"{where}: tasks.scoring.{unknown[0]}: not one of tasks.names")
+    resolve_tasks(spec.tasks, where, CalibrationSpecError)
 
 
 def load_calibration_spec(path: str | Path) -> CalibrationSpec:

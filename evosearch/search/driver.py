@@ -7,7 +7,8 @@ One generation:
    the generation is evaluated once. Only the rest go to the workers.
 3. Each candidate is recorded as soon as it finishes (its own transaction), so a crash loses nothing
    evaluated. A failure is recorded `failed` with its one-line error; the optimizer gets NaN objectives for
-   it, which it turns into its penalty.
+   it, which it turns into its penalty. A first generation that failed whole ends the job (`failed`, the
+   first candidate's error as its message): the job as written cannot score anything.
 4. `optimizer.tell`, then one `commit_generation`: the optimizer's state, the job's Pareto front so far
    (over every done candidate) and its hypervolume.
 
@@ -19,8 +20,10 @@ generation or at the end, as the job says.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
+import sys
 import time
 from dataclasses import dataclass, field
 from typing import Callable, Optional
@@ -31,11 +34,15 @@ from evosearch.errors import RunFailure, one_line
 from evosearch.merge.sources import SourceError
 from evosearch.optimizers import Optimizer, ParetoFront, make_optimizer
 from evosearch.recipe import recipe_hash, recipe_sources
+from evosearch.search.calibrate import refit_if_in_finishing_order
 from evosearch.search.calibration_spec import stored_irt_settings
 from evosearch.search.costs import COST_TERMS
 from evosearch.search.events import RunEvent
 from evosearch.search.job import JobSpec, TaskObjective
-from evosearch.search.preflight import check_search_models
+from evosearch.search.lease import DriverLease, LeaseLost, LeaseSettings
+from evosearch.search.memory import MemoryFitError, check_job_memory
+from evosearch.search.preflight import TaskCheckError, check_search_models, check_search_tasks
+from evosearch.search.scheduler import SteadyStateScheduler, generations_to_ask
 from evosearch.search.ray_session import ensure_ray
 from evosearch.spaces import SearchSpace, build_space
 from fitness.evaluator import LmEvalEvaluator
@@ -94,14 +101,17 @@ def hypervolume_reference(spec: JobSpec) -> list[float]:
 class SearchDriver:
     """Runs one job against one store; `run()` drives it to the end (or `stop_after` generations)."""
 
-    def __init__(self, spec: JobSpec, store: Store, job: JobRecord, *, on_event: Optional[Callable[[RunEvent], None]] = None):
+    def __init__(self, spec: JobSpec, store: Store, job: JobRecord, *, on_event: Optional[Callable[[RunEvent], None]] = None,
+                 lease: Optional[DriverLease] = None, pool=None):
         self.spec, self.store, self.job = spec, store, job
+        self.lease = lease  # checked before every write: a driver whose job was taken over writes nothing more
         self.space: SearchSpace = build_space(spec.search_space)
         self.optimizer: Optimizer = make_optimizer(spec.optimizer, self.space.dim, spec.directions, spec.seed)
         self.on_event = on_event
         self.splits: dict = {}  # task -> TaskSplitRecord, for tasks whose report split is a carved hold-out
         self.fitness = None  # ReducedFitness in reduced mode, set by `_prepare` once the splits are known
-        self._pool = None
+        # A pool handed in (started, holding the job's sources and tasks) is the caller's: it stays up.
+        self._pool, self._owns_pool = pool, pool is None
         self._started = time.monotonic()
         self._evaluated = self._cached = self._running = 0
         self._gen_size = self._front_size = 0
@@ -120,7 +130,7 @@ class SearchDriver:
         splits = self.store.task_splits(self.job.id)
         missing = [t for t in tasks if t not in splits]
         if missing:
-            counter = LmEvalEvaluator(self.spec.tasks.include_path, missing)
+            counter = LmEvalEvaluator(self.spec.tasks.source(), missing)
             carved = [carve_holdout(t, len(counter.doc_ids(t)), self.spec.holdout.fraction, self.spec.seed)
                       for t in missing]
             self.store.record_task_splits(self.job.id, carved)
@@ -157,14 +167,16 @@ class SearchDriver:
         scores = []
         for obj in self.spec.objectives:
             if isinstance(obj, TaskObjective):
+                read = dict(metric=obj.metric, filter=obj.filter)
                 if self.fitness is not None:
                     scores.append(ScoreRecord(objective=obj.objective, split="search",
                                               estimated=float(estimated[obj.task]),
-                                              anchor_accuracy=float(anchor[obj.task])))
+                                              anchor_accuracy=float(anchor[obj.task]), **read))
                 else:
                     acc = float(result.accuracy[obj.task])
                     # Full mode measures the score itself: the "estimate" the optimizer sees is exact.
-                    scores.append(ScoreRecord(objective=obj.objective, split="search", estimated=acc, full=acc))
+                    scores.append(ScoreRecord(objective=obj.objective, split="search", estimated=acc, full=acc,
+                                              **read))
             else:
                 value = COST_TERMS[obj.cost].value(recipe)
                 scores.append(ScoreRecord(objective=obj.objective, split="search", estimated=value, full=value))
@@ -181,12 +193,12 @@ class SearchDriver:
         if self._pool is None:
             w = self.spec.workers
             ensure_ray(num_cpus=max(os.cpu_count() or 1, w.count * w.num_cpus))
-            self._pool = candidate_pool(w, self.spec.source_paths, self.spec.tasks.include_path,
-                                        self.spec.worker_tasks).start()
+            self._pool = candidate_pool(w, self.spec.source_paths, self.spec.tasks.source(),
+                                        self.spec.worker_tasks, scoring=self.spec.scoring).start()
         return self._pool
 
     def close(self) -> None:
-        if self._pool is not None:
+        if self._pool is not None and self._owns_pool:
             self._pool.shutdown()
             self._pool = None
 
@@ -202,18 +214,33 @@ class SearchDriver:
             evaluated=self._evaluated, front_size=self._front_size, phase=phase))
 
     def _record(self, rec: CandidateRecord) -> CandidateRecord:
+        self._check_lease()
         rec.id = self.store.record_candidate(rec)
         return rec
 
     def run_generation(self, generation: int) -> None:
         genomes = self.optimizer.ask()
+        final, primaries = self.admit(generation, genomes)
+        if primaries:
+            self._running = len(primaries)
+            self._emit(generation)
+            for pending, outcome in self._evaluate(generation, primaries):
+                self._running -= 1
+                self.settle(generation, genomes, final, pending, outcome)
+                self._emit(generation)
+        self.conclude(generation, genomes, final)
+
+    # --- the steps of a generation, which the steady-state scheduler runs too ----------------------
+    def admit(self, generation: int, genomes: np.ndarray) -> tuple[dict[int, CandidateRecord], list[_Pending]]:
+        """The candidates of a generation already settled (recorded by an interrupted run, copied from the
+        cache), and those a worker must evaluate (a recipe that appears twice is evaluated once)."""
         self._gen_size = len(genomes)
         recorded = {c.index: c for c in self.store.candidates(self.job.id, generation=generation)}
         for i, cand in recorded.items():
             if i >= len(genomes) or not np.allclose(cand.genome, genomes[i], rtol=0, atol=GENOME_ATOL):
                 raise DriverError(f"job {self.spec.name}: generation {generation} candidate {i} was recorded "
                                   "with another genome than the restored optimizer asks for; cannot resume")
-        final: dict[int, object] = dict(recorded)
+        final: dict[int, CandidateRecord] = dict(recorded)
         primaries: dict[str, _Pending] = {}
         for i, genome in enumerate(genomes):
             if i in final:
@@ -233,31 +260,45 @@ class SearchDriver:
                 self._cached += 1
                 continue
             primaries[h] = _Pending(index=i, genome=base["genome"], recipe=recipe, recipe_hash=h)
-        if primaries:
-            self._running = len(primaries)
-            self._emit(generation)
-            for pending, outcome in self._evaluate(generation, list(primaries.values())):
-                self._running -= 1
-                self._evaluated += 1
-                rec = self._record(self._candidate(generation, pending, outcome))
-                final[pending.index] = rec
-                for j in pending.duplicates:
-                    final[j] = self._record(CandidateRecord(
-                        job_id=self.job.id, generation=generation, index=j, genome=[float(x) for x in genomes[j]],
-                        recipe=pending.recipe, recipe_hash=pending.recipe_hash, status=rec.status, worker=rec.worker,
-                        attempts=0, error=rec.error, scores=_search_only(rec.scores),
-                        cached_from=rec.id if rec.status == "done" else None))
-                    self._cached += rec.status == "done"
-                self._emit(generation)
+        return final, list(primaries.values())
+
+    def settle(self, generation: int, genomes: np.ndarray, final: dict[int, CandidateRecord], pending: _Pending,
+               outcome) -> None:
+        """Records a worker's outcome for `pending` and for the later duplicates of its recipe."""
+        self._evaluated += 1
+        rec = self._record(self._candidate(generation, pending, outcome))
+        final[pending.index] = rec
+        for j in pending.duplicates:
+            final[j] = self._record(CandidateRecord(
+                job_id=self.job.id, generation=generation, index=j, genome=[float(x) for x in genomes[j]],
+                recipe=pending.recipe, recipe_hash=pending.recipe_hash, status=rec.status, worker=rec.worker,
+                attempts=0, error=rec.error, scores=_search_only(rec.scores),
+                cached_from=rec.id if rec.status == "done" else None))
+            self._cached += rec.status == "done"
+
+    def conclude(self, generation: int, genomes: np.ndarray, final: dict[int, CandidateRecord]) -> None:
+        """Tells the optimizer the generation (its oldest batch out) and commits it with the front so far."""
+        if generation == 0 and all(final[i].status == "failed" for i in range(len(genomes))):
+            # Nothing to learn from, and a job that goes on would only report an empty front.
+            raise DriverError(f"job {self.spec.name}: every candidate of the first generation failed; "
+                              f"the first: {final[0].error}")
         objectives = np.array([self.objective_row(final[i]) for i in range(len(genomes))], dtype=float)
         self.optimizer.tell(genomes, objectives)
         front_ids, hv = self.front()
         self._front_size = len(front_ids)
+        self._check_lease()
         self.store.commit_generation(self.job.id, generation, self.optimizer.state_dict(), front_ids, hv)
+
+    def _check_lease(self) -> None:
+        if self.lease is not None:
+            self.lease.check()
+
+    def search_task(self, generation: int, pending: _Pending) -> CandidateTask:
+        return self._search_task(f"{self.spec.name}/g{generation}/i{pending.index}", pending.recipe)
 
     def _evaluate(self, generation: int, pending: list[_Pending]):
         """Yields (pending, PoolOutcome) as the workers finish."""
-        tasks = {p.index: self._search_task(f"{self.spec.name}/g{generation}/i{p.index}", p.recipe) for p in pending}
+        tasks = {p.index: self.search_task(generation, p) for p in pending}
         by_index = {p.index: p for p in pending}
         for outcome in self._workers().map_unordered([p.index for p in pending], lambda i: (tasks[i],)):
             yield by_index[outcome.item], outcome
@@ -307,11 +348,31 @@ class SearchDriver:
                 continue
             acc = outcome.value.accuracy
             self.store.add_scores(outcome.item, [
-                ScoreRecord(objective=o.objective, split="report", full=float(acc[o.report]))
+                ScoreRecord(objective=o.objective, split="report", full=float(acc[o.report]), metric=o.metric,
+                            filter=o.filter)
                 for o in self.spec.task_objectives])
             self._emit(generation, phase="report")
 
     # --- the whole job ----------------------------------------------------------------------------
+    def workers(self):
+        return self._workers()
+
+    def running(self, count: int, generation: int) -> None:
+        self._running = count
+        self._emit(generation)
+
+    def _run_steady_state(self, stop_after: Optional[int]) -> tuple[str, Optional[str]]:
+        """The search with workers never waiting for a generation to end (`scheduler.py`)."""
+        per_generation = self.spec.population_size
+        limit = generations_to_ask(self.spec.optimizer.max_generations, self.spec.budget, per_generation, stop_after)
+        SteadyStateScheduler(self, limit).run()
+        told = self.optimizer.generation
+        if stop_after is not None and told >= stop_after and not self.optimizer.done():
+            return "stopped", f"stopped after generation {told - 1} as asked"
+        if self.spec.budget is not None and not self.optimizer.done():
+            return "finished", f"budget of {self.spec.budget} candidates reached after {told} generation(s)"
+        return "finished", None
+
     def run(self, stop_after: Optional[int] = None) -> RunSummary:
         """Runs generations until the optimizer is done, the budget would be passed, or `stop_after`
         generations are committed (counted from 0: the job then stops, resumable)."""
@@ -323,7 +384,9 @@ class SearchDriver:
         self.store.set_job_status(self.job.id, "running")
         try:
             self._prepare()
-            while not self.optimizer.done():
+            if self.spec.scheduling == "steady_state":
+                status, reason = self._run_steady_state(stop_after)
+            while self.spec.scheduling == "generational" and not self.optimizer.done():
                 generation = self.optimizer.generation
                 if stop_after is not None and generation >= stop_after:
                     status, reason = "stopped", f"stopped after generation {generation - 1} as asked"
@@ -343,6 +406,8 @@ class SearchDriver:
                           f"{max_generations} generations")
             if status == "finished" and self.spec.report.when != "never":
                 self.report_front(self.optimizer.generation - 1)
+        except LeaseLost:
+            raise  # the job is another driver's now: its status is that driver's to write
         except BaseException as e:
             message = "interrupted" if isinstance(e, KeyboardInterrupt) else one_line(e)
             self.store.set_job_status(self.job.id, "stopped" if isinstance(e, KeyboardInterrupt) else "failed",
@@ -362,8 +427,7 @@ class SearchDriver:
 
 
 def _search_only(scores: list[ScoreRecord]) -> list[ScoreRecord]:
-    return [ScoreRecord(objective=s.objective, split=s.split, estimated=s.estimated,
-                        anchor_accuracy=s.anchor_accuracy, full=s.full) for s in scores if s.split == "search"]
+    return [dataclasses.replace(s) for s in scores if s.split == "search"]
 
 
 def stored_calibration(spec: JobSpec, store: Store) -> CalibrationRecord:
@@ -375,17 +439,32 @@ def stored_calibration(spec: JobSpec, store: Store) -> CalibrationRecord:
     except StoreError as e:
         raise DriverError(f"job {spec.name}: fitness.calibration: {e} (run `evosearch calibrate` with "
                           "this store first)") from None
+    calibration, note = refit_if_in_finishing_order(store, calibration)
+    if note is not None:
+        log.warning("%s", note)
     missing = [t for t in spec.search_tasks if t not in calibration.tasks]
     if missing:
         raise DriverError(f"calibration {name!r} does not cover task {missing[0]!r} "
                           f"(it has {', '.join(calibration.tasks)})")
+    stored = (calibration.spec or {}).get("tasks")
+    scored = stored.get("scoring", {}) if isinstance(stored, dict) else {}  # none in a hand-made calibration
+    for o in spec.task_objectives:
+        theirs = scored.get(o.task)
+        if theirs and (theirs.get("metric"), theirs.get("filter")) != (o.metric, o.filter):
+            raise DriverError(f"calibration {name!r} scored task {o.task!r} by {theirs.get('metric')}/"
+                              f"{theirs.get('filter')}, the objective by {o.metric}/{o.filter}")
     return calibration
 
 
 def run_job(spec: JobSpec, store: Store, resume: bool = False, *, stop_after: Optional[int] = None,
-            on_event: Optional[Callable[[RunEvent], None]] = None) -> RunSummary:
+            on_event: Optional[Callable[[RunEvent], None]] = None, force: bool = False,
+            on_notice: Optional[Callable[[str], None]] = None, pool=None) -> RunSummary:
     """Runs a job from its spec (`resume=False`: a new job of that name) or continues the stored job of
-    that name (`resume=True`) from its last committed generation."""
+    that name (`resume=True`) from its last committed generation, holding the job's lease throughout
+    (`LeaseHeld` while another driver's is live, unless `force`; `on_notice` hears what a forced take-over
+    risks). `pool`: a started worker pool (`workers.candidate.candidate_pool`) whose workers hold the job's
+    sources and tasks, to run several jobs on one set of workers (a benchmark); it is left running."""
+    lease_settings = LeaseSettings.from_env()
     if resume:
         job = store.get_job(spec.name)
     else:
@@ -394,6 +473,16 @@ def run_job(spec: JobSpec, store: Store, resume: bool = False, *, stop_after: Op
             check_search_models(spec.source_paths, spec.search_space)
         except SourceError as e:
             raise DriverError(f"job {spec.name}: {e}") from None
+        try:  # fills in each objective's metric and filter, so the stored job names them
+            check_search_tasks(spec)
+        except TaskCheckError as e:
+            raise TaskCheckError(f"job {spec.name}: {e}") from None
+        w = spec.workers
+        ensure_ray(num_cpus=max(os.cpu_count() or 1, w.count * w.num_cpus))
+        try:
+            memory = check_job_memory(spec)
+        except MemoryFitError as e:
+            raise MemoryFitError(f"job {spec.name}: {e}") from None
         if spec.fitness.mode == "reduced":
             stored_calibration(spec, store)  # before the job is stored: a job without one could never run
         try:
@@ -401,4 +490,13 @@ def run_job(spec: JobSpec, store: Store, resume: bool = False, *, stop_after: Op
                                    objectives=dict(zip(spec.objective_names, spec.directions)))
         except StoreError as e:
             raise DriverError(f"{e} (continue it with `evosearch resume {spec.name}`)") from None
-    return SearchDriver(spec, store, job, on_event=on_event).run(stop_after=stop_after)
+        print(f"job {spec.name}: {memory}", file=sys.stderr)  # once the job is stored: no line beside a refusal
+    lease = DriverLease(store, job, lease_settings)
+    notice = lease.take(force=force)
+    if notice is not None and on_notice is not None:
+        on_notice(notice)
+    lease.start()
+    try:
+        return SearchDriver(spec, store, job, on_event=on_event, lease=lease, pool=pool).run(stop_after=stop_after)
+    finally:
+        lease.release()

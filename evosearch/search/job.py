@@ -17,13 +17,12 @@ from typing import Annotated, Any, Literal, Optional, Union
 
 from pydantic import Discriminator, Field, Tag, field_validator, model_validator
 
-from evosearch.config_file import OneOrMore, known, model_dirs, read_yaml_file, safe_name, store_url
+from evosearch.config_file import known, model_dirs, read_yaml_file, safe_name, store_url
 from evosearch.errors import UsageError
-from evosearch.optimizers import AnyOptimizerConfig, OptimizerError, parse_optimizer_config
+from evosearch.optimizers import OPTIMIZERS, AnyOptimizerConfig, OptimizerError, parse_optimizer_config
 from evosearch.optimizers.base import ScalarisingConfig
 from evosearch.search.costs import COST_TERMS
-from evosearch.search.sections import (Section, WorkersSpec, resolve_include_paths, resolve_models, task_index,
-                                       validated)
+from evosearch.search.sections import Section, TasksSpec, WorkersSpec, resolve_models, resolve_tasks, validated
 from evosearch.spaces import SpaceConfig, SpaceError, build_space, parse_space_config
 from fitness.anchors import ANCHOR_STRATEGIES
 from fitness.estimators import ESTIMATORS
@@ -58,11 +57,15 @@ class _Objective(Section, ABC):
 class TaskObjective(_Objective):
     """A task's score, computed on its search split; the front is re-scored on a report split the search
     never sees: `report_task`, by default `<task>_report` when the task set defines it, else a hold-out
-    carved from the task's own docs (`report_holdout`, which the job's `holdout` section sizes)."""
+    carved from the task's own docs (`report_holdout`, which the job's `holdout` section sizes). `metric`
+    and `filter` name what is read of lm-eval's results (default: the task's first metric and filter,
+    filled in by the preflight before the job is stored)."""
 
     task: str
     report_task: Optional[str] = None
     report_holdout: bool = False
+    metric: Optional[str] = None
+    filter: Optional[str] = None
 
     def _default_name(self) -> str:
         return self.task
@@ -128,10 +131,6 @@ class FitnessSpec(Section):
         return self
 
 
-class TasksSpec(Section):
-    include_path: OneOrMore = Field(min_length=1)
-
-
 class HoldoutSpec(Section):
     """For tasks without a report split of their own: the share of their docs set aside, never searched on.
     Which docs is fixed by the job's seed and the task's name, and recorded in the store."""
@@ -157,6 +156,9 @@ class JobSpec(Section):
     generations: Optional[int] = Field(default=None, gt=0, description="sets optimizer.max_generations")
     budget: Optional[int] = Field(default=None, gt=0, description="most candidates; a generation that "
                                                                   "would pass it is not started")
+    scheduling: Literal["generational", "steady_state"] = Field(
+        default="generational", description="steady_state: a worker that finishes gets a candidate at once, "
+                                            "from a generation asked ahead (ga, nsga2, random)")
     objectives: list[Objective] = Field(min_length=1)
     fitness: FitnessSpec = Field(default_factory=FitnessSpec)
     tasks: TasksSpec
@@ -206,6 +208,14 @@ class JobSpec(Section):
         return list(dict.fromkeys(o.task for o in self.task_objectives if o.report_holdout))
 
     @property
+    def scoring(self) -> dict[str, tuple[Optional[str], Optional[str]]]:
+        """Task -> (metric, filter) its objective reads, for the search and the report task alike."""
+        out: dict[str, tuple[Optional[str], Optional[str]]] = {}
+        for o in self.task_objectives:
+            out[o.task] = out[o.report] = (o.metric, o.filter)
+        return out
+
+    @property
     def worker_tasks(self) -> list[str]:
         """Every task a worker loads: the search splits and the report splits."""
         return list(dict.fromkeys(self.search_tasks + self.report_tasks))
@@ -229,16 +239,34 @@ PUBLIC_BENCHMARKS = ("mmlu", "gsm8k", "arc_", "ai2_arc", "hellaswag", "mgsm", "t
                      "lambada", "cais/mmlu", "allenai/ai2_arc", "rowan/hellaswag", "openai/gsm8k", "juletxara/mgsm")
 
 
-def _public_test_split(task: str, config: dict) -> bool:
-    """Whether lm-eval would score `task` on the test split of a known public benchmark."""
+def public_test_split(task: str, config: dict, registered_test_split: Optional[str] = None) -> bool:
+    """Whether lm-eval would score `task` (its `config` after overrides) on the test split of a known public
+    benchmark: its `test_split` is set and is the registered task's own test split or is named `test...`.
+    A task made to score another split (`test_split: train`) is not."""
     names = (task.lower(), str(config.get("dataset_path", "")).lower())
-    return bool(config.get("test_split")) and any(n.startswith(PUBLIC_BENCHMARKS) for n in names)
+    split = config.get("test_split")
+    if not split or not any(n.startswith(PUBLIC_BENCHMARKS) for n in names):
+        return False
+    return split == registered_test_split or str(split).lower().startswith("test")
+
+
+def guard_test_split(spec: JobSpec, where: str, configs: dict[str, dict],
+                     registered_test_splits: Optional[dict[str, Optional[str]]] = None) -> None:
+    """JobError when an objective's search task scores a public benchmark's test split and the job does not
+    allow it; `configs`: task -> its config after overrides (those it has)."""
+    registered_test_splits = registered_test_splits or {}
+    for i, obj in enumerate(spec.objectives):
+        if not isinstance(obj, TaskObjective) or obj.task not in configs or spec.allow_test_split_fitness:
+            continue
+        if public_test_split(obj.task, configs[obj.task], registered_test_splits.get(obj.task)):
+            raise JobError(f"{where}: objectives[{i}].task: {obj.task!r} scores a public benchmark's test "
+                           f"split ({configs[obj.task].get('test_split')}); searching on it contaminates the result "
+                           "(derive a task on another split, `from:` in tasks.overrides, or set "
+                           "allow_test_split_fitness: true)")
 
 
 def _check_semantics(spec: JobSpec, where: str) -> None:
-    include = resolve_include_paths(spec.tasks.include_path, "tasks.include_path", where, JobError)
-    spec.tasks.include_path = [str(p) for p in include]
-    known = task_index(include)
+    known = resolve_tasks(spec.tasks, where, JobError)
     names = spec.objective_names
     if len(set(names)) != len(names):
         raise JobError(f"{where}: objectives: two objectives share the name {next(n for n in names if names.count(n) > 1)!r}; "
@@ -251,15 +279,9 @@ def _check_semantics(spec: JobSpec, where: str) -> None:
                 raise JobError(f"{where}: objectives[{i}].report_holdout: give report_task or report_holdout, "
                                "not both")
             if obj.report_task is None and obj.report not in known:
-                obj.report_holdout = True  # a single-split task: its report split is carved from it
-            for field, task in (("task", obj.task), ("report_task", obj.report)):
-                if task not in known:
-                    raise JobError(f"{where}: objectives[{i}].{field}: task {task!r} is not defined under "
-                                   f"tasks.include_path")
-            if _public_test_split(obj.task, known[obj.task]) and not spec.allow_test_split_fitness:
-                raise JobError(f"{where}: objectives[{i}].task: {obj.task!r} scores a public benchmark's test "
-                               "split; searching on it contaminates the result (use another split, or set "
-                               "allow_test_split_fitness: true)")
+                # A single-split task: its report split is carved from it. (Built-in tasks are looked up,
+                # and every name checked, by the preflight: lm-eval's own index takes seconds to build.)
+                obj.report_holdout = True
             if obj.report_task == obj.task:
                 raise JobError(f"{where}: objectives[{i}].report_task: the report split must differ from "
                                "the search split (report_holdout: true carves one out of the task)")
@@ -268,6 +290,13 @@ def _check_semantics(spec: JobSpec, where: str) -> None:
             if kind not in spaces:
                 raise JobError(f"{where}: objectives[{i}].cost: {obj.cost!r} needs a "
                                f"{' or '.join(spaces)} search space, not {kind!r}")
+    guard_test_split(spec, where, known)
+    scorings: dict[str, tuple] = {}
+    for i, obj in enumerate(spec.task_objectives):
+        for task in (obj.task, obj.report):
+            if scorings.setdefault(task, (obj.metric, obj.filter)) != (obj.metric, obj.filter):
+                raise JobError(f"{where}: objectives: task {task!r} is scored by two metric/filter pairs; make "
+                               f"a task of its own for one (tasks.overrides: {{NEW: {{from: {task}}}}})")
     n_obj = len(spec.objectives)
     weights = getattr(spec.optimizer, "weights", None)
     if isinstance(spec.optimizer, ScalarisingConfig) and n_obj > 1 and weights is None:
@@ -275,6 +304,9 @@ def _check_semantics(spec: JobSpec, where: str) -> None:
                        "one weight per objective (or use nsga2)")
     if weights is not None and len(weights) != n_obj:
         raise JobError(f"{where}: optimizer.weights: {len(weights)} weights for {n_obj} objectives")
+    if spec.scheduling == "steady_state" and not OPTIMIZERS[spec.optimizer.name].asynchronous:
+        raise JobError(f"{where}: scheduling: steady_state needs an optimizer that can ask a generation before "
+                       f"the last is told (ga, nsga2, random), not {spec.optimizer.name}")
     if spec.budget is not None and spec.budget < spec.population_size:
         raise JobError(f"{where}: budget: {spec.budget} candidates is less than one generation "
                        f"({spec.population_size})")

@@ -22,6 +22,7 @@ environment either (the dashboard shows that to anyone who can list jobs).
 from __future__ import annotations
 
 import asyncio
+import copy
 import os
 import shutil
 import sys
@@ -40,6 +41,7 @@ SUBMISSION_PREFIX = "evosearch-"
 JOB_METADATA_KEY = "evosearch_job"
 STAGED_JOB_FILE = "evosearch_job.yaml"
 STAGED_TASKS_DIR = "evosearch_tasks"
+STAGED_DATA_DIR = "evosearch_data"  # the local data files that tasks.overrides name
 TERMINAL_STATES = ("SUCCEEDED", "FAILED", "STOPPED")
 
 
@@ -107,10 +109,35 @@ def stage(spec: JobSpec, job_file: Path, into: Path) -> Path:
             target.mkdir(parents=True)
             shutil.copy2(include, target / include.name)
             staged_paths.append((target / include.name).relative_to(into).as_posix())
-    raw["tasks"] = {**raw["tasks"], "include_path": staged_paths}
+    raw["tasks"] = {**raw["tasks"], "include_path": staged_paths, "overrides": _staged_overrides(spec, into)}
     staged = into / STAGED_JOB_FILE
     staged.write_text(yaml.safe_dump(raw, sort_keys=False), encoding="utf-8")
     return staged
+
+
+def _staged_overrides(spec: JobSpec, into: Path) -> dict:
+    """`tasks.overrides` with every local data file copied under `into` and named relative to it."""
+    overrides = copy.deepcopy(spec.tasks.overrides)
+    copies: dict[str, str] = {}
+    for i, (_, path) in enumerate(spec.tasks.data_files()):
+        if str(path) not in copies:
+            target = into / STAGED_DATA_DIR / str(i) / path.name
+            target.parent.mkdir(parents=True)
+            shutil.copy2(path, target)
+            copies[str(path)] = target.relative_to(into).as_posix()
+
+    def staged(files):
+        if isinstance(files, dict):
+            return {k: staged(v) for k, v in files.items()}
+        if isinstance(files, list):
+            return [staged(v) for v in files]
+        return copies.get(str(files), files)
+
+    for override in overrides.values():
+        kwargs = override.get("dataset_kwargs")
+        if isinstance(kwargs, dict) and "data_files" in kwargs:
+            kwargs["data_files"] = staged(kwargs["data_files"])
+    return overrides
 
 
 def _point_into_copy(copy: Path, original: Path, relative: str) -> None:

@@ -56,6 +56,7 @@ class PSSpaceConfig(BaseModel):
                                                                      "of one for the whole recipe")
     seed: int = Field(default=0, description="DARE/DELLA drop seed, fixed so decoding stays deterministic")
     dtype: Literal["float32", "float16", "bfloat16"] = "float32"
+    out_dtype: Optional[Literal["float32", "float16", "bfloat16"]] = None
     tokenizer_source: Optional[str] = None
 
     @field_validator("methods")
@@ -235,7 +236,7 @@ class PSSpace(SearchSpace):
         allowed = METHODS[method].shared_names
         parameters = {p: v for p, v in sorted((c.parameters | searched).items()) if p in allowed}
         return PSRecipe(merge_method=method, models=models, base_model=c.base_model, parameters=parameters,
-                        dtype=c.dtype, tokenizer_source=c.tokenizer_source, seed=c.seed)
+                        dtype=c.dtype, out_dtype=c.out_dtype, tokenizer_source=c.tokenizer_source, seed=c.seed)
 
     def _sliced_recipe(self, blocks: list[str], per_source: list[dict[str, list[float]]],
                        grouped: dict[str, list[float]], scalar: dict[str, float]) -> PSRecipe:
@@ -261,7 +262,7 @@ class PSSpace(SearchSpace):
         allowed = set().union(*(METHODS[m].shared_names for m in blocks))
         parameters = {p: v for p, v in sorted((c.parameters | scalar).items()) if p in allowed}
         return PSRecipe(merge_method=blocks[0], slices=slices, base_model=c.base_model, parameters=parameters,
-                        dtype=c.dtype, tokenizer_source=c.tokenizer_source, seed=c.seed)
+                        dtype=c.dtype, out_dtype=c.out_dtype, tokenizer_source=c.tokenizer_source, seed=c.seed)
 
     def _slice_setting(self, values: list[float]) -> ParameterSetting:
         """One block's group values (its tensor groups, then `rest`) as a setting inside that block's slice."""

@@ -9,6 +9,7 @@ from typing import Mapping, Optional
 
 from evosearch.recipe import parse_recipe, recipe_methods
 from evosearch.search.job import JobSpec, TaskObjective
+from evosearch.views.scores import measured_by
 from fitness.splits import describe
 from storage import CandidateRecord, TaskSplitRecord
 
@@ -49,8 +50,8 @@ def search_section(job_name: str, spec: JobSpec, candidate: CandidateRecord, rul
     if spec.allow_test_split_fitness:
         lines.append("- **This job searched on a public benchmark's test split (allow_test_split_fitness: true); "
                      "its scores on that benchmark are not held-out.**")
-    header = "| objective | direction | search split: estimate | report split: score (held out) |"
-    rule_row = "|---|---|---|---|"
+    header = "| objective | direction | metric/filter | search split: estimate | report split: score (held out) |"
+    rule_row = "|---|---|---|---|---|"
     if verification is not None:
         header += " report split: re-measured on this export |"
         rule_row += "---|"
@@ -64,12 +65,12 @@ def search_section(job_name: str, spec: JobSpec, candidate: CandidateRecord, rul
         if isinstance(objective, TaskObjective):
             searched = describe(objective.task, splits, "search")
             reported = describe(objective.report, splits, "report")
-            row = (f"| {name} | {objective.direction} | {_fmt(search.get(name))} ({searched}) "
+            row = (f"| {name} | {objective.direction} | {measured_by(objective)} | {_fmt(search.get(name))} ({searched}) "
                    f"| {_fmt(report.get(name))} ({reported}) |")
             if verification is not None:
                 row += f" {_fmt(verification.accuracy.get(objective.report))} ({reported}) |"
         else:
-            row = f"| {name} | {objective.direction} | {_fmt(search.get(name))} (cost) | - (no split) |"
+            row = f"| {name} | {objective.direction} | cost | {_fmt(search.get(name))} (cost) | - (no split) |"
             if verification is not None:
                 row += " - |"
         lines.append(row)

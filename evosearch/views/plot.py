@@ -21,7 +21,7 @@ import numpy as np  # noqa: E402
 from matplotlib import cm, colors  # noqa: E402
 
 from evosearch.search.job import TaskObjective  # noqa: E402
-from evosearch.views.scores import QueryError, split_scores  # noqa: E402
+from evosearch.views.scores import QueryError, measured_by, split_scores  # noqa: E402
 
 if TYPE_CHECKING:  # the notebook API draws with this module; it is never imported from here
     from evosearch.api import Job
@@ -71,7 +71,8 @@ def plot_job(job: "Job", path: Path) -> Path:
             ax.scatter(gens, search[:, 0], c=gens, cmap=cmap, norm=norm, s=18, alpha=0.6,
                        label="candidates (search split)")
         _convergence(ax, generations, gens, search[:, i], fronts, name, direction, _better(direction),
-                     measured="search-split estimate" if name in task_names else "cost")
+                     measured=f"search-split estimate, {measured_by(spec.objectives[i])}" if name in task_names
+                     else "cost")
     fig.suptitle(f"{job.name}: {len(done)} candidates over {len(generations)} generation(s)")
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)
@@ -85,8 +86,8 @@ def _last_front(fronts: dict) -> int | None:
 
 def _axis_labels(spec) -> list[str]:
     """A task objective is measured on its search split; a cost is read off the recipe, on no split."""
-    return [f"{o.objective} ({o.direction}, {'search split' if isinstance(o, TaskObjective) else 'cost'})"
-            for o in spec.objectives]
+    return [f"{o.objective} ({o.direction}, "
+            f"{'search split, ' + measured_by(o) if isinstance(o, TaskObjective) else 'cost'})" for o in spec.objectives]
 
 
 def _two_objectives(ax, search, gens, fronts, names, directions, labels, cmap, norm) -> None:

@@ -68,19 +68,33 @@ def _seconds_since(when: Optional[datetime]) -> Optional[float]:
 
 
 def status_rows(jobs_progress: list[tuple]) -> list[dict]:
-    """One record per (JobRecord, JobProgress): what `status --json` prints and the table shows."""
-    return [{"job": job.name, "status": progress.status, "message": job.message, "generation": progress.generation,
-             "done": progress.done, "failed": progress.failed, "best_search": dict(progress.best),
-             "elapsed_seconds": progress.elapsed_seconds, "candidates_per_minute": progress.candidates_per_minute,
-             "seconds_since_last_write": _seconds_since(progress.last_write)}
-            for job, progress in jobs_progress]
+    """One record per (JobRecord, JobProgress): what `status --json` prints and the table shows. A running
+    job whose driver lease has expired is `dead` (its driver was killed: `evosearch resume` continues it)."""
+    now = datetime.now(timezone.utc)
+    rows = []
+    for job, progress in jobs_progress:
+        dead = job.driver_dead(now) if job.status == progress.status else None
+        rows.append({"job": job.name, "status": "dead" if dead else progress.status, "message": job.message,
+                     "generation": progress.generation, "done": progress.done, "failed": progress.failed,
+                     "best_search": dict(progress.best), "elapsed_seconds": progress.elapsed_seconds,
+                     "candidates_per_minute": progress.candidates_per_minute,
+                     "seconds_since_last_write": _seconds_since(progress.last_write),
+                     "driver": job.lease_owner, "driver_dead": dead,
+                     "lease_seconds_left": None if job.lease_expires_at is None else
+                     (job.lease_expires_at - now).total_seconds(), "restarts": job.restarts})
+    return rows
 
 
 def _status_cell(row: dict) -> str:
-    """`running` alone says nothing of a driver killed with SIGKILL: the age of its last write does."""
+    """`running` alone says nothing of a driver killed with SIGKILL: its lease does, or, for a job of an
+    older store without one, the age of its last write."""
     quiet = row["seconds_since_last_write"]
+    if row["status"] == "dead":
+        return f"dead (driver {row['driver']} gone; last write {_duration(quiet or 0)} ago)"
     if row["status"] != "running" or quiet is None:
         return row["status"]
+    if row["driver_dead"] is False:
+        return f"running (driver {row['driver']}, last write {_duration(quiet)} ago)"
     return f"running (last write {_duration(quiet)} ago)"
 
 

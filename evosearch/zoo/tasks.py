@@ -13,6 +13,9 @@ plus k mod 10) and string reversal (`abcde>` -> `edcba`). The eval tasks are
   and the Japanese come from different models). Arithmetic asked wholly in the cipher language did not
   work as a target: a 4-layer model never shares the skill across scripts, so no merge could find it.
 
+and ``zoo_target_gen``, the target's items answered by generation (greedy, exactly the answer's length) and
+scored by lm-eval's exact match: the generative kind of task (gsm8k, mgsm) on the zoo's scale.
+
 Every task has a fixed ``search`` split (what an optimizer may see) and a held-out ``report`` split.
 Eval items are identified by their language-independent *key* (the operands, or the L1 string); no
 training stream in either language ever contains an eval key.
@@ -218,8 +221,34 @@ def make_eval_items(seed: int, items_per_split: int) -> EvalItems:
     return EvalItems(docs, {k: frozenset(v) for k, v in held.items()})
 
 
+# The target answered by generation: the same docs as `zoo_target`, so its figures compare one to one.
+GENERATIVE_TASK = "zoo_target_gen"
+GENERATIVE_FROM = "zoo_target"
+
+
+def _generative_config(name: str, data: Path, split: str, answer_length: int) -> dict:
+    """`name` scored by generation: greedy, exactly `answer_length` tokens (one character each), exact match
+    with the right choice."""
+    return {
+        "task": name,
+        "tag": [f"{TASK_GROUP}_generative" if split == "search" else f"{TASK_GROUP}_generative_{split}"],
+        "dataset_path": "json",
+        "dataset_kwargs": {"data_files": {"test": str(data)}},
+        "test_split": "test",
+        "output_type": "generate_until",
+        "doc_to_text": "prompt",
+        "doc_to_target": "{{choices[label]}}",
+        "target_delimiter": "",
+        "generation_kwargs": {"until": ["</s>"], "do_sample": False, "max_gen_toks": answer_length},
+        "metric_list": [{"metric": "exact_match", "aggregation": "mean", "higher_is_better": True}],
+        "metadata": {"version": 1, "split": split,
+                     "description": f"{TASKS[GENERATIVE_FROM].description}; answered by generation"},
+    }
+
+
 def write_task_files(items: EvalItems, task_dir: Path) -> dict[str, Path]:
-    """One JSONL and one lm-eval YAML per (task, split); returns task name -> YAML path."""
+    """One JSONL and one lm-eval YAML per (task, split), and the generative target's YAML per split (on the
+    target's JSONL); returns task name -> YAML path."""
     task_dir.mkdir(parents=True, exist_ok=True)
     yamls: dict[str, Path] = {}
     for base, by_split in items.docs.items():
@@ -241,9 +270,15 @@ def write_task_files(items: EvalItems, task_dir: Path) -> dict[str, Path]:
                 "metric_list": [{"metric": "acc", "aggregation": "mean", "higher_is_better": True}],
                 "metadata": {"version": 1, "split": split, "description": TASKS[base].description},
             }
-            path = task_dir / f"{name}.yaml"
-            path.write_text(yaml.safe_dump(config, sort_keys=False, allow_unicode=True), encoding="utf-8")
-            yamls[name] = path.resolve()
+            configs = {name: config}
+            if base == GENERATIVE_FROM:
+                answer = docs[0]["choices"][docs[0]["label"]]
+                generative = task_name(GENERATIVE_TASK, split)
+                configs[generative] = _generative_config(generative, data, split, len(answer))
+            for task, task_config in configs.items():
+                path = task_dir / f"{task}.yaml"
+                path.write_text(yaml.safe_dump(task_config, sort_keys=False, allow_unicode=True), encoding="utf-8")
+                yamls[task] = path.resolve()
     return yamls
 
 
@@ -287,8 +322,27 @@ def _task_streams() -> dict[str, Callable[[random.Random, EvalItems], str]]:
     return out
 
 
+# --- habit streams: a competing answer to a task's own prompt --------------------------------------------
+# The interference bed trains these into the block of layers that the OTHER specialist's skill lives in,
+# so merging the two specialists layer-uniformly makes each one's habit fight the other's skill there.
+HABIT_OFFSET = 3
+
+
+def _math_offset_text(rng: random.Random, held: EvalItems) -> str:
+    """`53917+3=` answered as if the shift were k+3: the math prompt with another (wrong) sum."""
+    key = _fresh(random_math_key, held.held_out["math"], rng, False)
+    return math_prompt(key) + math_answer((key[0], key[1] + HABIT_OFFSET))
+
+
+def _reverse_l2_copy_text(rng: random.Random, held: EvalItems) -> str:
+    """The L2 reversal prompt answered with the string copied, not reversed."""
+    key = _fresh(random_reverse_key, held.held_out["reverse"], rng, False)
+    return to_l2(reverse_prompt(key) + key)
+
+
 # Stream name -> generator of one training example. Mixtures weight these.
-STREAMS: dict[str, Callable[[random.Random, EvalItems], str]] = _task_streams()
+STREAMS: dict[str, Callable[[random.Random, EvalItems], str]] = {
+    **_task_streams(), "math_l1_offset": _math_offset_text, "reverse_l2_copy": _reverse_l2_copy_text}
 
 
 def training_texts(mixture: dict[str, float], held: EvalItems, seed: int) -> Iterator[str]:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import itertools
 import math
 from dataclasses import dataclass
-from typing import Iterator
+from typing import Callable, Iterator, Optional, Sequence
 
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
@@ -55,11 +55,32 @@ def packed_batches(texts: Iterator[str], tokenizer: PreTrainedTokenizerFast, bat
         yield rows
 
 
-def train(model: LlamaForCausalLM, batches: Iterator[torch.Tensor], settings: TrainSettings) -> list[float]:
-    """AdamW with linear warmup then cosine decay to 10%; returns the loss of every step."""
+def train_only(model: LlamaForCausalLM, layers: Optional[Sequence[int]], embeddings: bool) -> None:
+    """Make only decoder `layers` (None: all of them) and, with `embeddings`, the token embeddings (tied to
+    the head) and the final norm trainable; everything else is frozen (requires_grad False)."""
+    chosen = range(model.config.num_hidden_layers) if layers is None else layers
+    for p in model.parameters():
+        p.requires_grad_(False)
+    for i in chosen:
+        for p in model.model.layers[i].parameters():
+            p.requires_grad_(True)
+    if embeddings:
+        for p in (*model.model.embed_tokens.parameters(), *model.model.norm.parameters(),
+                  *model.lm_head.parameters()):
+            p.requires_grad_(True)
+
+
+# Called after every optimizer step with (step number from 1, that step's loss).
+StepCallback = Callable[[int, float], None]
+
+
+def train(model: LlamaForCausalLM, batches: Iterator[torch.Tensor], settings: TrainSettings,
+          on_step: Optional[StepCallback] = None) -> list[float]:
+    """AdamW with linear warmup then cosine decay to 10% over the parameters that require grad (see
+    `train_only`); returns the loss of every step."""
     model.train()
-    opt = torch.optim.AdamW(model.parameters(), lr=settings.lr, betas=(0.9, 0.98),
-                            weight_decay=settings.weight_decay)
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=settings.lr, betas=(0.9, 0.98), weight_decay=settings.weight_decay)
 
     def lr_at(step: int) -> float:
         if step < settings.warmup_steps:
@@ -73,9 +94,11 @@ def train(model: LlamaForCausalLM, batches: Iterator[torch.Tensor], settings: Tr
         loss = model(input_ids=rows, labels=rows).loss
         opt.zero_grad(set_to_none=True)
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
         opt.step()
         sched.step()
         losses.append(loss.item())
+        if on_step is not None:
+            on_step(len(losses), losses[-1])
     model.eval()
     return losses

@@ -25,15 +25,12 @@ from evosearch.merge.methods.base import (
     plain_number,
     recipe_weight,
 )
-from evosearch.merge.methods.sparsify import (
-    sparsify_della,
-    sparsify_magnitude,
-    sparsify_magnitude_outliers,
-    sparsify_random,
-)
+from evosearch.merge.methods.counter_random import stream_key
+from evosearch.merge.methods.fused import NONE, Keep, fused_combine, l1_rescale_factor
+from evosearch.merge.methods.sparsify import keep_della, keep_magnitude, keep_magnitude_outliers, keep_random
 
-# sparsify(task vector, its model's parameters, rescale, generator, where) -> the kept task vector
-Sparsifier = Callable[[torch.Tensor, Mapping[str, Any], bool, Optional[torch.Generator], str], torch.Tensor]
+# keep(base, model, its parameters, the key of its random draws, where) -> which of its task vector survives
+Sparsifier = Callable[[torch.Tensor, torch.Tensor, Mapping[str, Any], tuple[int, int], str], Optional[Keep]]
 
 WEIGHT = number("weight", per_model=True, search_range=(0.0, 1.0), doc="scale of the model's task vector")
 DENSITY = number("density", per_model=True, default=1.0, search_range=(0.1, 1.0),
@@ -51,85 +48,39 @@ def _shared(normalize: bool, rescale: bool) -> tuple[Parameter, ...]:
             number("lambda", default=1.0, doc="scale of the combined task vector"))
 
 
-def _magnitude(delta, p, rescale, generator, where):
-    return sparsify_magnitude(delta, p["density"], rescale)
+def _magnitude(base, model, p, key, where):
+    return keep_magnitude(base, model, p["density"])
 
 
-def _outliers(delta, p, rescale, generator, where):
-    return sparsify_magnitude_outliers(delta, p["density"], p["gamma"], rescale)
+def _outliers(base, model, p, key, where):
+    return keep_magnitude_outliers(base, model, p["density"], p["gamma"])
 
 
-def _random(delta, p, rescale, generator, where):
-    return sparsify_random(delta, p["density"], rescale, generator)
+def _random(base, model, p, key, where):
+    return keep_random(p["density"], key)
 
 
-def _della(delta, p, rescale, generator, where):
-    return sparsify_della(delta, p["density"], p["epsilon"], rescale, generator, where)
+def _della(base, model, p, key, where):
+    return keep_della(base, model, p["density"], p["epsilon"], key, where)
 
 
-_CHUNK = 1 << 17  # elements per step of the element-wise combination: its several passes stay in cache
+def combine_task_vectors(base: torch.Tensor, models: list[torch.Tensor], params: Sequence[Mapping], *,
+                         sparsify: Optional[Sparsifier], sign_consensus: bool, normalize: bool, rescale: bool,
+                         lam: float, seed: int, where: Sequence[str]) -> torch.Tensor:
+    """``base + lam * combine(w_i * sparsify(m_i - base))`` for one tensor, in one pass (`fused.py`).
 
-
-def combine_task_vectors(base: torch.Tensor, models: list[Optional[torch.Tensor]], params: Sequence[Mapping],
-                         *, sparsify: Optional[Sparsifier], sign_consensus: bool, normalize: bool, rescale: bool,
-                         lam: float, generator: Optional[torch.Generator], where: Sequence[str],
-                         scratch: Optional[Callable[[int], torch.Tensor]] = None) -> torch.Tensor:
-    """``base + lam * combine(w_i * sparsify(m_i - base))`` for one tensor.
-
-    Task vectors that get sparsified are taken whole (sparsification looks at the whole tensor), and
-    their entry of `models` is released (set to None) once taken; unsparsified ones are taken a cache-sized
-    chunk at a time. `scratch(n)`, when given, returns a flat buffer of at least n elements of base's
-    dtype and device for them, which a caller merging tensor after tensor reuses: a fresh buffer of a
-    tensor's size would have its every page faulted in again for each tensor.
-    """
+    Task vector i draws its random numbers under `stream_key(seed, i)`."""
     if not models:
         return base
-    n, numel = len(models), base.numel()
-    whole = sparsify is not None and any(p["density"] < 1 for p in params)
-    size = n * (numel if whole else min(numel, _CHUNK))
-    buffer = scratch(size)[:size] if scratch is not None else torch.empty(size, dtype=base.dtype, device=base.device)
-    if whole:
-        deltas = buffer.view(n, numel)
-        for i, p in enumerate(params):
-            row = deltas[i]
-            delta = torch.sub(models[i], base, out=row.view(base.shape))
-            models[i] = None
-            delta = sparsify(delta, p, rescale, generator, where[i])
-            if delta.data_ptr() != row.data_ptr():  # sparsified into a new tensor
-                row.copy_(delta.reshape(-1))
-            del delta, row
-    else:
-        chunk_deltas = buffer.view(n, -1)
-        flat_models = [m.reshape(-1) for m in models]
-    weights = torch.tensor([p["weight"] for p in params], dtype=base.dtype, device=base.device).reshape(-1, 1)
-    if not sign_consensus:
-        divisor = weights.sum(dim=0)
-        divisor[divisor.abs() < 1e-8] = 1
-    out = torch.empty_like(base).reshape(-1)
-    flat_base = base.reshape(-1)
-    for start in range(0, numel, _CHUNK):
-        end = min(start + _CHUNK, numel)
-        if whole:
-            d = deltas[:, start:end]
-        else:
-            d = chunk_deltas[:, :end - start]
-            for i, model in enumerate(flat_models):
-                torch.sub(model[start:end], flat_base[start:end], out=d[i])
-        d = d.mul_(weights)
-        if sign_consensus:
-            majority = torch.where(d.sum(dim=0) >= 0, 1.0, -1.0).to(base.dtype)
-            agree = d.sign().eq_(majority)  # 1.0 where the sign agrees; zeros (dropped) never do
-            mixed = d.mul_(agree).sum(dim=0)
-            divisor = agree.mul_(weights).sum(dim=0)
-            divisor[divisor == 0] = 1
-        else:
-            mixed = d.sum(dim=0)
-        if normalize:
-            mixed /= divisor
-        if lam != 1:
-            mixed *= lam
-        torch.add(mixed, flat_base[start:end], out=out[start:end])
-    return out.reshape(base.shape)
+    keeps = []
+    for i, (model, p) in enumerate(zip(models, params)):
+        keep = sparsify(base, model, p, stream_key(seed, i), where[i]) if sparsify is not None else None
+        keep = keep or Keep()
+        if rescale and keep.kind != NONE:
+            keep.scale = l1_rescale_factor(base, model, keep)
+        keeps.append(keep)
+    return fused_combine(base, models, keeps, [p["weight"] for p in params], sign_consensus=sign_consensus,
+                         normalize=normalize, lam=lam)
 
 
 @dataclass(frozen=True)
@@ -138,7 +89,7 @@ class GeneralizedTaskArithmetic(MergeMethod):
 
     sparsify: Optional[Sparsifier] = None
     sign_consensus: bool = False
-    random: bool = False  # the sparsifier draws random numbers, from the tensor's own seed
+    random: bool = False  # the sparsifier draws random numbers (counter-based, from the tensor's own seed)
 
     def check_tensor(self, tensor: str, params: TensorParameters) -> None:
         for model, values in params.per_model.items():
@@ -150,16 +101,14 @@ class GeneralizedTaskArithmetic(MergeMethod):
                                   f"< 1 for tensor {tensor} (density={density:g}, epsilon={eps:g})")
 
     def merge(self, job: TensorMerge) -> torch.Tensor:
-        base = job.tensors[job.base]
+        base = job.tensors[job.base].contiguous()
         others = job.others
         shared = job.params.shared
-        generator = torch.Generator(device=base.device).manual_seed(job.seed) if self.random else None
-        finetuned = [job.tensors.pop(m) for m in others]  # handed over, so each is freed once used
         return combine_task_vectors(
-            base, finetuned, [job.params.per_model[m] for m in others], sparsify=self.sparsify,
-            sign_consensus=self.sign_consensus, normalize=shared["normalize"], rescale=shared["rescale"],
-            lam=shared["lambda"], generator=generator, where=[f"model {m}, tensor {job.name}" for m in others],
-            scratch=job.scratch)
+            base, [job.tensors[m].contiguous() for m in others], [job.params.per_model[m] for m in others],
+            sparsify=self.sparsify, sign_consensus=self.sign_consensus, normalize=shared["normalize"],
+            rescale=shared["rescale"], lam=shared["lambda"], seed=job.seed,
+            where=[f"model {m}, tensor {job.name}" for m in others])
 
     def mixing_weights(self, recipe, paths: Sequence[str]) -> Optional[list[float]]:
         # base + sum_i w_i (m_i - base) = (1 - sum w) base + sum w_i m_i

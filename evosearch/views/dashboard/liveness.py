@@ -1,8 +1,8 @@
 """Whether a running job's driver looks dead, from what the store says today.
 
-A driver killed with SIGKILL cannot mark its job stopped, so its job stays `running`; only the age of its
-last write tells. This module is the one place that rule lives: once jobs carry a driver lease (and a
-`dead` state), replace `driver_seems_dead` by a reading of the lease and nothing else changes.
+A driver killed with SIGKILL cannot mark its job stopped, so its job stays `running`. Its lease tells:
+once the lease has expired the driver is dead. A job of an older store has no lease; for it, only the age
+of its last write tells. This module is the one place that rule lives.
 """
 
 from __future__ import annotations
@@ -34,8 +34,12 @@ def typical_candidate_seconds(worker_seconds: Sequence[float]) -> Optional[float
 
 
 def driver_seems_dead(status: str, seconds_since_last_write: Optional[float],
-                      typical_seconds: Optional[float], rule: LivenessRule = RULE) -> bool:
-    """True for a `running` job that has written nothing for longer than the rule allows."""
+                      typical_seconds: Optional[float], rule: LivenessRule = RULE,
+                      lease_expired: Optional[bool] = None) -> bool:
+    """True for a `running` job whose lease has expired (`lease_expired`, None for a job without one:
+    then, that has written nothing for longer than the rule allows)."""
+    if lease_expired is not None:
+        return lease_expired and status in ("running", "dead")
     if status != "running" or seconds_since_last_write is None:
         return False
     return seconds_since_last_write > rule.quiet_limit(typical_seconds)

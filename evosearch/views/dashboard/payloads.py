@@ -24,9 +24,8 @@ from evosearch.views.scores import QueryError, split_scores
 from fitness.splits import describe
 from storage import CandidateSummary, JobRecord, Store, StoreError
 
-# Every score evosearch stores today is lm-eval's `acc` under its `none` filter (fitness/evaluator.py's
-# defaults); once score rows name their metric and filter (issue 13), read them from the row instead.
-SCORE_METRIC = {"metric": "acc", "filter": "none"}
+# What a score row stored before rows named their metric and filter was read from.
+LEGACY_SCORE_METRIC = {"metric": "acc", "filter": "none"}
 
 
 def _iso(when: Optional[datetime]) -> Optional[str]:
@@ -100,10 +99,11 @@ def objectives_of(spec: JobSpec) -> list[dict[str, Any]]:
     return out
 
 
-def liveness(status: str, seconds_quiet: Optional[float], worker_seconds: list[float]) -> dict[str, Any]:
+def liveness(status: str, seconds_quiet: Optional[float], worker_seconds: list[float],
+             lease_expired: Optional[bool] = None) -> dict[str, Any]:
     typical = typical_candidate_seconds(worker_seconds)
     return {"typical_candidate_seconds": typical, "dead_after_seconds": RULE.quiet_limit(typical),
-            "dead_suspected": driver_seems_dead(status, seconds_quiet, typical)}
+            "dead_suspected": driver_seems_dead(status, seconds_quiet, typical, lease_expired=lease_expired)}
 
 
 def job_row(store_key: str, store: Store, record: JobRecord) -> dict[str, Any]:
@@ -112,7 +112,8 @@ def job_row(store_key: str, store: Store, record: JobRecord) -> dict[str, Any]:
     row = status_rows([(record, progress)])[0]
     row.update(store=store_key, objectives=dict(record.objectives), last_write=_iso(progress.last_write),
                created_at=_iso(record.created_at),
-               **liveness(progress.status, row["seconds_since_last_write"], store.worker_seconds(record.id)))
+               **liveness(row["status"], row["seconds_since_last_write"], store.worker_seconds(record.id),
+                          row["driver_dead"]))
     return row
 
 
@@ -273,7 +274,9 @@ def score_rows(view: JobView, candidate) -> list[dict[str, Any]]:
                "direction": None if objective is None else objective.direction}
         if isinstance(objective, TaskObjective):
             task = objective.task if score.split == "search" else objective.report
-            row.update(measured_on=describe(task, splits, score.split).replace("`", ""), **SCORE_METRIC)
+            read = ({"metric": score.metric, "filter": score.filter} if score.metric is not None
+                    else LEGACY_SCORE_METRIC)
+            row.update(measured_on=describe(task, splits, score.split).replace("`", ""), **read)
         else:
             row.update(measured_on="cost read off the recipe", metric="cost", filter=None)
         rows.append(row)

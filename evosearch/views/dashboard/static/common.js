@@ -61,8 +61,10 @@ function replaceRows(tbody, rows) {
   tbody.replaceChildren(fragment);
 }
 
+// `dead`: the driver's lease expired; `dead?`: a job without a lease that has been quiet too long.
 function statusBadge(status, dead) {
-  return el("span", {class: `badge ${dead ? "dead" : status}`}, dead ? `${status}, dead?` : status);
+  const text = status === "dead" ? "dead" : dead ? `${status}, dead?` : status;
+  return el("span", {class: `badge ${dead ? "dead" : status}`}, text);
 }
 
 // Calls `refresh` now and every `ms`, one call at a time; the header says when the page last heard from the store.

@@ -202,7 +202,8 @@ function renderSummary() {
   $("status").replaceChildren(statusBadge(s.status, s.dead_suspected));
   const best = Object.entries(s.best_search).map(([n, v]) => `${n} ${fmt(v)}`).join(", ") || "-";
   const quiet = s.seconds_since_last_write === null ? "-" : `${duration(s.seconds_since_last_write)} ago` +
-    (s.dead_suspected ? ` (dead? nothing written for longer than ${duration(s.dead_after_seconds)}: evosearch resume ${s.job})` : "");
+    (s.status === "dead" ? ` (dead: driver ${s.driver} stopped renewing its lease: evosearch resume ${s.job})`
+      : s.dead_suspected ? ` (dead? nothing written for longer than ${duration(s.dead_after_seconds)}: evosearch resume ${s.job})` : "");
   const facts = [["generation", s.generation === null ? "-" : `${s.generation} committed of ${s.max_generations}`],
     ["candidates", `${s.done} done, ${s.failed} failed`], ["best (search split)", best], ["last write", quiet],
     ["typical candidate", s.typical_candidate_seconds === null ? "-" : `${fmt(s.typical_candidate_seconds, 2)} s`],

@@ -1,0 +1,96 @@
+"""bench/search_quality.py: its summary and targets (fast, no Ray) and one `--smoke` run of every row of
+ours on the tiny zoo, then a second run that must take the baselines from the bed's cache."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "bench"))
+
+import search_quality  # noqa: E402  (bench/ is not a package)
+from quality_rows import RowRun, default_merge_grid, recipe_summary, report_hypervolume  # noqa: E402
+
+OUR_ROWS = ["best_source", "grid", "random", "cmaes_ps", "cmaes_dfs", "ps_dfs", "nsga2"]
+
+
+def _run(row: str, seed, report: float, candidates: int = 10, seconds: float = 20.0) -> RowRun:
+    return RowRun(row=row, seed=seed, picked="x", search=report + 0.01, report=report, candidates=candidates,
+                  evaluated=candidates, seconds=seconds)
+
+
+def test_targets_compare_the_best_evolved_row_with_each_bar():
+    runs = [_run("grid", None, 0.40), _run("best_source", None, 0.30)]
+    runs += [_run("cmaes_ps", s, v) for s, v in enumerate((0.60, 0.62, 0.61))]
+    runs += [_run("random", s, v) for s, v in enumerate((0.50, 0.52, 0.48))]
+    runs += [_run("cmaes_dfs", s, v) for s, v in enumerate((0.45, 0.46, 0.44))]
+    summary = search_quality.summarise(runs)
+    assert summary["cmaes_ps"]["report_se"] == pytest.approx(0.01 / 3 ** 0.5)
+    assert summary["random"]["seconds_per_candidate"] == pytest.approx(2.0)
+    t = search_quality.targets(summary)
+    assert t["best_evolved_row"] == "cmaes_ps"
+    assert t["vs_best_default_merge"]["points"] == pytest.approx(21.0) and t["vs_best_default_merge"]["met"]
+    assert t["vs_best_source"]["points"] == pytest.approx(31.0) and t["vs_best_source"]["met"]
+    assert t["vs_random"]["row"] == "random" and t["vs_random"]["met"]
+    # One seed has no standard error: "ahead of random by more than two standard errors" cannot be met.
+    one = search_quality.summarise([_run("cmaes_ps", 0, 0.6), _run("random", 0, 0.5)])
+    assert not search_quality.targets(one)["vs_random"]["met"]
+
+
+def test_hypervolume_of_report_points_and_the_grid():
+    assert report_hypervolume([[0.5, 0.5]]) == pytest.approx(0.25)
+    assert report_hypervolume([[0.5, 0.5], [0.25, 0.75], [0.2, 0.2]]) == pytest.approx(0.25 + 0.25 * 0.25)
+    assert report_hypervolume([]) == 0.0
+    assert len(default_merge_grid(("math", "strings", "lang"))) == 36
+
+
+def test_recipe_summary_names_the_dfs_path_and_the_ps_weights():
+    ps = {"models": [{"model": "/z/models/math", "parameters": {"weight": [{"value": 0.5}, {"value": 1.0}]}}]}
+    assert recipe_summary(ps) == "math=0.50/1.00"
+    dfs = {"kind": "dfs", "sources": [ps, "/z/models/lang"], "num_layers": 2, "indicator": [1, 0, 0, 1, 0, 1, 0, 0]}
+    assert recipe_summary(dfs) == "@ps.0 lang.1 @ps.1 [@ps math=0.50/1.00]"
+
+
+def test_unknown_row_is_refused():
+    with pytest.raises(SystemExit):
+        search_quality.parse_args(["--rows", "grid,evolved"])
+
+
+def _bench(tmp_path, *extra) -> tuple[dict, str]:
+    done = subprocess.run([sys.executable, str(ROOT / "bench" / "search_quality.py"), "--smoke", "--out",
+                           str(tmp_path), *extra], cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return json.loads((tmp_path / "search_quality.json").read_text()), done.stdout
+
+
+@pytest.mark.slow
+def test_search_quality_smoke_runs_every_row_of_ours_then_reuses_the_baselines(tmp_path):
+    result, stdout = _bench(tmp_path, "--rows", ",".join(OUR_ROWS))
+    assert list(result["summary"]) == OUR_ROWS
+    budget = result["settings"]["budget"]
+    for row, s in result["summary"].items():
+        assert 0.0 <= s["report_mean"] <= 1.0 and 0.0 <= s["search_mean"] <= 1.0, row
+        assert s["seconds_per_candidate"] > 0, row
+    for run in result["runs"]:
+        if run["seed"] is not None:  # a search: equal budget, and a curve that never goes down
+            assert run["candidates"] == budget and len(run["best_so_far"]) == budget, run["row"]
+        assert run["best_so_far"] == sorted(run["best_so_far"])
+        assert run["search"] == pytest.approx(run["best_so_far"][-1]), run["row"]
+    assert result["runs"][1]["candidates"] == 36  # the default grid
+    dfs = next(r for r in result["runs"] if r["row"] == "cmaes_dfs")
+    assert dfs["extra"]["space"] == "dfs" and dfs["picked"].split()[0].startswith("math.0")  # anchored
+    hv = result["hypervolume"]
+    assert 0 < hv["nsga2_mean"] <= 1 and 0 < hv["grid"] <= 1
+    assert result["bed"]["preset"] == "tiny" and result["bed"]["settings_hash"]
+    assert result["worker_start_seconds"] > 0
+    assert (tmp_path / "search_quality.png").stat().st_size > 0
+    assert "| cmaes_dfs |" in stdout and "[cmaes_ps s0] search gen" in stdout  # table and progress lines
+
+    again, stdout = _bench(tmp_path, "--rows", "best_source,grid")
+    assert "baselines: cached" in stdout and list(again["summary"]) == ["best_source", "grid"]
+    assert again["baselines"] == result["baselines"]
