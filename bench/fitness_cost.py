@@ -7,6 +7,11 @@ calibration's own search space, each scored twice: on the anchors a job's defaul
 and on every doc of the four search-split tasks. Build time is the same both ways; the forward passes and
 lm-eval's overhead shrink with the items.
 
+Then generation against multiple choice: the same recipes scored on the same docs of the zoo's target, once
+as multiple choice (`zoo_target`: one loglikelihood per choice) and once answered by generation
+(`zoo_target_gen`: greedy, the answer's length, exact match), with the share of each candidate's time
+spent inside the model's forward passes.
+
     .venv/bin/python bench/fitness_cost.py            # runs/zoo + the zoo-calib calibration, 6 recipes
     .venv/bin/python bench/fitness_cost.py --smoke    # tiny zoo, random anchors, 2 recipes
 """
@@ -34,9 +39,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--store", default="runs/zoo-calib/evosearch.db", help="its SQLite store")
     p.add_argument("--k", type=int, default=25, help="anchors per task")
     p.add_argument("--candidates", type=int, default=6, help="random recipes timed both ways")
+    p.add_argument("--target-docs", type=int, default=100, help="target docs timed as multiple choice and generative")
     args = p.parse_args(argv)
     if args.smoke:
-        args.candidates, args.k = 2, 5
+        args.candidates, args.k, args.target_docs = 2, 5, 10
     return resolve_zoo_arguments(args)
 
 
@@ -92,6 +98,26 @@ def _reported_error(k: int) -> dict | None:
     return None
 
 
+def _generative_vs_choice(zoo, recipes: list[dict], n_docs: int) -> dict | None:
+    """Median seconds per candidate on the target's first `n_docs` docs, as multiple choice and generated,
+    and the share inside the model; None for a zoo built before it had the generative target."""
+    from evosearch.zoo.tasks import GENERATIVE_FROM, GENERATIVE_TASK
+    from workers.candidate import CandidateWorker
+
+    if GENERATIVE_TASK not in zoo.tasks:
+        return None
+    kinds = {"multiple_choice": GENERATIVE_FROM, "generative": GENERATIVE_TASK}
+    worker = CandidateWorker([str(p) for p in zoo.models.values()], [str(zoo.include_path)], list(kinds.values()))
+    out: dict = {"docs": n_docs, "tasks": kinds}
+    for kind, task in kinds.items():
+        samples = {task: list(range(n_docs))}
+        _time(worker, recipes[:1], samples, [task])  # warm-up
+        timed = _time(worker, recipes, samples, [task])
+        out[kind] = {**timed, "model_share": timed["forward"] / timed["wall"]}
+    out["generative_over_multiple_choice"] = out["generative"]["wall"] / out["multiple_choice"]["wall"]
+    return out
+
+
 def main(argv=None) -> int:
     import numpy as np
     import torch
@@ -116,7 +142,8 @@ def main(argv=None) -> int:
     result = {"smoke": args.smoke, "anchors_chosen_by": chosen,
               "k_per_task": args.k, "candidates": args.candidates, "items_per_candidate": items,
               "median_seconds": {"anchors": reduced, "full": full},
-              "speedup_wall": full["wall"] / reduced["wall"], "error_at_this_k": _reported_error(args.k)}
+              "speedup_wall": full["wall"] / reduced["wall"], "error_at_this_k": _reported_error(args.k),
+              "generative_vs_multiple_choice": _generative_vs_choice(zoo, recipes, args.target_docs)}
     path = write_result(args.out, "fitness_cost", result)
     print(markdown_table(
         ["scored on", "items/candidate", "s/candidate (median)", "build s", "forward s", "overhead s"],
@@ -127,6 +154,16 @@ def main(argv=None) -> int:
           f"{items['full'] / items['anchors']:.0f}x fewer items"
           + (f"; error at this k (fitness report): MAE {error['mae_points']:.2f} points, "
              f"Spearman {error['spearman']:.3f}" if error else ""))
+    generated = result["generative_vs_multiple_choice"]
+    if generated is None:
+        print("\ngenerative vs multiple choice: skipped (this zoo has no zoo_target_gen; rebuild it)")
+    else:
+        print(f"\nthe target's first {generated['docs']} docs, per candidate:")
+        print(markdown_table(
+            ["scored as", "task", "s/candidate (median)", "forward s", "inside the model"],
+            [[kind, generated["tasks"][kind], f"{generated[kind]['wall']:.2f}", f"{generated[kind]['forward']:.2f}",
+              f"{100 * generated[kind]['model_share']:.0f}%"] for kind in ("multiple_choice", "generative")]))
+        print(f"generative / multiple choice: {generated['generative_over_multiple_choice']:.1f}x the seconds")
     print(f"written to {path}")
     return 0
 

@@ -10,7 +10,6 @@ correctness are read for one metric under one filter (`Scoring`), from lm-eval's
 from __future__ import annotations
 
 import functools
-import logging
 import math
 import numbers
 import time
@@ -21,7 +20,7 @@ from typing import Mapping, Optional, Sequence
 import torch
 
 from evosearch.errors import one_line
-from fitness.tasks import EvaluationError, Scoring, TaskCatalog, TaskSource, choose_scoring
+from fitness.tasks import EvaluationError, Scoring, TaskCatalog, TaskSource, choose_scoring, quiet_lm_eval
 
 
 @dataclass
@@ -121,14 +120,13 @@ class LmEvalEvaluator:
             samples = {n: sorted(set(samples[n])) for n in names if n in samples}
 
         model.eval()
-        # lm-eval warns on every call that the model came in as an object, which is how we use it.
-        quiet = logging.getLogger("lm_eval").level
-        logging.getLogger("lm_eval").setLevel(logging.ERROR)
         timer = _ForwardTimer()
         hooks = timer.attach(model)
         try:
-            lm = _quiet_hflm()(pretrained=model, tokenizer=tokenizer, batch_size=self.batch_size, device=self.device)
-            with torch.inference_mode():
+            # lm-eval warns on every call that the model came in as an object, which is how we use it.
+            with torch.inference_mode(), quiet_lm_eval():
+                lm = _quiet_hflm()(pretrained=model, tokenizer=tokenizer, batch_size=self.batch_size,
+                                   device=self.device)
                 out = lm_eval.evaluator.evaluate(
                     lm, {"tasks": chosen, "groups": {}, "group_map": {}}, samples=samples or None,
                     bootstrap_iters=0, log_samples=True, **self.source.prompt_settings)
@@ -139,7 +137,6 @@ class LmEvalEvaluator:
         finally:
             for h in hooks:
                 h.remove()
-            logging.getLogger("lm_eval").setLevel(quiet)
 
         accuracy, correct = {}, {}
         for n in names:

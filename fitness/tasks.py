@@ -13,8 +13,10 @@ merges the overrides into the registered YAML. `tests/test_builtin_tasks.py` fai
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
+import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Optional, Sequence, Union
@@ -98,6 +100,19 @@ def choose_scoring(name: str, task, metric: Optional[str] = None, filter: Option
     return Scoring(metric=metric or metrics[0], filter=filter or filters[0])
 
 
+@contextlib.contextmanager
+def quiet_lm_eval():
+    """lm-eval's warnings off (a model passed as an object, a config's defaults filled in): a preflight's and a
+    worker's stderr is their one-line verdict."""
+    logger = logging.getLogger("lm_eval")
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
+
+
 def config_fields() -> set[str]:
     """Every field lm-eval's task config accepts (an override naming another is rejected up front)."""
     from lm_eval.config.task import TaskConfig  # lm-eval only where tasks are built: seconds to import
@@ -177,10 +192,12 @@ class TaskCatalog:
         a derived task (`from:`) is its base's config, with the base's overrides and its own, under the new name."""
         overrides = self.overrides_of(name)
         base = overrides.pop(DERIVED_FROM, None)
-        unknown = sorted(set(overrides) - config_fields())
-        if unknown:
-            raise EvaluationError(f"tasks.overrides.{name}.{unknown[0]}: not a field of lm-eval's task config")
+        for owner in filter(None, (name, base)):  # named where it is written: a derived task inherits its base's
+            unknown = sorted(set(self.source.overrides.get(owner, {})) - config_fields() - {DERIVED_FROM})
+            if unknown:
+                raise EvaluationError(f"tasks.overrides.{owner}.{unknown[0]}: not a field of lm-eval's task config")
         entry, registry = self._registered(base or name)
+        named = sorted(overrides)
         if base is not None:
             overrides["task"] = name
         kind = getattr(entry.kind, "name", str(entry.kind))
@@ -192,11 +209,12 @@ class TaskCatalog:
         # A preflight's stderr is its one-line verdict: no "Generating test split" bars.
         datasets.disable_progress_bars()
         where = f" ({entry.yaml_path})" if entry.yaml_path else ""
-        if overrides:
-            where += f" with tasks.overrides.{name} ({', '.join(sorted(overrides))})"
+        if named:
+            where += f" with overrides {', '.join(named)}"
         try:
-            built = TaskFactory().build(entry, overrides=merged_overrides(_registered_yaml(entry), overrides) or None,
-                                        registry=registry)
+            with quiet_lm_eval():
+                built = TaskFactory().build(entry, registry=registry,
+                                            overrides=merged_overrides(_registered_yaml(entry), overrides) or None)
         except Exception as e:  # lm-eval raises many types for a bad field value or a dataset it cannot load
             raise EvaluationError(f"lm-eval could not build task {name!r}{where}: {one_line(e)}") from None
         if isinstance(built, list) or getattr(built, "OUTPUT_TYPE", None) is None:

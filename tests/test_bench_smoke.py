@@ -84,6 +84,10 @@ def test_fitness_cost_smoke_times_anchors_against_full_tasks(tmp_path):
     assert seconds["full"]["forward"] > seconds["anchors"]["forward"]
     assert result["speedup_wall"] == pytest.approx(seconds["full"]["wall"] / seconds["anchors"]["wall"])
     assert "| anchors | 20 |" in stdout and "x faster per candidate" in stdout
+    generated = result["generative_vs_multiple_choice"]
+    for kind in ("multiple_choice", "generative"):
+        assert generated[kind]["wall"] >= generated[kind]["forward"] > 0 and 0 < generated[kind]["model_share"] <= 1
+    assert "| generative | zoo_target_gen |" in stdout
 
 
 def test_cli_startup_smoke_times_every_verb(tmp_path):

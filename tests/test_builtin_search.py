@@ -44,13 +44,13 @@ def test_three_builtin_tasks_searched_scored_ranked_and_verified(ray_local, tiny
     objectives = [{"task": "gsm8k_search", "report_task": "gsm8k", "filter": "flexible-extract", "direction": "max"},
                   {"task": "mgsm_search", "report_task": "mgsm_direct_ja", "direction": "max"},
                   {"task": "arc_search", "report_task": "arc_easy", "metric": "acc_norm", "direction": "max"}]
-    spec = parse_job({**zoo_job(tiny_zoo, name="builtin", generations=2, objectives=objectives,
+    spec = parse_job({**zoo_job(tiny_zoo, name="builtin", generations=1, objectives=objectives,
                                 optimizer={"name": "nsga2", "pop_size": 4}, tasks=_tasks(tmp_path),
                                 fitness={"mode": "full"}),
                       "output_dir": str(tmp_path / "builtin")})
     store = _store(tmp_path)
     summary = run_job(spec, store)
-    assert summary.status == "finished" and summary.candidates == 8
+    assert summary.status == "finished" and summary.candidates == 4
 
     stored = store.get_job("builtin")
     assert [(o["metric"], o["filter"]) for o in stored.spec["objectives"]] == [v[1:] for v in SEARCH.values()]
@@ -85,7 +85,7 @@ def test_calibration_and_reduced_fitness_on_a_generative_builtin_task(ray_local,
                    "sources": {k: str(v) for k, v in tiny_zoo.models.items()}, "base_model": "base",
                    "search_space": {"kind": "ps", "sources": ["math", "lang"], "methods": "task_arithmetic",
                                     "bounds": {"weight": [0.0, 3.0]}, "fixed_per_model": {"density": 1.0}},
-                   "n_random": 5, "n_heldout": 0,
+                   "n_random": 3, "n_heldout": 0,
                    "tasks": {"names": ["gsm8k_search"], "scoring": {"gsm8k_search": {"filter": "flexible-extract"}},
                              **tasks},
                    "workers": {"count": 1, "num_cpus": 0.5}}

@@ -82,11 +82,11 @@ BAD_TASKS = [
     ("unknown task", lambda j: {**j, "objectives": [{"task": "gsm8k_nope", "direction": "max"}]},
      "objectives[0].task: unknown lm-eval task 'gsm8k_nope': not under lm-eval's own tasks"),
     ("unknown metric", lambda j: {**j, "objectives": [{**j["objectives"][0], "metric": "acc"}]},
-     "objectives[0].task: task 'gsm8k_search' has no metric 'acc' (it has exact_match)"),
+     "objectives[0].metric: task 'gsm8k_search' has no metric 'acc' (it has exact_match)"),
     ("unknown filter", lambda j: {**j, "objectives": [{**j["objectives"][0], "filter": "loose"}]},
-     "objectives[0].task: task 'gsm8k_search' has no filter 'loose' (it has strict-match, flexible-extract)"),
+     "objectives[0].filter: task 'gsm8k_search' has no filter 'loose' (it has strict-match, flexible-extract)"),
     ("override field lm-eval has not", lambda j: _gsm8k(j, promt="x"),
-     "objectives[0].task: tasks.overrides.gsm8k_search.promt: not a field of lm-eval's task config"),
+     "objectives[0].task: tasks.overrides.gsm8k.promt: not a field of lm-eval's task config"),
     ("override value lm-eval rejects", lambda j: _gsm8k(j, output_type="essay"),
      "objectives[0].task: lm-eval could not build task 'gsm8k_search'"),
     ("dataset that cannot load", lambda j: _gsm8k(j, dataset_path="openai/gsm8k", dataset_name="main"),
@@ -188,3 +188,18 @@ def test_a_metric_that_is_not_0_or_1_scores_in_full(tiny_zoo, task_overrides):
     result = evaluator.evaluate(model, tokenizer, samples={"gsm8k": [0, 1, 2]})
     assert result.accuracy["gsm8k"] >= 0.0 and sorted(result.correct["gsm8k"]) == [0, 1, 2]
     assert all(v != v for v in result.correct["gsm8k"].values())  # a corpus metric: no per-item value
+
+
+def test_cli_prints_a_bad_override_as_one_line_and_exit_2(tiny_zoo, tmp_path, monkeypatch):
+    from typer.testing import CliRunner
+
+    from evosearch.cli import app
+    from test_job import write_job
+
+    # lm-eval logs a warning for this one (generation settings on a non-generative task): never printed.
+    job_file = write_job(tmp_path, _gsm8k(_job(tiny_zoo, tmp_path), output_type="essay"))
+    monkeypatch.chdir(tmp_path)
+    result = CliRunner().invoke(app, ["run", str(job_file)])
+    assert result.exit_code == 2, result.output
+    assert result.stderr.count("\n") == 1 and result.stderr.startswith("error: job job: objectives[0].task: ")
+    assert "Got invalid output_type 'essay'" in result.stderr and not ray.is_initialized()

@@ -14,8 +14,8 @@ from typer.testing import CliRunner
 
 from evosearch.cli import app
 from evosearch.zoo import PRESETS, ZooError, ZooManifest, build_zoo
-from evosearch.zoo.tasks import (BASE_LETTERS, BASE_MAX_SHIFT, JOIN, SPLITS, STREAMS, TASKS, make_eval_items,
-                                 task_name, to_l1, to_l2, training_texts)
+from evosearch.zoo.tasks import (BASE_LETTERS, BASE_MAX_SHIFT, GENERATIVE_TASK, JOIN, SPLITS, STREAMS, TASKS,
+                                 make_eval_items, task_name, to_l1, to_l2, training_texts)
 from fitness.evaluator import EvaluationError, LmEvalEvaluator
 
 
@@ -33,7 +33,7 @@ def test_tiny_zoo_is_plain_hf_and_has_both_splits(tiny_zoo):
         ids = tok("12345+3=")["input_ids"]
         assert ids[0] == tok.bos_token_id and len(ids) == 9  # one token per character
         assert tok.decode(ids, skip_special_tokens=True) == "12345+3="
-    assert set(tiny_zoo.tasks) == {task_name(t, s) for t in TASKS for s in SPLITS}
+    assert set(tiny_zoo.tasks) == {task_name(t, s) for t in (*TASKS, GENERATIVE_TASK) for s in SPLITS}
     for name, path in tiny_zoo.tasks.items():
         config = yaml.safe_load(path.read_text(encoding="utf-8"))
         data = config["dataset_kwargs"]["data_files"]["test"]

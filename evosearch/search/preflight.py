@@ -22,7 +22,7 @@ from evosearch.search.sections import TasksSpec
 from evosearch.spaces import SpaceConfig, build_space
 from evosearch.spaces.combined import CombinedSpaceConfig
 from evosearch.spaces.ps import PSSpaceConfig
-from fitness.tasks import EvaluationError, Scoring, TaskCatalog, choose_scoring
+from fitness.tasks import EvaluationError, Scoring, TaskCatalog, choose_scoring, task_metrics
 
 
 def check_search_models(source_paths: Sequence[str], space_config: SpaceConfig) -> None:
@@ -73,8 +73,13 @@ def check_search_tasks(spec: JobSpec) -> dict[str, Scoring]:
         field, i = fields[task]
         try:
             built[task] = catalog.build_task(task)
-            scoring[task] = choose_scoring(task, built[task], *spec.scoring[task])
         except EvaluationError as e:
+            raise TaskCheckError(f"objectives[{i}].{field}: {e}") from None
+        metric, filter_ = spec.scoring[task]
+        try:
+            scoring[task] = choose_scoring(task, built[task], metric, filter_)
+        except EvaluationError as e:
+            field = "metric" if metric is not None and metric not in task_metrics(built[task]) else "filter"
             raise TaskCheckError(f"objectives[{i}].{field}: {e}") from None
     for i, o in enumerate(spec.objectives):
         if not isinstance(o, TaskObjective):
