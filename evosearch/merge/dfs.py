@@ -63,9 +63,11 @@ FOLDED_SUFFIXES = frozenset({
 })
 
 # Config fields every source must share: a layer from one source must fit the stream, cache, masks
-# and rotary embedding of the others, and the exported config has one value for each.
+# and rotary embedding of the others, and the exported config has one value for each. The vocabulary is
+# not among them: tokens enter and leave through the embed source alone (its embeddings, head and
+# tokenizer), so a PS source with a mapped vocabulary (tokenizer_source) may feed a DFS path.
 SHARED_CONFIG_FIELDS = (
-    "model_type", "vocab_size", "hidden_size", "intermediate_size", "num_attention_heads",
+    "model_type", "hidden_size", "intermediate_size", "num_attention_heads",
     "num_key_value_heads", "head_dim", "hidden_act", "rms_norm_eps", "attention_bias", "mlp_bias",
     "rope_parameters", "sliding_window",
 )
