@@ -139,3 +139,20 @@ def test_a_ps_source_with_a_union_vocabulary_feeds_a_dfs_path(family, tmp_path):
         # The fold is exact up to RMSNorm's eps, which a random init's small stream makes visible
         # (evosearch.merge.dfs): relative, not absolute, agreement.
         assert (exported(ids).logits - expected).abs().max().item() <= 1e-3 * expected.abs().max().item()
+
+
+def test_a_search_worker_scores_a_union_candidate_with_the_union_tokenizer(family, tmp_path):
+    from evosearch.zoo.tasks import make_eval_items, write_task_files
+    from workers.candidate import CandidateTask, CandidateWorker
+
+    if SourceModel.open(family["base"]).config.tie_word_embeddings:
+        pytest.skip("the untied family covers the worker path")
+    write_task_files(make_eval_items(0, 4), tmp_path / "tasks")
+    torch.set_num_threads(1)
+    worker = CandidateWorker([family["base"], family["chat"], family["tool"]], str(tmp_path / "tasks"), ["zoo_math"],
+                             device="cpu")
+    recipe = _config(family, "ties", "union")
+    model, tokenizer = worker._build(parse_recipe(recipe))
+    assert len(tokenizer) == model.config.vocab_size == model.get_input_embeddings().weight.shape[0] == BASE_TOKENS + 3
+    result = worker.run(CandidateTask(key="union", recipe=recipe, samples={"zoo_math": [0, 1]}))
+    assert sorted(result.correct["zoo_math"]) == [0, 1]
