@@ -4,6 +4,7 @@ one-line refusal of differing vocabularies without one."""
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 import torch
@@ -156,3 +157,16 @@ def test_a_search_worker_scores_a_union_candidate_with_the_union_tokenizer(famil
     assert len(tokenizer) == model.config.vocab_size == model.get_input_embeddings().weight.shape[0] == BASE_TOKENS + 3
     result = worker.run(CandidateTask(key="union", recipe=recipe, samples={"zoo_math": [0, 1]}))
     assert sorted(result.correct["zoo_math"]) == [0, 1]
+
+
+def test_a_dfs_recipe_or_space_refuses_base_and_union_in_one_line(family):
+    from evosearch.errors import RecipeError
+    from evosearch.spaces.dfs import DFSSpaceConfig
+
+    expected = ("tokenizer_source: union maps vocabularies in a PS merge; a DFS path takes its vocabulary from its "
+                "embed source (give tokenizer_source to a PS source)")
+    with pytest.raises(RecipeError, match=re.escape(expected)):
+        parse_recipe({"kind": "dfs", "sources": [family["base"]], "num_layers": 2, "indicator": [True, True],
+                      "scales": [[1.0]], "tokenizer_source": "union"})
+    with pytest.raises(ValueError, match=re.escape(expected)):
+        DFSSpaceConfig(sources=[family["base"]], num_layers=2, tokenizer_source="union")
