@@ -399,7 +399,7 @@ def run_job(spec: JobSpec, store: Store, resume: bool = False, *, stop_after: Op
         w = spec.workers
         ensure_ray(num_cpus=max(os.cpu_count() or 1, w.count * w.num_cpus))
         try:
-            print(f"job {spec.name}: {check_job_memory(spec)}", file=sys.stderr)
+            memory = check_job_memory(spec)
         except MemoryFitError as e:
             raise MemoryFitError(f"job {spec.name}: {e}") from None
         if spec.fitness.mode == "reduced":
@@ -409,4 +409,5 @@ def run_job(spec: JobSpec, store: Store, resume: bool = False, *, stop_after: Op
                                    objectives=dict(zip(spec.objective_names, spec.directions)))
         except StoreError as e:
             raise DriverError(f"{e} (continue it with `evosearch resume {spec.name}`)") from None
+        print(f"job {spec.name}: {memory}", file=sys.stderr)  # once the job is sure to start
     return SearchDriver(spec, store, job, on_event=on_event).run(stop_after=stop_after)
