@@ -220,6 +220,13 @@ def _check_per_model(method, inputs: list, where: str) -> None:
                                  f"for merge_method {method.name!r}")
 
 
+def check_dfs_tokenizer_source(value: Optional[str]) -> None:
+    """A DFS path's tokenizer is a model's (copied as it is): `base` and `union` map vocabularies in PS merges."""
+    if value in ("base", "union"):
+        raise ValueError(f"tokenizer_source: {value} maps vocabularies in a PS merge; a DFS path takes its "
+                         f"vocabulary from its embed source (give tokenizer_source to a PS source)")
+
+
 # A model path or a PS merge; tagged by type, so a bad PS source reports its own error, not "not a string".
 DFSSource = Annotated[Union[Annotated[str, Tag("model")], Annotated[PSRecipe, Tag("ps")]],
                       Discriminator(lambda v: "model" if isinstance(v, str) else "ps")]
@@ -261,6 +268,7 @@ class DFSRecipe(BaseModel):
             raise ValueError("scales must be positive and finite")
         if not 0 <= self.embed_source < m:
             raise ValueError(f"embed_source {self.embed_source} is not a source index (0..{m - 1})")
+        check_dfs_tokenizer_source(self.tokenizer_source)
         return self
 
     def path(self) -> list[tuple[int, int]]:

@@ -209,7 +209,6 @@ def _one_line_error(excinfo) -> str:
 
 @pytest.mark.parametrize("other, expected", [
     (dict(hidden_size=32, head_dim=8), "hidden_size is 32"),
-    (dict(vocab_size=100), "vocab_size is 100"),
     (dict(num_attention_heads=2, head_dim=32), "num_attention_heads is 2"),
     (dict(num_hidden_layers=3), "has 3 layers but the recipe's num_layers is 4"),
     (dict(rms_norm_eps=1e-6), "rms_norm_eps"),

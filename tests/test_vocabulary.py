@@ -4,6 +4,7 @@ one-line refusal of differing vocabularies without one."""
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 import torch
@@ -113,3 +114,59 @@ def test_differing_vocabularies_without_tokenizer_source_are_refused_in_one_line
         check_search_models(sources, PSSpaceConfig(**space))
     assert str(err.value) == f"sources: {expected}"
     check_search_models(sources, PSSpaceConfig(**space, tokenizer_source="union"))
+
+
+def test_a_ps_source_with_a_union_vocabulary_feeds_a_dfs_path(family, tmp_path):
+    """PS+DFS: the PS source maps the vocabularies (union) and gives the path its embeddings, head and
+    tokenizer; the other DFS source (the base, 96 tokens) gives layers only. The export is a plain model of
+    the union's size whose logits are the in-memory candidate's."""
+    from transformers import AutoModelForCausalLM
+
+    from evosearch.merge.dfs_model import build_dfs_model
+    from evosearch.recipe import DFSRecipe
+
+    ps = parse_recipe({"kind": "ps", **_config(family, "task_arithmetic", "union")})
+    recipe = DFSRecipe(sources=[ps, family["base"]], num_layers=2, indicator=[True, True, False, True],
+                       scales=[[1.0, 1.2], [0.9, 1.0]])
+    out = export_recipe(recipe, tmp_path / "dfs")
+    exported = AutoModelForCausalLM.from_pretrained(out, dtype=torch.float32).eval()
+    assert exported.config.vocab_size == len(AutoTokenizer.from_pretrained(out)) == BASE_TOKENS + 3
+    resident = {p: SourceModel.open(p).load_all() for p in ps.source_paths()}
+    merged = build_merged_model(ps, resident, config=SourceModel.open(family["base"]).config)
+    base = AutoModelForCausalLM.from_pretrained(family["base"], dtype=torch.float32).eval()
+    ids = torch.tensor([[1, 5, BASE_TOKENS, BASE_TOKENS + 2, 7]])
+    with torch.no_grad():
+        expected = build_dfs_model(recipe, [merged, base])(ids).logits
+        # The fold is exact up to RMSNorm's eps, which a random init's small stream makes visible
+        # (evosearch.merge.dfs): relative, not absolute, agreement.
+        assert (exported(ids).logits - expected).abs().max().item() <= 1e-3 * expected.abs().max().item()
+
+
+def test_a_search_worker_scores_a_union_candidate_with_the_union_tokenizer(family, tmp_path):
+    from evosearch.zoo.tasks import make_eval_items, write_task_files
+    from workers.candidate import CandidateTask, CandidateWorker
+
+    if SourceModel.open(family["base"]).config.tie_word_embeddings:
+        pytest.skip("the untied family covers the worker path")
+    write_task_files(make_eval_items(0, 4), tmp_path / "tasks")
+    torch.set_num_threads(1)
+    worker = CandidateWorker([family["base"], family["chat"], family["tool"]], str(tmp_path / "tasks"), ["zoo_math"],
+                             device="cpu")
+    recipe = _config(family, "ties", "union")
+    model, tokenizer = worker._build(parse_recipe(recipe))
+    assert len(tokenizer) == model.config.vocab_size == model.get_input_embeddings().weight.shape[0] == BASE_TOKENS + 3
+    result = worker.run(CandidateTask(key="union", recipe=recipe, samples={"zoo_math": [0, 1]}))
+    assert sorted(result.correct["zoo_math"]) == [0, 1]
+
+
+def test_a_dfs_recipe_or_space_refuses_base_and_union_in_one_line(family):
+    from evosearch.errors import RecipeError
+    from evosearch.spaces.dfs import DFSSpaceConfig
+
+    expected = ("tokenizer_source: union maps vocabularies in a PS merge; a DFS path takes its vocabulary from its "
+                "embed source (give tokenizer_source to a PS source)")
+    with pytest.raises(RecipeError, match=re.escape(expected)):
+        parse_recipe({"kind": "dfs", "sources": [family["base"]], "num_layers": 2, "indicator": [True, True],
+                      "scales": [[1.0]], "tokenizer_source": "union"})
+    with pytest.raises(ValueError, match=re.escape(expected)):
+        DFSSpaceConfig(sources=[family["base"]], num_layers=2, tokenizer_source="union")

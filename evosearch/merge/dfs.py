@@ -36,16 +36,25 @@ class DFSError(UsageError, ValueError):
 
 
 # Families whose decoder layers are checked to be pre-norm with RMSNorm on both branches and whose
-# only writes to the residual stream are o_proj and down_proj (biases included). Qwen3's q_norm/k_norm
-# act after q_proj/k_proj, inside the normed branch, so they do not break scale invariance. Families
-# with post-branch norms (Gemma 2/3's sandwich norms), LayerNorm with bias on the stream or
-# parallel blocks are not foldable this way and are refused.
+# only writes to the residual stream are o_proj and the MLP's down projections (biases included).
+# Qwen3's q_norm/k_norm act after q_proj/k_proj, inside the normed branch, so they do not break scale
+# invariance; Phi-3's fused qkv_proj/gate_up_proj read the normed stream.
 CAUSAL_LM_CLASS = {
     "llama": "LlamaForCausalLM",
     "mistral": "MistralForCausalLM",
     "qwen2": "Qwen2ForCausalLM",
     "qwen3": "Qwen3ForCausalLM",
+    "phi3": "Phi3ForCausalLM",
 }
+
+# Families refused, and why.
+_SANDWICH = ("its sandwich norms (post_attention_layernorm / post_feedforward_layernorm) normalise each branch's "
+             "output before it joins the stream, so a residual scale cannot be divided out of o_proj and down_proj")
+_MOE = ("its checkpoints store each expert as its own tensors while transformers 5 builds the experts fused, "
+        "and the DFS export writes the fused layout's names; the scales would fold (the router reads the normed "
+        "stream) but the layer copy does not convert the layouts")
+NOT_FOLDABLE = {"gemma2": _SANDWICH, "gemma3": _SANDWICH, "gemma3_text": _SANDWICH,
+                "mixtral": _MOE, "qwen2_moe": _MOE, "qwen3_moe": _MOE}
 
 # Suffixes (after "model.layers.{k}.") of the tensors that write into the residual stream.
 FOLDED_SUFFIXES = frozenset({
@@ -54,9 +63,11 @@ FOLDED_SUFFIXES = frozenset({
 })
 
 # Config fields every source must share: a layer from one source must fit the stream, cache, masks
-# and rotary embedding of the others, and the exported config has one value for each.
+# and rotary embedding of the others, and the exported config has one value for each. The vocabulary is
+# not among them: tokens enter and leave through the embed source alone (its embeddings, head and
+# tokenizer), so a PS source with a mapped vocabulary (tokenizer_source) may feed a DFS path.
 SHARED_CONFIG_FIELDS = (
-    "model_type", "vocab_size", "hidden_size", "intermediate_size", "num_attention_heads",
+    "model_type", "hidden_size", "intermediate_size", "num_attention_heads",
     "num_key_value_heads", "head_dim", "hidden_act", "rms_norm_eps", "attention_bias", "mlp_bias",
     "rope_parameters", "sliding_window",
 )
@@ -148,6 +159,9 @@ class DFSPlan:
 def _check_sources(recipe: DFSRecipe, configs: list[PretrainedConfig]) -> None:
     for i, cfg in enumerate(configs):
         model_type = getattr(cfg, "model_type", None)
+        if model_type in NOT_FOLDABLE:
+            raise DFSError(f"{source_label(recipe, i)}: model_type {model_type!r} is refused by DFS: "
+                           f"{NOT_FOLDABLE[model_type]}")
         if model_type not in CAUSAL_LM_CLASS:
             raise DFSError(f"{source_label(recipe, i)}: model_type {model_type!r} is not supported by DFS "
                            f"(only pre-norm RMSNorm decoders whose residual scales fold exactly: "

@@ -26,7 +26,7 @@ from typing import Literal, Optional
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from evosearch.recipe import DFSRecipe
+from evosearch.recipe import DFSRecipe, check_dfs_tokenizer_source
 from evosearch.spaces.base import Range, SearchSpace, SpaceError
 
 UNUSED_SCALE = 1.0
@@ -53,6 +53,7 @@ class DFSSpaceConfig(BaseModel):
                 raise ValueError(f"{field} {getattr(self, field)} is not a source index (0..{m - 1})")
         if self.scale_range.low <= 0:
             raise ValueError("scale_range: scales must be positive")
+        check_dfs_tokenizer_source(self.tokenizer_source)
         forced = 2 if self.anchor_ends and (self.repeats > 1 or self.num_layers > 1) else 1
         if self.max_path is not None and self.max_path < forced:
             raise ValueError(f"max_path {self.max_path} is shorter than the {forced} forced slot(s)")
