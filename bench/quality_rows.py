@@ -213,6 +213,7 @@ class SearchSettings:
     dfs_sources: tuple[str, ...]  # DFS sources (zoo model names); the first is the anchor
     psdfs_sources: tuple[str, ...]  # the DFS part of PS+DFS: "@ps" and zoo model names; the first anchors
     dfs_repeats: int
+    dfs_embed: Optional[str] = None  # the source whose embeddings and head a DFS path uses (default: the anchor)
 
 
 def ps_space(bed: Bed, s: SearchSettings) -> dict:
@@ -227,8 +228,9 @@ def ps_space(bed: Bed, s: SearchSettings) -> dict:
 def dfs_space(bed: Bed, s: SearchSettings, sources) -> dict:
     """Sakana's setting: the path starts at the first source's first layer and ends at its last, layers
     repeated, inter-model scales in [1, 2]."""
+    embed = list(sources).index(s.dfs_embed) if s.dfs_embed in sources else 0
     return {"kind": "dfs", "sources": list(sources), "num_layers": bed.num_layers, "repeats": s.dfs_repeats,
-            "scale_range": [1.0, 2.0], "anchor_ends": True, "anchor_source": 0, "embed_source": 0}
+            "scale_range": [1.0, 2.0], "anchor_ends": True, "anchor_source": 0, "embed_source": embed}
 
 
 def space_config(kind: str, bed: Bed, s: SearchSettings) -> dict:

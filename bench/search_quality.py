@@ -196,6 +196,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--psdfs-sources", default=None, help="PS+DFS's DFS sources with @ps (default: @ps and "
                                                          "the specialists)")
     p.add_argument("--dfs-repeats", type=int, default=2)
+    p.add_argument("--dfs-embed", default=None, help="DFS: the source whose embeddings and head the path uses "
+                                                     "(default: the anchor; PS+DFS too, when it is one of its sources)")
     p.add_argument("--workers", type=int, default=2, help="Ray workers")
     p.add_argument("--limit", type=int, default=None, help="score only the first N docs of each split")
     p.add_argument("--peer-venvs", default=str(DEFAULT_VENVS), help="where the peers' venvs are made")
@@ -239,7 +241,7 @@ def settings_for(args, bed) -> SearchSettings:
     return SearchSettings(budget=args.budget, popsize=args.popsize, workers=args.workers, limit=args.limit,
                           sigma0=args.sigma0, layer_groups=min(args.layer_groups, bed.num_layers),
                           weight_high=args.weight_high, dfs_sources=dfs, psdfs_sources=psdfs,
-                          dfs_repeats=args.dfs_repeats)
+                          dfs_repeats=args.dfs_repeats, dfs_embed=args.dfs_embed)
 
 
 def main(argv=None) -> int:
