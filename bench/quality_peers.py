@@ -46,7 +46,11 @@ PEERS: dict[str, PeerSpec] = {
             "lm-eval's HFLM device default set to cpu (mergekit builds HFLM without a device)",
         ),
         deviations=("mergekit-evolve's own genome: one weight per model per layer block (layer_granularity) "
-                    "for task_arithmetic, CMA-ES of its own (the `cma` package) with its own sigma0 and popsize",),
+                    "for task_arithmetic, embeddings and head merged by the first/last block's weights (mergekit's "
+                    "slices rule) instead of a gene of their own; its own "
+                    "CMA-ES (cma.fmin2, sigma0 1/6, unseeded: --random-seed only seeds the merge), the "
+                    "population forced to ours; cma evaluates its final mean too, so it takes one candidate "
+                    "more than the budget; its fitness runs in bfloat16 (its dtype); --batch-size 64",),
     ),
     "mergenetic": PeerSpec(
         name="mergenetic", package="mergenetic==0.1.1",
@@ -119,7 +123,9 @@ def _settings(bed, s, seed: int, work: Path) -> dict:
             "keep": bed.keep, "task_docs": {t: _docs(bed, t) for t in (bed.target, bed.keep)},
             "budget": s.budget, "popsize": s.popsize, "seed": seed, "workers": s.workers, "limit": s.limit,
             "layer_granularity": max(1, bed.num_layers // s.layer_groups), "weight_high": s.weight_high,
-            "work_dir": str(work), "result": str(work / "result.json")}
+            # lm-eval batch size, as our workers' (mergekit-evolve's default, one request per forward pass,
+            # took about 4 minutes per candidate on this bed).
+            "batch_size": 64, "work_dir": str(work), "result": str(work / "result.json")}
 
 
 def _docs(bed, task: str) -> int:
@@ -132,7 +138,7 @@ def run_peer(peer: str, bed, s, seed: int, work: Path, log, venvs: Path = DEFAUL
     """The peer's search on the bed: its venv made if missing, its runner run there with progress passed
     through. Returns the runner's result (per-candidate scores, seconds, the best merge config); raises
     `PeerFailed` with the exact reason when the venv or the run fails."""
-    spec = PEERS[peer]
+    spec, work = PEERS[peer], Path(work).resolve()  # the runner runs in `work`: every path absolute
     try:
         python = ensure_venv(peer, venvs, log)
     except subprocess.CalledProcessError as e:

@@ -101,10 +101,10 @@ def targets(summary: dict[str, dict]) -> dict:
 
 def hypervolumes(runs: list[RowRun], table: dict, bed) -> dict:
     """NSGA-II's front (report split: target, kept task) against the grid merges' points, same reference."""
-    grid = report_hypervolume([[s[bed.target_report], s[bed.keep_report]] for s in table["grid"].values()])
     fronts = [report_hypervolume(r.extra["front_report"]) for r in runs if r.row == "nsga2"]
     if not fronts:
         return {}
+    grid = report_hypervolume([[s[bed.target_report], s[bed.keep_report]] for s in table["grid"].values()])
     return {"objectives": [bed.target_report, bed.keep_report], "reference": [0.0, 0.0], "grid": grid,
             "nsga2_per_seed": fronts, "nsga2_mean": statistics.fmean(fronts)}
 
@@ -306,7 +306,9 @@ def main(argv=None) -> int:
             made.append(BedScorer(bed, args.limit))
         return made[0]
 
-    table = baseline_table(bed, scorer, args.limit, log)
+    # Only these rows read the baselines: a peers-only run does not score (or wait for) the grid.
+    needs_table = any(r in args.rows for r in ("best_source", "grid", "nsga2"))
+    table = baseline_table(bed, scorer, args.limit, log) if needs_table else {}
     runs: list[RowRun] = []
     if "best_source" in args.rows:
         runs.append(baseline_row("best_source", bed, table["sources"], table["seconds"]["sources"]))
