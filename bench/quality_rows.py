@@ -127,6 +127,16 @@ class BedScorer:
                         models=[{"model": self.paths[m], "parameters": {"weight": w, "density": density}}
                                 for m, w in weights.items()])
 
+    def build(self, recipe):
+        """A PS recipe from the resident tensors; a DFS recipe over freshly loaded sources."""
+        from evosearch.merge.dfs_model import build_dfs_model
+        from evosearch.recipe import DFSRecipe
+
+        if isinstance(recipe, DFSRecipe):
+            by_path = {path: name for name, path in self.paths.items()}
+            return build_dfs_model(recipe, [self.source(by_path[p]) for p in recipe.sources])
+        return self.merge(recipe)
+
     def all_splits(self, model) -> dict[str, float]:
         return {task: self.score(model, task) for task in self.bed.baseline_tasks}
 
@@ -186,6 +196,25 @@ def baseline_row(row: str, bed: Bed, entries: dict[str, dict], seconds: float) -
     return RowRun(row=row, seed=None, picked=label, search=entries[label][bed.target],
                   report=entries[label][bed.target_report], candidates=len(entries), evaluated=len(entries),
                   seconds=seconds, best_so_far=curve)
+
+
+def hand_rows(bed: Bed, scorer: BedScorer, log) -> list[RowRun]:
+    """The interference bed's hand-written recipes (evosearch.zoo.report), scored like every pick: not
+    searches, but points of the PS space (`hand_ps`: lang's lower block and embeddings, math's upper block)
+    and of the anchored DFS space (`hand_dfs`) that say what each space holds."""
+    from evosearch.zoo.report import anchored_layer_path, layered_recipe
+
+    rows = []
+    for row, recipe in (("hand_ps", layered_recipe(scorer.paths, bed.num_layers)),
+                        ("hand_dfs", anchored_layer_path(scorer.paths, bed.num_layers))):
+        started = time.monotonic()
+        model = scorer.build(recipe)
+        search, report = scorer.score(model, bed.target), scorer.score(model, bed.target_report)
+        rows.append(RowRun(row=row, seed=None, picked=recipe_summary(recipe.model_dump(mode="json")),
+                           search=search, report=report, candidates=1, evaluated=1,
+                           seconds=time.monotonic() - started, best_so_far=[search]))
+        log(f"{row}: {rows[-1].picked} search {100 * search:.1f} report {100 * report:.1f}")
+    return rows
 
 
 # --- search rows: jobs through the driver ---------------------------------------------------------------

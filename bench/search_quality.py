@@ -10,7 +10,7 @@ and tasks, once per bed build (cached in the zoo directory, keyed by its setting
     .venv/bin/python bench/search_quality.py --rows grid,cmaes_ps,random --budget 60 --seeds 1
     .venv/bin/python bench/search_quality.py --smoke                   # interference-tiny, 1 seed (CI)
 
-Rows (`--rows`): best_source, grid, random (PS space; random_dfs and random_ps_dfs: the other spaces),
+Rows (`--rows`): best_source, grid, hand (the interference bed's hand-written PS and DFS recipes), random (PS space; random_dfs and random_ps_dfs: the other spaces),
 cmaes_ps, cmaes_dfs, ps_dfs, nsga2 (target + one specialist's own task), mergekit_evolve, mergenetic.
 Writes a table to stdout, JSON to bench/results/search_quality.json and a convergence plot (best-so-far
 search-split accuracy vs candidates evaluated, mean over seeds) to bench/results/search_quality.png.
@@ -29,9 +29,10 @@ from pathlib import Path
 from common import RESULTS, machine, markdown_table, utc_now  # bench/, the script's own directory
 from quality_peers import DEFAULT_VENVS, PEERS, PeerFailed, run_peer
 from quality_rows import (SEARCH_ROWS, BedScorer, RowRun, SearchSettings, baseline_row, baseline_table,
-                          open_bed, peer_row, report_hypervolume, run_search, start_pool)
+                          hand_rows, open_bed, peer_row, report_hypervolume, run_search,
+                          start_pool)
 
-BASELINE_ROWS = ("best_source", "grid")
+BASELINE_ROWS = ("best_source", "grid", "hand")
 ALL_ROWS = (*BASELINE_ROWS, *SEARCH_ROWS, *PEERS)
 DEFAULT_ROWS = ("best_source", "grid", "random", "cmaes_ps", "cmaes_dfs", "ps_dfs", "nsga2", *PEERS)
 EVOLVED_ROWS = ("cmaes_ps", "cmaes_dfs", "ps_dfs", "nsga2")
@@ -316,6 +317,10 @@ def main(argv=None) -> int:
         runs.append(baseline_row("grid", bed, table["grid"], table["seconds"]["grid"]))
     for r in runs:
         log(f"{r.row}: {r.picked} search {100 * r.search:.1f} report {100 * r.report:.1f}")
+    if "hand" in args.rows:
+        if getattr(bed.zoo, "bed", "skills") != "interference":
+            raise SystemExit("--rows hand: only an interference bed has hand-written recipes")
+        runs += hand_rows(bed, scorer(), log)
     settings = settings_for(args, bed)
     extra: dict = {"search_settings": asdict(settings)}
     result = write_results(runs, args, bed, table, started, extra)
