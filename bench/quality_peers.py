@@ -46,7 +46,11 @@ PEERS: dict[str, PeerSpec] = {
             "lm-eval's HFLM device default set to cpu (mergekit builds HFLM without a device)",
         ),
         deviations=("mergekit-evolve's own genome: one weight per model per layer block (layer_granularity) "
-                    "for task_arithmetic, CMA-ES of its own (the `cma` package) with its own sigma0 and popsize",),
+                    "for task_arithmetic, embeddings and head merged by the first/last block's weights (mergekit's "
+                    "slices rule) instead of a gene of their own; its own "
+                    "CMA-ES (cma.fmin2, sigma0 1/6, unseeded: --random-seed only seeds the merge), the "
+                    "population forced to ours; cma evaluates its final mean too, so it takes one candidate "
+                    "more than the budget; its fitness runs in bfloat16 (its dtype); --batch-size 64",),
     ),
     "mergenetic": PeerSpec(
         name="mergenetic", package="mergenetic==0.1.1",
@@ -56,18 +60,22 @@ PEERS: dict[str, PeerSpec] = {
             ("--no-deps", "mergenetic==0.1.1"),
             ("lm-eval==0.4.8", "mergekit==0.0.6", "transformers==4.45.2", "accelerate==1.3.0", "pymoo==0.6.1.3",
              "pandas==2.2.2", "pyyaml==6.0.1", "psutil==7.0.0", "einops==0.7.0", "wrapt==1.16.0", "xxhash==3.4.1",
-             "yarl==1.9.4", "scikit-learn", "fasttext-numpy2", "plotly", TORCH),
+             "yarl==1.9.4", "scikit-learn", "fasttext-numpy2", "plotly", "git-python", TORCH),
         ),
         runner="mergenetic_run.py",
         shims=(
             "installed with --no-deps plus its other pins (lm-eval 0.4.8 without the vllm extra; gradio, "
-            "bitsandbytes, git-python and prompt_toolkit left out: only its GUI/quantisation paths use them)",
+            "bitsandbytes and prompt_toolkit left out: only its GUI and 4-bit paths use them)",
             "its lm-eval evaluator loads models through vLLM only: the runner hands lm-eval the HF model "
             "(`hf`, cpu) for the same task and metric instead",
             "MergeOptions(low_cpu_memory=True) is hard-coded and needs CUDA: the runner's merge options set "
             "it False",
             "transformers 4.45.2 cannot read a tokenizer saved by transformers 5: the runner merges from "
             "copies of the sources whose tokenizer_config.json names tokenizer_class PreTrainedTokenizerFast",
+            "speed only: lm-eval's TaskManager (the index of every lm-eval task, rebuilt twice per evaluation "
+            "by its evaluator and simple_evaluate) is built once per process; the same tasks load",
+            "its lm-eval problem asserts more than one objective: it runs with the target and the kept "
+            "specialist task, and its pick is the evaluated candidate with the best target score",
         ),
         deviations=("Mergenetic's task-arithmetic merge searches one global weight per model (no per-layer "
                     "genes); its GA/NSGA-II come from pymoo 0.6.1.3",),
@@ -112,9 +120,17 @@ class PeerFailed(RuntimeError):
 def _settings(bed, s, seed: int, work: Path) -> dict:
     return {"models": [str(bed.zoo.models[m]) for m in bed.specialists], "base_model": str(bed.zoo.models["base"]),
             "specialists": list(bed.specialists), "target": bed.target, "include_path": [str(bed.zoo.include_path)],
+            "keep": bed.keep, "task_docs": {t: _docs(bed, t) for t in (bed.target, bed.keep)},
             "budget": s.budget, "popsize": s.popsize, "seed": seed, "workers": s.workers, "limit": s.limit,
             "layer_granularity": max(1, bed.num_layers // s.layer_groups), "weight_high": s.weight_high,
-            "work_dir": str(work), "result": str(work / "result.json")}
+            # lm-eval batch size, as our workers' (mergekit-evolve's default, one request per forward pass,
+            # took about 4 minutes per candidate on this bed).
+            "batch_size": 64, "work_dir": str(work), "result": str(work / "result.json")}
+
+
+def _docs(bed, task: str) -> int:
+    """Docs in a zoo task's split (its JSONL next to its YAML)."""
+    return sum(1 for line in (Path(bed.zoo.include_path) / f"{task}.jsonl").read_text().splitlines() if line.strip())
 
 
 def run_peer(peer: str, bed, s, seed: int, work: Path, log, venvs: Path = DEFAULT_VENVS,
@@ -122,7 +138,7 @@ def run_peer(peer: str, bed, s, seed: int, work: Path, log, venvs: Path = DEFAUL
     """The peer's search on the bed: its venv made if missing, its runner run there with progress passed
     through. Returns the runner's result (per-candidate scores, seconds, the best merge config); raises
     `PeerFailed` with the exact reason when the venv or the run fails."""
-    spec = PEERS[peer]
+    spec, work = PEERS[peer], Path(work).resolve()  # the runner runs in `work`: every path absolute
     try:
         python = ensure_venv(peer, venvs, log)
     except subprocess.CalledProcessError as e:

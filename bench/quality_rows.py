@@ -16,7 +16,7 @@ from typing import Callable, Optional
 GRID_WEIGHTS = (0.5, 0.75, 1.0)
 TIES_DENSITIES = (0.5, 0.7)
 # Bump when the baselines (sources, grid, what is scored) change, so a cached table is never reused wrongly.
-BASELINE_VERSION = 1
+BASELINE_VERSION = 2
 CACHE_NAME = "search_quality_baselines.json"
 
 
@@ -41,6 +41,12 @@ class Bed:
     @property
     def tasks(self) -> list[str]:
         return [self.target, self.target_report, self.keep, self.keep_report]
+
+    @property
+    def baseline_tasks(self) -> list[str]:
+        """What a baseline is scored on: the target's two splits (its row) and the kept task's report split
+        (the grid's points for the hypervolume); the kept task's search split is never read."""
+        return [self.target, self.target_report, self.keep_report]
 
     def cache_key(self, limit: Optional[int]) -> str:
         return f"v{BASELINE_VERSION}:{self.zoo.settings_hash}:{self.target}:{self.keep}:limit={limit}"
@@ -121,8 +127,18 @@ class BedScorer:
                         models=[{"model": self.paths[m], "parameters": {"weight": w, "density": density}}
                                 for m, w in weights.items()])
 
+    def build(self, recipe):
+        """A PS recipe from the resident tensors; a DFS recipe over freshly loaded sources."""
+        from evosearch.merge.dfs_model import build_dfs_model
+        from evosearch.recipe import DFSRecipe
+
+        if isinstance(recipe, DFSRecipe):
+            by_path = {path: name for name, path in self.paths.items()}
+            return build_dfs_model(recipe, [self.source(by_path[p]) for p in recipe.sources])
+        return self.merge(recipe)
+
     def all_splits(self, model) -> dict[str, float]:
-        return {task: self.score(model, task) for task in self.bed.tasks}
+        return {task: self.score(model, task) for task in self.bed.baseline_tasks}
 
 
 def default_merge_grid(specialists) -> list[tuple[str, str, dict[str, float], float]]:
@@ -166,8 +182,8 @@ def baseline_table(bed: Bed, scorer_factory: Callable[[], BedScorer], limit: Opt
 
 
 def _fmt(scores: dict[str, float], bed: Bed) -> str:
-    return (f"target {100 * scores[bed.target]:.1f}/{100 * scores[bed.target_report]:.1f} "
-            f"{bed.keep} {100 * scores[bed.keep]:.1f}/{100 * scores[bed.keep_report]:.1f} (search/report)")
+    return (f"target {100 * scores[bed.target]:.1f}/{100 * scores[bed.target_report]:.1f} (search/report), "
+            f"{bed.keep_report} {100 * scores[bed.keep_report]:.1f}")
 
 
 def baseline_row(row: str, bed: Bed, entries: dict[str, dict], seconds: float) -> RowRun:
@@ -180,6 +196,25 @@ def baseline_row(row: str, bed: Bed, entries: dict[str, dict], seconds: float) -
     return RowRun(row=row, seed=None, picked=label, search=entries[label][bed.target],
                   report=entries[label][bed.target_report], candidates=len(entries), evaluated=len(entries),
                   seconds=seconds, best_so_far=curve)
+
+
+def hand_rows(bed: Bed, scorer: BedScorer, log) -> list[RowRun]:
+    """The interference bed's hand-written recipes (evosearch.zoo.report), scored like every pick: not
+    searches, but points of the PS space (`hand_ps`: lang's lower block and embeddings, math's upper block)
+    and of the anchored DFS space (`hand_dfs`) that say what each space holds."""
+    from evosearch.zoo.report import anchored_layer_path, layered_recipe
+
+    rows = []
+    for row, recipe in (("hand_ps", layered_recipe(scorer.paths, bed.num_layers)),
+                        ("hand_dfs", anchored_layer_path(scorer.paths, bed.num_layers))):
+        started = time.monotonic()
+        model = scorer.build(recipe)
+        search, report = scorer.score(model, bed.target), scorer.score(model, bed.target_report)
+        rows.append(RowRun(row=row, seed=None, picked=recipe_summary(recipe.model_dump(mode="json")),
+                           search=search, report=report, candidates=1, evaluated=1,
+                           seconds=time.monotonic() - started, best_so_far=[search]))
+        log(f"{row}: {rows[-1].picked} search {100 * search:.1f} report {100 * report:.1f}")
+    return rows
 
 
 # --- search rows: jobs through the driver ---------------------------------------------------------------
@@ -213,6 +248,7 @@ class SearchSettings:
     dfs_sources: tuple[str, ...]  # DFS sources (zoo model names); the first is the anchor
     psdfs_sources: tuple[str, ...]  # the DFS part of PS+DFS: "@ps" and zoo model names; the first anchors
     dfs_repeats: int
+    dfs_embed: Optional[str] = None  # the source whose embeddings and head a DFS path uses (default: the anchor)
 
 
 def ps_space(bed: Bed, s: SearchSettings) -> dict:
@@ -227,8 +263,9 @@ def ps_space(bed: Bed, s: SearchSettings) -> dict:
 def dfs_space(bed: Bed, s: SearchSettings, sources) -> dict:
     """Sakana's setting: the path starts at the first source's first layer and ends at its last, layers
     repeated, inter-model scales in [1, 2]."""
+    embed = list(sources).index(s.dfs_embed) if s.dfs_embed in sources else 0
     return {"kind": "dfs", "sources": list(sources), "num_layers": bed.num_layers, "repeats": s.dfs_repeats,
-            "scale_range": [1.0, 2.0], "anchor_ends": True, "anchor_source": 0, "embed_source": 0}
+            "scale_range": [1.0, 2.0], "anchor_ends": True, "anchor_source": 0, "embed_source": embed}
 
 
 def space_config(kind: str, bed: Bed, s: SearchSettings) -> dict:

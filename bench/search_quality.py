@@ -8,9 +8,9 @@ and tasks, once per bed build (cached in the zoo directory, keyed by its setting
 
     .venv/bin/python bench/search_quality.py --bed interference        # 3 seeds x 120 candidates, every row
     .venv/bin/python bench/search_quality.py --rows grid,cmaes_ps,random --budget 60 --seeds 1
-    .venv/bin/python bench/search_quality.py --smoke                   # tiny zoo, 1 seed, seconds (CI)
+    .venv/bin/python bench/search_quality.py --smoke                   # interference-tiny, 1 seed (CI)
 
-Rows (`--rows`): best_source, grid, random (PS space; random_dfs and random_ps_dfs: the other spaces),
+Rows (`--rows`): best_source, grid, hand (the interference bed's hand-written PS and DFS recipes), random (PS space; random_dfs and random_ps_dfs: the other spaces),
 cmaes_ps, cmaes_dfs, ps_dfs, nsga2 (target + one specialist's own task), mergekit_evolve, mergenetic.
 Writes a table to stdout, JSON to bench/results/search_quality.json and a convergence plot (best-so-far
 search-split accuracy vs candidates evaluated, mean over seeds) to bench/results/search_quality.png.
@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import itertools
+from dataclasses import asdict
 import statistics
 import sys
 import tempfile
@@ -28,9 +29,10 @@ from pathlib import Path
 from common import RESULTS, machine, markdown_table, utc_now  # bench/, the script's own directory
 from quality_peers import DEFAULT_VENVS, PEERS, PeerFailed, run_peer
 from quality_rows import (SEARCH_ROWS, BedScorer, RowRun, SearchSettings, baseline_row, baseline_table,
-                          open_bed, peer_row, report_hypervolume, run_search, start_pool)
+                          hand_rows, open_bed, peer_row, report_hypervolume, run_search,
+                          start_pool)
 
-BASELINE_ROWS = ("best_source", "grid")
+BASELINE_ROWS = ("best_source", "grid", "hand")
 ALL_ROWS = (*BASELINE_ROWS, *SEARCH_ROWS, *PEERS)
 DEFAULT_ROWS = ("best_source", "grid", "random", "cmaes_ps", "cmaes_dfs", "ps_dfs", "nsga2", *PEERS)
 EVOLVED_ROWS = ("cmaes_ps", "cmaes_dfs", "ps_dfs", "nsga2")
@@ -100,10 +102,10 @@ def targets(summary: dict[str, dict]) -> dict:
 
 def hypervolumes(runs: list[RowRun], table: dict, bed) -> dict:
     """NSGA-II's front (report split: target, kept task) against the grid merges' points, same reference."""
-    grid = report_hypervolume([[s[bed.target_report], s[bed.keep_report]] for s in table["grid"].values()])
     fronts = [report_hypervolume(r.extra["front_report"]) for r in runs if r.row == "nsga2"]
     if not fronts:
         return {}
+    grid = report_hypervolume([[s[bed.target_report], s[bed.keep_report]] for s in table["grid"].values()])
     return {"objectives": [bed.target_report, bed.keep_report], "reference": [0.0, 0.0], "grid": grid,
             "nsga2_per_seed": fronts, "nsga2_mean": statistics.fmean(fronts)}
 
@@ -175,10 +177,41 @@ def write_results(runs: list[RowRun], args, bed, table: dict, started: str, extr
     return result
 
 
+def combine(paths: list[str], out: Path) -> dict:
+    """One table, JSON and plot from several runs of this benchmark on the same bed (e.g. our rows and the
+    peers run side by side as two commands); a (row, seed) found twice is taken from the first file."""
+    import json
+
+    loaded = [json.loads(Path(p).read_text()) for p in paths]
+    hashes = {r["bed"]["settings_hash"] for r in loaded}
+    if len(hashes) != 1:
+        raise SystemExit(f"--combine: the results come from different beds ({', '.join(sorted(hashes))})")
+    fields = set(RowRun.__dataclass_fields__)
+    runs, seen = [], set()
+    for r in loaded:
+        for data in r["runs"]:
+            if (data["row"], data["seed"]) not in seen:
+                seen.add((data["row"], data["seed"]))
+                runs.append(RowRun(**{k: v for k, v in data.items() if k in fields}))
+    summary = summarise(runs)
+    result = {"benchmark": "search_quality", "date": utc_now(), "machine": machine(), "bed": loaded[0]["bed"],
+              "combined_from": [{"path": p, "date": r["date"], "settings": r["settings"]} for p, r in zip(paths, loaded)],
+              "summary": summary, "targets": targets(summary),
+              "hypervolume": next((r["hypervolume"] for r in loaded if r.get("hypervolume")), {}),
+              "baselines": loaded[0]["baselines"], "runs": [r.to_json() for r in runs],
+              "peer_failures": [f for r in loaded for f in r.get("peer_failures", [])]}
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "search_quality.json").write_text(json.dumps(result, indent=2))
+    budget = max(r["settings"]["budget"] for r in loaded)
+    plot(runs, out / "search_quality.png", budget, f"{result['bed']['preset']} bed, target {result['bed']['target']} "
+         f"(mean over seeds; band: min-max), combined from {len(paths)} runs")
+    return result
+
+
 # --- arguments and the run -----------------------------------------------------------------------------
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--bed", default="full", help="zoo preset built (cached) under runs/zoo-<preset>, e.g. "
+    p.add_argument("--bed", default="interference", help="zoo preset built (cached) under runs/zoo-<preset>, e.g. "
                                                  "full, tiny, interference, interference-tiny")
     p.add_argument("--zoo", default=None, help="an already built zoo directory instead of --bed")
     p.add_argument("--target", default="zoo_target", help="the bed's target task (search split; "
@@ -191,11 +224,13 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--sigma0", type=float, default=0.25, help="CMA-ES initial step size (unit box)")
     p.add_argument("--layer-groups", type=int, default=2, help="PS: layer blocks with a weight each")
     p.add_argument("--weight-high", type=float, default=1.5, help="PS: task-arithmetic weights in [0, this]")
-    p.add_argument("--dfs-sources", default=None, help="DFS sources, the first anchors the path "
-                                                       "(default: the specialists)")
-    p.add_argument("--psdfs-sources", default=None, help="PS+DFS's DFS sources with @ps (default: @ps and "
-                                                         "the specialists)")
+    p.add_argument("--dfs-sources", default=None, help="DFS sources, the first anchors the path (default: "
+                                                       "math,lang on an interference bed, else the specialists)")
+    p.add_argument("--psdfs-sources", default=None, help="PS+DFS's DFS sources with @ps, the first anchors "
+                                                         "(default: @ps then the DFS sources)")
     p.add_argument("--dfs-repeats", type=int, default=2)
+    p.add_argument("--dfs-embed", default=None, help="DFS: the source whose embeddings and head the path uses "
+                                                     "(default: the anchor; PS+DFS too, when it is one of its sources)")
     p.add_argument("--workers", type=int, default=2, help="Ray workers")
     p.add_argument("--limit", type=int, default=None, help="score only the first N docs of each split")
     p.add_argument("--peer-venvs", default=str(DEFAULT_VENVS), help="where the peers' venvs are made")
@@ -204,10 +239,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--peer-timeout", type=float, default=None, help="seconds a peer run may take")
     p.add_argument("--out", default=None, help="where the JSON and PNG go (default bench/results; with --smoke "
                                              "a temp dir, so a smoke run never replaces the measured results)")
-    p.add_argument("--smoke", action="store_true", help="tiny zoo, 8 candidates, 1 seed, 50 docs")
+    p.add_argument("--combine", nargs="+", default=None, metavar="JSON",
+                   help="print one table (and write one JSON and plot to --out) from earlier runs' JSON")
+    p.add_argument("--smoke", action="store_true", help="the interference-tiny zoo, 8 candidates, 1 seed, 50 docs")
     args = p.parse_args(argv)
     if args.smoke:
-        args.bed, args.budget, args.seeds, args.popsize, args.workers = "tiny", 8, 1, 4, 1
+        args.bed, args.budget, args.seeds, args.popsize, args.workers = "interference-tiny", 8, 1, 4, 1
         args.limit = args.limit or 50
         args.out = args.out or str(Path(tempfile.gettempdir()) / "evosearch_search_quality_smoke")
     args.out = args.out or str(RESULTS)
@@ -233,13 +270,20 @@ def open_zoo(args):
     return build_zoo(root, preset=args.bed)
 
 
+# DFS defaults per bed kind: on the interference bed, the space of its hand layer path (math's first and
+# last layers anchor the path, lang's embeddings and head, evosearch.zoo.report.anchored_layer_path).
+DFS_DEFAULTS = {"interference": (("math", "lang"), "lang")}
+
+
 def settings_for(args, bed) -> SearchSettings:
-    dfs = tuple(args.dfs_sources.split(",")) if args.dfs_sources else bed.specialists
-    psdfs = tuple(args.psdfs_sources.split(",")) if args.psdfs_sources else ("@ps", *bed.specialists)
+    default_sources, default_embed = DFS_DEFAULTS.get(getattr(bed.zoo, "bed", "skills"), (bed.specialists, None))
+    dfs = tuple(args.dfs_sources.split(",")) if args.dfs_sources else default_sources
+    psdfs = tuple(args.psdfs_sources.split(",")) if args.psdfs_sources else ("@ps", *dfs)
+    args.dfs_embed = args.dfs_embed or default_embed
     return SearchSettings(budget=args.budget, popsize=args.popsize, workers=args.workers, limit=args.limit,
                           sigma0=args.sigma0, layer_groups=min(args.layer_groups, bed.num_layers),
                           weight_high=args.weight_high, dfs_sources=dfs, psdfs_sources=psdfs,
-                          dfs_repeats=args.dfs_repeats)
+                          dfs_repeats=args.dfs_repeats, dfs_embed=args.dfs_embed)
 
 
 def main(argv=None) -> int:
@@ -248,6 +292,11 @@ def main(argv=None) -> int:
     from storage import Store
 
     args = parse_args(argv)
+    if args.combine:
+        result = combine(args.combine, Path(args.out))
+        print_summary(result, f"combined from {', '.join(args.combine)}")
+        print(f"wrote {Path(args.out) / 'search_quality.json'} and {Path(args.out) / 'search_quality.png'}")
+        return 0
     torch.set_num_threads(1)  # tiny models; the Ray workers take the cores
     started = utc_now()
     bed = open_bed(open_zoo(args), args.target, args.keep)
@@ -258,7 +307,9 @@ def main(argv=None) -> int:
             made.append(BedScorer(bed, args.limit))
         return made[0]
 
-    table = baseline_table(bed, scorer, args.limit, log)
+    # Only these rows read the baselines: a peers-only run does not score (or wait for) the grid.
+    needs_table = any(r in args.rows for r in ("best_source", "grid", "nsga2"))
+    table = baseline_table(bed, scorer, args.limit, log) if needs_table else {}
     runs: list[RowRun] = []
     if "best_source" in args.rows:
         runs.append(baseline_row("best_source", bed, table["sources"], table["seconds"]["sources"]))
@@ -266,8 +317,12 @@ def main(argv=None) -> int:
         runs.append(baseline_row("grid", bed, table["grid"], table["seconds"]["grid"]))
     for r in runs:
         log(f"{r.row}: {r.picked} search {100 * r.search:.1f} report {100 * r.report:.1f}")
+    if "hand" in args.rows:
+        if getattr(bed.zoo, "bed", "skills") != "interference":
+            raise SystemExit("--rows hand: only an interference bed has hand-written recipes")
+        runs += hand_rows(bed, scorer(), log)
     settings = settings_for(args, bed)
-    extra: dict = {}
+    extra: dict = {"search_settings": asdict(settings)}
     result = write_results(runs, args, bed, table, started, extra)
     search_rows = [r for r in args.rows if r in SEARCH_ROWS]
     with tempfile.TemporaryDirectory(prefix="search_quality_") as tmp:
@@ -305,9 +360,15 @@ def main(argv=None) -> int:
             log(f"{row} seed {seed}: {run.picked} search {100 * run.search:.1f} report {100 * run.report:.1f} "
                 f"({run.candidates} candidates, {run.seconds:.0f} s, {run.seconds_per_candidate:.2f} s each)")
             result = write_results(runs, args, bed, table, started, extra)
+    print_summary(result, f"budget {args.budget} candidates per search run, {args.seeds} seed(s)")
+    print(f"wrote {Path(args.out) / 'search_quality.json'} and {Path(args.out) / 'search_quality.png'}")
+    return 0
+
+
+def print_summary(result: dict, what: str) -> None:
+    bed = result["bed"]
     print()
-    print(f"bed {bed.zoo.preset} ({bed.zoo.root}, settings {bed.zoo.settings_hash}), target {bed.target}; "
-          f"budget {args.budget} candidates per search run, {args.seeds} seed(s)")
+    print(f"bed {bed['preset']} ({bed['zoo']}, settings {bed['settings_hash']}), target {bed['target']}; {what}")
     print(table_text(result["summary"]))
     for name, t in result["targets"].items():
         if isinstance(t, dict):
@@ -319,8 +380,6 @@ def main(argv=None) -> int:
               f"grid merges {hv['grid']:.4f}")
     for failure in result.get("peer_failures", []):
         print(f"{failure['row']} seed {failure['seed']}: could not run: {failure['reason']}")
-    print(f"wrote {Path(args.out) / 'search_quality.json'} and {Path(args.out) / 'search_quality.png'}")
-    return 0
 
 
 if __name__ == "__main__":

@@ -1,5 +1,5 @@
 """bench/search_quality.py: its summary and targets (fast, no Ray) and one `--smoke` run of every row of
-ours on the tiny zoo, then a second run that must take the baselines from the bed's cache."""
+ours on the interference-tiny zoo, then a second run that must take the baselines from the bed's cache."""
 
 from __future__ import annotations
 
@@ -83,10 +83,12 @@ def test_search_quality_smoke_runs_every_row_of_ours_then_reuses_the_baselines(t
         assert run["search"] == pytest.approx(run["best_so_far"][-1]), run["row"]
     assert result["runs"][1]["candidates"] == 36  # the default grid
     dfs = next(r for r in result["runs"] if r["row"] == "cmaes_dfs")
-    assert dfs["extra"]["space"] == "dfs" and dfs["picked"].split()[0].startswith("math.0")  # anchored
+    path = dfs["picked"].split()
+    assert dfs["extra"]["space"] == "dfs" and path[0] == "math.0" and path[-1] == "math.3"  # anchored ends
+    assert {hop.split(".")[0] for hop in path} <= {"math", "lang"}
     hv = result["hypervolume"]
     assert 0 < hv["nsga2_mean"] <= 1 and 0 < hv["grid"] <= 1
-    assert result["bed"]["preset"] == "tiny" and result["bed"]["settings_hash"]
+    assert result["bed"]["preset"] == "interference-tiny" and result["bed"]["settings_hash"]
     assert result["worker_start_seconds"] > 0
     assert (tmp_path / "search_quality.png").stat().st_size > 0
     assert "| cmaes_dfs |" in stdout and "[cmaes_ps s0] search gen" in stdout  # table and progress lines
@@ -94,3 +96,25 @@ def test_search_quality_smoke_runs_every_row_of_ours_then_reuses_the_baselines(t
     again, stdout = _bench(tmp_path, "--rows", "best_source,grid")
     assert "baselines: cached" in stdout and list(again["summary"]) == ["best_source", "grid"]
     assert again["baselines"] == result["baselines"]
+
+
+def test_combine_puts_two_runs_of_one_bed_in_one_table(tmp_path):
+    def result(rows, hash_="abc"):
+        runs = [_run(row, seed, report) for row, seed, report in rows]
+        return {"bed": {"settings_hash": hash_, "preset": "interference", "target": "zoo_target", "zoo": "z"},
+                "date": "d", "settings": {"budget": 10}, "hypervolume": {}, "baselines": {"grid": {}},
+                "runs": [r.to_json() for r in runs]}
+
+    ours = tmp_path / "ours.json"
+    peers = tmp_path / "peers.json"
+    ours.write_text(json.dumps(result([("grid", None, 0.4), ("cmaes_ps", 0, 0.6)])))
+    peers.write_text(json.dumps(result([("mergekit_evolve", 0, 0.5), ("cmaes_ps", 0, 0.1)])))
+    combined = search_quality.combine([str(ours), str(peers)], tmp_path / "out")
+    assert list(combined["summary"]) == ["grid", "cmaes_ps", "mergekit_evolve"]
+    assert combined["summary"]["cmaes_ps"]["report_mean"] == pytest.approx(0.6)  # the first file's run
+    assert combined["targets"]["vs_mergekit_evolve"]["points"] == pytest.approx(10.0)
+    assert (tmp_path / "out" / "search_quality.png").stat().st_size > 0
+    other = tmp_path / "other.json"
+    other.write_text(json.dumps(result([("grid", None, 0.4)], hash_="def")))
+    with pytest.raises(SystemExit):
+        search_quality.combine([str(ours), str(other)], tmp_path / "out")

@@ -95,7 +95,7 @@ def main(settings_path: str) -> int:
     args = [str(work / "genome.yaml"), "--storage-path", str(work / "storage"), "--max-fevals",
             str(settings["budget"]), "--random-seed", str(settings["seed"]), "--no-merge-cuda", "--no-vllm",
             "--strategy", "pool", "--num-gpus", str(settings["workers"]), "--force-population-size",
-            str(settings["popsize"]), "--no-save-final-model", "--no-reshard",
+            str(settings["popsize"]), "--batch-size", str(settings["batch_size"]), "--no-save-final-model", "--no-reshard",
             *[a for p in settings["include_path"] for a in ("--task-search-path", p)]]
     try:
         evolve.main.main(args, standalone_mode=False)
