@@ -18,6 +18,8 @@
 #include <stdint.h>
 #include <string.h>
 
+#define BLOCK 256 /* elements per step: a step's scratch rows stay in L1 */
+
 typedef struct {
     int32_t kind;
     float weight;
@@ -91,13 +93,52 @@ int64_t magnitude_gather(const float *base, const float *model, int64_t start, i
     return n;
 }
 
+/* One pass for the rank bounds of n task vectors at once: for model i, above[i] = elements with |d| > hi[i];
+   the elements with lo[i] <= |d| <= hi[i] go to values[i] / indices[i] (index order) while they fit in
+   capacity, and within[i] counts them all (more than capacity: the caller selects another way). */
+void window_select(const float *base, const float *const *models, int32_t n, const float *lo, const float *hi,
+                   int64_t start, int64_t end, int64_t capacity, float *const *values, int64_t *const *indices,
+                   int64_t *above, int64_t *within) {
+    uint8_t hit[BLOCK];
+    for (int32_t i = 0; i < n; i++)
+        above[i] = within[i] = 0;
+    for (int64_t j0 = start; j0 < end; j0 += BLOCK) {
+        int64_t len = end - j0 < BLOCK ? end - j0 : BLOCK;
+        for (int32_t i = 0; i < n; i++) {
+            const float *m = models[i];
+            float l = lo[i], h = hi[i];
+            int32_t count = 0;
+            memset(hit, 0, sizeof hit);
+            for (int64_t t = 0; t < len; t++) {  /* vectorises; the few hits are picked out of `hit` after */
+                float a = fabsf(m[j0 + t] - base[j0 + t]);
+                count += a > h;
+                hit[t] = (a >= l) & (a <= h);
+            }
+            above[i] += count;
+            for (int64_t w = 0; w < BLOCK; w += 8) {
+                uint64_t word;
+                memcpy(&word, hit + w, 8);
+                if (!word)
+                    continue;
+                for (int64_t t = w; t < w + 8; t++) {
+                    if (!hit[t])
+                        continue;
+                    if (within[i] < capacity) {
+                        values[i][within[i]] = fabsf(m[j0 + t] - base[j0 + t]);
+                        indices[i][within[i]] = j0 + t;
+                    }
+                    within[i]++;
+                }
+            }
+        }
+    }
+}
+
 /* Bytes 1 where the draw keeps an element with its own probability probability[j] (as a 2^32 threshold). */
 void draw_mask(uint32_t key0, uint32_t key1, const int64_t *threshold, int64_t start, int64_t end, uint8_t *mask) {
     for (int64_t j = start; j < end; j++)
         mask[j] = (int64_t)counter_hash(key0, key1, j) < threshold[j];
 }
-
-#define BLOCK 256
 
 /* x[0..len) = keep(d) * d for one task vector over one block (then scaled and weighted, as torch does). */
 static void block_terms(const float *base, const float *model, const keep_spec *s, int64_t j0, int64_t len,

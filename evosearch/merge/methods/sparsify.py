@@ -12,33 +12,42 @@ happens to, and random draws are counter-based (`counter_random.py`), not a gene
 
 from __future__ import annotations
 
-from typing import Optional
+from typing import Optional, Sequence
 
 import torch
 
 from evosearch.errors import RecipeError
 from evosearch.merge.methods.counter_random import TWO_32, probability_threshold
-from evosearch.merge.methods.fused import DRAW, MASK, RANKS, Keep, draw_with_probabilities, rank_bound
+from evosearch.merge.methods.fused import DRAW, MASK, RANKS, Keep, draw_with_probabilities, rank_bounds
 
 
-def keep_magnitude(base: torch.Tensor, model: torch.Tensor, density: float) -> Optional[Keep]:
-    """None: keep everything."""
+# A rank window (upper, lower): kept are the elements of magnitude rank in [lower, upper), counted from the
+# largest; None keeps everything. The bounds of every task vector of a tensor are found in one pass.
+RankWindow = Optional[tuple[int, int]]
+
+
+def magnitude_window(numel: int, density: float) -> RankWindow:
     if density >= 1:
         return None
-    numel = base.numel()
-    k = max(1, int(density * numel)) if density > 0 else 0
-    return Keep(RANKS, upper=rank_bound(base, model, k))
+    return (max(1, int(density * numel)) if density > 0 else 0), 0
 
 
-def keep_magnitude_outliers(base: torch.Tensor, model: torch.Tensor, density: float, gamma: float) -> Optional[Keep]:
+def outlier_window(numel: int, density: float, gamma: float) -> RankWindow:
     if density >= 1:
         return None
-    n = base.numel()
-    keep = int(density * n)
+    keep = int(density * numel)
     # Never drop so many outliers that fewer than `keep` elements remain. mergekit keeps ascending ranks
     # [n_small, n_small + keep): descending ranks [n - n_small - keep, n - n_small).
-    n_small = max(0, n - keep - int(gamma * n))
-    return Keep(RANKS, upper=rank_bound(base, model, n - n_small), lower=rank_bound(base, model, n - n_small - keep))
+    n_small = max(0, numel - keep - int(gamma * numel))
+    return numel - n_small, numel - n_small - keep
+
+
+def keep_windows(base: torch.Tensor, models: Sequence[torch.Tensor], windows: Sequence[RankWindow]
+                 ) -> list[Optional[Keep]]:
+    """The Keep of each task vector's rank window (None where the window keeps everything)."""
+    requests = [(model, rank) for model, w in zip(models, windows) if w is not None for rank in w]
+    bounds = iter(rank_bounds(base, requests))
+    return [None if w is None else Keep(RANKS, upper=next(bounds), lower=next(bounds)) for w in windows]
 
 
 def keep_random(density: float, key: tuple[int, int]) -> Optional[Keep]:
