@@ -34,7 +34,7 @@ from typing import Optional, Sequence
 import numpy as np
 import torch
 
-from evosearch.merge.methods.counter_random import counter_hash
+from evosearch.merge.methods.counter_random import TWO_32, counter_hash
 
 log = logging.getLogger(__name__)
 
@@ -128,9 +128,11 @@ def _compile() -> ctypes.CDLL:
     lib.magnitude_gather.restype = i64
     lib.window_select.argtypes = [ptr, ptr, ctypes.c_int32, ptr, ptr, i64, i64, i64, ptr, ptr, ptr, ptr]
     lib.kept_l1.argtypes = [ptr, ptr, ctypes.POINTER(_KeepSpec), i64, i64, ptr]
-    lib.draw_mask.argtypes = [ctypes.c_uint32, ctypes.c_uint32, ptr, i64, i64, ptr]
     lib.combine.argtypes = [ptr, ptr, ctypes.POINTER(_KeepSpec), ctypes.c_int32, ctypes.c_int32, ctypes.c_int32,
                             ctypes.c_float, ctypes.c_int32, ctypes.c_float, i64, i64, ptr]
+    lib.della_mask.argtypes = [ptr, ptr, i64, i64, i64, ctypes.c_double, ctypes.c_double, ctypes.c_uint32,
+                               ctypes.c_uint32, ptr]
+    lib.della_mask.restype = ctypes.c_int
     lib.counter_hash.argtypes = [ctypes.c_uint32, ctypes.c_uint32, i64]
     lib.counter_hash.restype = ctypes.c_uint32
     return lib
@@ -328,15 +330,31 @@ def _keep_chunk(keep: Keep, delta: torch.Tensor, start: int, end: int) -> torch.
     return keep.mask[start:end]
 
 
-def draw_with_probabilities(key: tuple[int, int], thresholds: torch.Tensor) -> torch.Tensor:
-    """Bool mask: element j kept when counter_hash(key, j) < thresholds[j] (flat int64, per element)."""
-    numel = thresholds.numel()
-    lib = _uses_kernel() if thresholds.device.type == "cpu" and thresholds.is_contiguous() else None
+def della_mask(base: torch.Tensor, model: torch.Tensor, low: float, step: float, key: tuple[int, int]
+               ) -> torch.Tensor:
+    """DELLA's kept elements (flat bool): element j of a row is kept when counter_hash(key, j) is below
+    (low + step * its magnitude rank in the row) * 2^32, ranks from 0 = smallest, equal magnitudes by index
+    (a stable sort: the same on every device). Rows are the first dimension (a vector is one row)."""
+    rows = 1 if base.dim() < 2 else base.shape[0]
+    cols = base.numel() // max(rows, 1)
+    lib = _uses_kernel(base, model)
     if lib is None:
-        return counter_hash(key, 0, numel, thresholds.device) < thresholds
-    mask = torch.empty(numel, dtype=torch.bool)
-    _parallel(numel, CHUNK * 8, lambda s, e: lib.draw_mask(key[0], key[1], thresholds.data_ptr(), s, e,
-                                                           mask.data_ptr()))
+        magnitude = (model - base).abs_().reshape(rows, cols)
+        order = magnitude.argsort(dim=1, stable=True)
+        del magnitude
+        ranks = torch.arange(cols, dtype=torch.float64, device=base.device).expand_as(order)
+        probability = torch.empty(order.shape, dtype=torch.float64, device=base.device).scatter_(1, order, ranks)
+        del order
+        threshold = probability.mul_(step).add_(low).mul_(TWO_32).floor_().reshape(-1).to(torch.int64)
+        return counter_hash(key, 0, base.numel(), base.device) < threshold
+    mask = torch.empty(base.numel(), dtype=torch.bool)
+
+    def rows_of(start, end):
+        if lib.della_mask(base.data_ptr(), model.data_ptr(), cols, start, end, low, step, key[0], key[1],
+                          mask.data_ptr()):
+            raise MemoryError(f"della: no scratch memory for rows of {cols} elements")
+
+    _parallel(rows, max(1, (CHUNK * 8) // max(cols, 1)), rows_of)
     return mask
 
 

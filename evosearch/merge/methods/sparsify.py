@@ -17,8 +17,8 @@ from typing import Optional, Sequence
 import torch
 
 from evosearch.errors import RecipeError
-from evosearch.merge.methods.counter_random import TWO_32, probability_threshold
-from evosearch.merge.methods.fused import DRAW, MASK, RANKS, Keep, draw_with_probabilities, rank_bounds
+from evosearch.merge.methods.counter_random import probability_threshold
+from evosearch.merge.methods.fused import DRAW, MASK, RANKS, Keep, della_mask, rank_bounds
 
 
 # A rank window (upper, lower): kept are the elements of magnitude rank in [lower, upper), counted from the
@@ -65,21 +65,7 @@ def keep_della(base: torch.Tensor, model: torch.Tensor, density: float, epsilon:
     if density + epsilon >= 1 or density - epsilon <= 0:
         raise RecipeError(f"{where}: della needs 0 < density - epsilon and density + epsilon < 1 "
                           f"(density={density:g}, epsilon={epsilon:g})")
-    delta = model - base
-    rows = delta.reshape(1, -1) if delta.dim() < 2 else delta.reshape(delta.shape[0], -1)
-    # Each element's magnitude rank in its row (0 = smallest), equal magnitudes by index: a stable sort
-    # is the same on every device. The rank is the inverse permutation of the sort, scattered.
-    order = rows.abs().argsort(dim=1, stable=True)
-    del delta, rows
-    span = order.shape[1] - 1
-    positions = torch.arange(order.shape[1], dtype=torch.float64, device=order.device).expand_as(order)
-    probability = torch.empty(order.shape, dtype=torch.float64, device=order.device)
-    probability.scatter_(1, order, positions)
-    del order
-    # Keep probability (density - eps) + 2 eps rank / span, as a 2^32 threshold, in float64 everywhere.
-    if span > 0:
-        probability.mul_(2 * epsilon / span)
-    else:
-        probability.zero_()
-    probability.add_(density - epsilon).mul_(TWO_32).floor_()
-    return Keep(MASK, mask=draw_with_probabilities(key, probability.reshape(-1).to(torch.int64)))
+    # Keep probability (density - eps) + 2 eps rank / span, rank 0 the row's smallest magnitude.
+    span = (base.numel() if base.dim() < 2 else base.numel() // base.shape[0]) - 1
+    step = 2 * epsilon / span if span > 0 else 0.0
+    return Keep(MASK, mask=della_mask(base, model, density - epsilon, step, key))
