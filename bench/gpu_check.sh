@@ -6,6 +6,7 @@
 #   bash bench/gpu_check.sh            # from the repository root, on the GPU machine
 #   GPU_CHECK_SKIP_INSTALL=1 bash bench/gpu_check.sh   # the environment is already set up
 #   GPU_CHECK_DEVICE=cpu bash bench/gpu_check.sh       # rehearsal on a CPU machine: smoke sizes, no CUDA
+#   PYTHON=/path/to/venv/bin/python bash bench/gpu_check.sh   # default: .venv/bin/python, else python3
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD

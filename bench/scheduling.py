@@ -6,8 +6,8 @@ real CandidateWorker actors, once per scheduling mode and seed, each into a fres
 same optimizer (GA), generations and population: the same budget. From the store:
 
 - busy share = sum over candidates of the worker's own seconds (build + forward + the rest of its call)
-  / (workers x the search's span), the span running from the first candidate's start (its record time
-  less its worker seconds) to the last record: actor start-up and the report split are outside it;
+  / (workers x the search's span), the span running from the start of the search (the workers already
+  started) to the driver's last search event (the last candidate recorded and told);
 - search quality = the best search-split score of the job.
 
     .venv/bin/python bench/scheduling.py --zoo runs/zoo     # 4 seeds x 6 generations x 8 candidates
@@ -49,20 +49,25 @@ def job(zoo, name: str, scheduling: str, seed: int, generations: int, population
 
 
 def measure(raw: dict) -> dict:
-    from evosearch.search.driver import run_job
+    from evosearch.search.driver import SearchDriver
     from evosearch.search.job import parse_job
     from storage import Store
 
     spec = parse_job(raw)
     Path(spec.output_dir).mkdir(parents=True, exist_ok=True)
     store = Store.open(spec.store)
+    job = store.create_job(spec.name, spec.to_dict(), spec.seed, spec.output_dir,
+                           objectives=dict(zip(spec.objective_names, spec.directions)))
+    search_events: list[float] = []
+    driver = SearchDriver(spec, store, job, on_event=lambda e: e.phase == "search" and search_events.append(
+        time.perf_counter()))
+    driver.workers()  # started (sources loaded, tasks built) before the clock starts
     start = time.perf_counter()
-    summary = run_job(spec, store)
+    summary = driver.run()
     wall = time.perf_counter() - start
     evaluated = [c for c in store.candidates(summary.job_id) if c.attempts > 0 and c.status == "done"]
     own = [(c.build_seconds or 0) + (c.eval_seconds or 0) + (c.overhead_seconds or 0) for c in evaluated]
-    ends = [c.recorded_at.timestamp() for c in evaluated]
-    span = max(ends) - min(e - s for e, s in zip(ends, own))
+    span = max(search_events) - start
     paths = [sum(c.recipe["indicator"]) for c in evaluated]
     best = max(s.estimated for c in store.candidates(summary.job_id, status="done") for s in c.scores
                if s.split == "search")

@@ -82,6 +82,23 @@ def test_c_and_torch_backends_agree(method, family, tied_resident, kernel_settin
     assert any(not torch.equal(ours[n], base[n]) for n in base)
 
 
+@pytest.mark.parametrize("grid", [None, 256])
+def test_bracketed_rank_bounds_equal_the_exact_ones(grid, kernel_setting):
+    """The sampled bracket (one pass for every task vector) finds the bounds the exact radix histogram and
+    the torch backend find, with and without long runs of equal magnitudes."""
+    gen = torch.Generator().manual_seed(1)
+    base = torch.randn(1024, 1100, generator=gen)
+    models = [base + torch.randn(1024, 1100, generator=gen) * s for s in (0.01, 0.03)]
+    if grid:
+        models = [base + torch.round((m - base) * grid) / grid for m in models]
+    requests = [(m, rank) for m in models for rank in (1, 5000, base.numel() // 3, base.numel() - 7)]
+    kernel_setting("c", n_threads=2)
+    bracketed = fused.rank_bounds(base, requests)
+    exact = [fused._exact_bound(base, m, rank) for m, rank in requests]
+    kernel_setting("torch")
+    assert bracketed == exact == fused.rank_bounds(base, requests)
+
+
 def test_counter_hash_is_the_same_in_c_and_torch():
     key = stream_key(123456789, 2)
     indices = [0, 1, 2, 1000, (1 << 31) + 5, (1 << 32) + 7, (1 << 40) + 3]

@@ -130,7 +130,7 @@ def test_ties_with_equal_magnitudes_at_the_cut_differs_from_mergekit_only_there(
     """mergekit keeps whichever tied elements its unstable sort happens to put first (no rule a selection
     can reproduce); evosearch keeps the lowest indices among them. Everywhere else the two agree exactly,
     and the number kept is mergekit's."""
-    from evosearch.merge.methods.sparsify import keep_magnitude
+    from evosearch.merge.methods.sparsify import keep_windows, magnitude_window
 
     base, ft0 = tied_family[:2]
     config = {"merge_method": "ties", "base_model": base,
@@ -142,7 +142,7 @@ def test_ties_with_equal_magnitudes_at_the_cut_differs_from_mergekit_only_there(
     for name in reference:
         delta = (m[name] - b[name]).reshape(-1)
         k = max(1, int(0.35 * delta.numel()))
-        bound = keep_magnitude(b[name], m[name], 0.35).upper
+        bound = keep_windows(b[name], [m[name]], [magnitude_window(delta.numel(), 0.35)])[0].upper
         tied = delta.abs() == bound.threshold
         differs = (ours[name] != reference[name]).reshape(-1)
         assert not differs[~tied].any(), name

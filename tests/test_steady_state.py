@@ -24,9 +24,12 @@ def _steady_job(zoo, tmp_path: Path, name: str) -> dict:
     return job
 
 
-def test_cmaes_cannot_be_scheduled_steady_state(tiny_zoo, tmp_path):
+def test_cmaes_and_a_report_every_generation_cannot_be_scheduled_steady_state(tiny_zoo, tmp_path):
     with pytest.raises(JobError, match="scheduling: steady_state needs an optimizer .* not cmaes"):
         parse_job(zoo_job(tiny_zoo, scheduling="steady_state"))
+    with pytest.raises(JobError, match="report.when: every_generation"):
+        parse_job(zoo_job(tiny_zoo, scheduling="steady_state", optimizer={"name": "random"},
+                          report={"when": "every_generation"}))
 
 
 def test_killed_steady_state_driver_resumes_without_reevaluating(ray_local, tiny_zoo, tmp_path):

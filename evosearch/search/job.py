@@ -307,6 +307,9 @@ def _check_semantics(spec: JobSpec, where: str) -> None:
     if spec.scheduling == "steady_state" and not OPTIMIZERS[spec.optimizer.name].asynchronous:
         raise JobError(f"{where}: scheduling: steady_state needs an optimizer that can ask a generation before "
                        f"the last is told (ga, nsga2, random), not {spec.optimizer.name}")
+    if spec.scheduling == "steady_state" and spec.report.when == "every_generation":
+        raise JobError(f"{where}: report.when: every_generation scores the front between generations, and "
+                       "steady_state never pauses between them; use end")
     if spec.budget is not None and spec.budget < spec.population_size:
         raise JobError(f"{where}: budget: {spec.budget} candidates is less than one generation "
                        f"({spec.population_size})")

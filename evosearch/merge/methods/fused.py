@@ -34,7 +34,7 @@ from typing import Optional, Sequence
 import numpy as np
 import torch
 
-from evosearch.merge.methods.counter_random import counter_hash
+from evosearch.merge.methods.counter_random import TWO_32, counter_hash
 
 log = logging.getLogger(__name__)
 
@@ -126,10 +126,13 @@ def _compile() -> ctypes.CDLL:
     lib.magnitude_histogram.argtypes = [ptr, ptr, i64, i64, ptr]
     lib.magnitude_gather.argtypes = [ptr, ptr, i64, i64, ctypes.c_int32, ptr, ptr]
     lib.magnitude_gather.restype = i64
+    lib.window_select.argtypes = [ptr, ptr, ctypes.c_int32, ptr, ptr, i64, i64, i64, ptr, ptr, ptr, ptr]
     lib.kept_l1.argtypes = [ptr, ptr, ctypes.POINTER(_KeepSpec), i64, i64, ptr]
-    lib.draw_mask.argtypes = [ctypes.c_uint32, ctypes.c_uint32, ptr, i64, i64, ptr]
     lib.combine.argtypes = [ptr, ptr, ctypes.POINTER(_KeepSpec), ctypes.c_int32, ctypes.c_int32, ctypes.c_int32,
                             ctypes.c_float, ctypes.c_int32, ctypes.c_float, i64, i64, ptr]
+    lib.della_mask.argtypes = [ptr, ptr, i64, i64, i64, ctypes.c_double, ctypes.c_double, ctypes.c_uint32,
+                               ctypes.c_uint32, ptr]
+    lib.della_mask.restype = ctypes.c_int
     lib.counter_hash.argtypes = [ctypes.c_uint32, ctypes.c_uint32, i64]
     lib.counter_hash.restype = ctypes.c_uint32
     return lib
@@ -174,13 +177,91 @@ def _spec(keep: Keep, weight: float) -> _KeepSpec:
 
 
 # --- magnitude ranks -------------------------------------------------------------------------------------
-def rank_bound(base: torch.Tensor, model: torch.Tensor, rank: int) -> RankBound:
-    """The bound below which lie the `rank` largest |model - base| (ties: lower indices first)."""
+_SAMPLE_BLOCK, _SAMPLE_STRIDE = 256, 64  # the sample that brackets a bound: every 64th run of 256 elements
+_SAMPLE_SIGMAS = 6.0  # the bracket's half-width, in standard errors of the sample's quantile
+
+
+def rank_bounds(base: torch.Tensor, requests: Sequence[tuple[torch.Tensor, int]]) -> list[RankBound]:
+    """For each (model, rank): the bound below which lie the `rank` largest |model - base| (ties: lower
+    indices first).
+
+    On the C kernel, a small sample of each |delta| brackets its bound, and one pass over base and every
+    model at once counts the elements above each bracket and gathers those inside it; the bound is then
+    selected among the few gathered. A bracket that missed (an unlucky sample, a long run of equal
+    magnitudes) falls back to an exact radix histogram of that task vector."""
     numel = base.numel()
-    if rank <= 0:
-        return RankBound.none()
-    if rank >= numel:
-        return RankBound.all()
+    bounds: list[Optional[RankBound]] = [
+        RankBound.none() if rank <= 0 else RankBound.all() if rank >= numel else None for _, rank in requests]
+    todo = [i for i, b in enumerate(bounds) if b is None]
+    lib = _uses_kernel(base, *(requests[i][0] for i in todo)) if todo else None
+    if lib is not None and numel >= _SAMPLE_BLOCK * _SAMPLE_STRIDE * 64 and len(todo) <= _MAX_MODELS:
+        for i, bound in zip(todo, _bracketed_bounds(lib, base, [requests[i] for i in todo])):
+            bounds[i] = bound
+    for i, bound in enumerate(bounds):
+        if bound is None:
+            bounds[i] = _exact_bound(base, *requests[i])
+    return bounds
+
+
+def _bracketed_bounds(lib: ctypes.CDLL, base: torch.Tensor, requests: list[tuple[torch.Tensor, int]]
+                      ) -> list[Optional[RankBound]]:
+    numel, n = base.numel(), len(requests)
+    span = _SAMPLE_BLOCK * _SAMPLE_STRIDE
+    blocks = numel // span
+    flat_base = base.reshape(-1)[:blocks * span].view(blocks, span)[:, :_SAMPLE_BLOCK]
+    lo, hi = np.empty(n, dtype=np.float32), np.empty(n, dtype=np.float32)
+    size = blocks * _SAMPLE_BLOCK
+    widest = 0.0
+    for i, (model, rank) in enumerate(requests):
+        sample = (model.reshape(-1)[:blocks * span].view(blocks, span)[:, :_SAMPLE_BLOCK] - flat_base).abs_()
+        sample = sample.reshape(-1)
+        q = rank / numel  # the bound's position, as a share from the top
+        half_width = _SAMPLE_SIGMAS * math.sqrt(q * (1 - q) / size) + 2.0 / size
+        widest = max(widest, half_width)
+        top, bottom = math.floor((q - half_width) * size), math.ceil((q + half_width) * size)
+        # kthvalue counts from the smallest, from 1: descending position p is ascending size - p.
+        hi[i] = math.inf if top < 0 else float(sample.kthvalue(size - top).values)
+        lo[i] = 0.0 if bottom >= size else float(sample.kthvalue(size - bottom).values)
+    chunk = max(1 << 20, -(-numel // 64))
+    chunks = -(-numel // chunk)
+    capacity = int(3 * 2 * widest * chunk) + 4096  # three times the widest bracket's expected share
+    values = np.empty((n, chunks, capacity), dtype=np.float32)
+    indices = np.empty((n, chunks, capacity), dtype=np.int64)
+    above, within = np.zeros((chunks, n), dtype=np.int64), np.zeros((chunks, n), dtype=np.int64)
+    pointers = (ctypes.c_void_p * n)(*(m.data_ptr() for m, _ in requests))
+
+    def select(start, end):
+        c = start // chunk
+        vals = (ctypes.c_void_p * n)(*(values[i, c].ctypes.data for i in range(n)))
+        idx = (ctypes.c_void_p * n)(*(indices[i, c].ctypes.data for i in range(n)))
+        lib.window_select(base.data_ptr(), pointers, n, lo.ctypes.data, hi.ctypes.data, start, end, capacity,
+                          vals, idx, above[c].ctypes.data, within[c].ctypes.data)
+
+    _parallel(numel, chunk, select)
+    bounds: list[Optional[RankBound]] = []
+    for i, (_, rank) in enumerate(requests):
+        count_above, count_within = int(above[:, i].sum()), int(within[:, i].sum())
+        if (within[:, i] > capacity).any() or not count_above < rank <= count_above + count_within:
+            bounds.append(None)
+            continue
+        gathered = np.concatenate([values[i, c, :within[c, i]] for c in range(chunks)])
+        where = np.concatenate([indices[i, c, :within[c, i]] for c in range(chunks)])
+        bounds.append(_bound_among(gathered, where, rank, count_above))
+    return bounds
+
+
+def _bound_among(values: np.ndarray, indices: np.ndarray, rank: int, above: int) -> RankBound:
+    """The bound of `rank`, given the `above` elements known larger and the gathered rest in index order."""
+    within = rank - above
+    threshold = np.partition(values, values.size - within)[values.size - within]
+    above += int(np.count_nonzero(values > threshold))
+    tied = indices[values == threshold]
+    return RankBound(float(threshold), int(tied[rank - above - 1]) + 1)
+
+
+def _exact_bound(base: torch.Tensor, model: torch.Tensor, rank: int) -> RankBound:
+    """`rank_bounds` of one task vector by a radix histogram (C kernel) or torch's selection."""
+    numel = base.numel()
     lib = _uses_kernel(base, model)
     if lib is None:
         magnitude = (model - base).abs_().reshape(-1)
@@ -202,8 +283,7 @@ def rank_bound(base: torch.Tensor, model: torch.Tensor, rank: int) -> RankBound:
     j = int(np.searchsorted(at_or_above, rank))
     above_bin = int(at_or_above[j - 1]) if j > 0 else 0
     bin_ = _BINS - 1 - j
-    counts = per_chunk[:, bin_]
-    offsets = np.concatenate([[0], np.cumsum(counts)])
+    offsets = np.concatenate([[0], np.cumsum(per_chunk[:, bin_])])
     values = np.empty(int(offsets[-1]), dtype=np.float32)
     indices = np.empty(int(offsets[-1]), dtype=np.int64)
 
@@ -212,11 +292,7 @@ def rank_bound(base: torch.Tensor, model: torch.Tensor, rank: int) -> RankBound:
         lib.magnitude_gather(b, m, start, end, bin_, values[at:].ctypes.data, indices[at:].ctypes.data)
 
     _parallel(numel, chunk, gather)
-    within = rank - above_bin  # the bound's rank inside the bin
-    threshold = np.partition(values, values.size - within)[values.size - within]
-    above = above_bin + int(np.count_nonzero(values > threshold))
-    tied = indices[values == threshold]  # in index order: chunks were gathered in order
-    return RankBound(float(threshold), int(tied[rank - above - 1]) + 1)
+    return _bound_among(values, indices, rank, above_bin)
 
 
 _RADIX_BITS = 16
@@ -254,15 +330,31 @@ def _keep_chunk(keep: Keep, delta: torch.Tensor, start: int, end: int) -> torch.
     return keep.mask[start:end]
 
 
-def draw_with_probabilities(key: tuple[int, int], thresholds: torch.Tensor) -> torch.Tensor:
-    """Bool mask: element j kept when counter_hash(key, j) < thresholds[j] (flat int64, per element)."""
-    numel = thresholds.numel()
-    lib = _uses_kernel() if thresholds.device.type == "cpu" and thresholds.is_contiguous() else None
+def della_mask(base: torch.Tensor, model: torch.Tensor, low: float, step: float, key: tuple[int, int]
+               ) -> torch.Tensor:
+    """DELLA's kept elements (flat bool): element j of a row is kept when counter_hash(key, j) is below
+    (low + step * its magnitude rank in the row) * 2^32, ranks from 0 = smallest, equal magnitudes by index
+    (a stable sort: the same on every device). Rows are the first dimension (a vector is one row)."""
+    rows = 1 if base.dim() < 2 else base.shape[0]
+    cols = base.numel() // max(rows, 1)
+    lib = _uses_kernel(base, model)
     if lib is None:
-        return counter_hash(key, 0, numel, thresholds.device) < thresholds
-    mask = torch.empty(numel, dtype=torch.bool)
-    _parallel(numel, CHUNK * 8, lambda s, e: lib.draw_mask(key[0], key[1], thresholds.data_ptr(), s, e,
-                                                           mask.data_ptr()))
+        magnitude = (model - base).abs_().reshape(rows, cols)
+        order = magnitude.argsort(dim=1, stable=True)
+        del magnitude
+        ranks = torch.arange(cols, dtype=torch.float64, device=base.device).expand_as(order)
+        probability = torch.empty(order.shape, dtype=torch.float64, device=base.device).scatter_(1, order, ranks)
+        del order
+        threshold = probability.mul_(step).add_(low).mul_(TWO_32).floor_().reshape(-1).to(torch.int64)
+        return counter_hash(key, 0, base.numel(), base.device) < threshold
+    mask = torch.empty(base.numel(), dtype=torch.bool)
+
+    def rows_of(start, end):
+        if lib.della_mask(base.data_ptr(), model.data_ptr(), cols, start, end, low, step, key[0], key[1],
+                          mask.data_ptr()):
+            raise MemoryError(f"della: no scratch memory for rows of {cols} elements")
+
+    _parallel(rows, max(1, (CHUNK * 8) // max(cols, 1)), rows_of)
     return mask
 
 

@@ -16,7 +16,10 @@
 */
 #include <math.h>
 #include <stdint.h>
+#include <stdlib.h>
 #include <string.h>
+
+#define BLOCK 256 /* elements per step: a step's scratch rows stay in L1 */
 
 typedef struct {
     int32_t kind;
@@ -91,13 +94,98 @@ int64_t magnitude_gather(const float *base, const float *model, int64_t start, i
     return n;
 }
 
-/* Bytes 1 where the draw keeps an element with its own probability probability[j] (as a 2^32 threshold). */
-void draw_mask(uint32_t key0, uint32_t key1, const int64_t *threshold, int64_t start, int64_t end, uint8_t *mask) {
-    for (int64_t j = start; j < end; j++)
-        mask[j] = (int64_t)counter_hash(key0, key1, j) < threshold[j];
+/* One pass for the rank bounds of n task vectors at once: for model i, above[i] = elements with |d| > hi[i];
+   the elements with lo[i] <= |d| <= hi[i] go to values[i] / indices[i] (index order) while they fit in
+   capacity, and within[i] counts them all (more than capacity: the caller selects another way). */
+void window_select(const float *base, const float *const *models, int32_t n, const float *lo, const float *hi,
+                   int64_t start, int64_t end, int64_t capacity, float *const *values, int64_t *const *indices,
+                   int64_t *above, int64_t *within) {
+    uint8_t hit[BLOCK];
+    for (int32_t i = 0; i < n; i++)
+        above[i] = within[i] = 0;
+    for (int64_t j0 = start; j0 < end; j0 += BLOCK) {
+        int64_t len = end - j0 < BLOCK ? end - j0 : BLOCK;
+        for (int32_t i = 0; i < n; i++) {
+            const float *m = models[i];
+            float l = lo[i], h = hi[i];
+            int32_t count = 0;
+            memset(hit, 0, sizeof hit);
+            for (int64_t t = 0; t < len; t++) {  /* vectorises; the few hits are picked out of `hit` after */
+                float a = fabsf(m[j0 + t] - base[j0 + t]);
+                count += a > h;
+                hit[t] = (a >= l) & (a <= h);
+            }
+            above[i] += count;
+            for (int64_t w = 0; w < BLOCK; w += 8) {
+                uint64_t word;
+                memcpy(&word, hit + w, 8);
+                if (!word)
+                    continue;
+                for (int64_t t = w; t < w + 8; t++) {
+                    if (!hit[t])
+                        continue;
+                    if (within[i] < capacity) {
+                        values[i][within[i]] = fabsf(m[j0 + t] - base[j0 + t]);
+                        indices[i][within[i]] = j0 + t;
+                    }
+                    within[i]++;
+                }
+            }
+        }
+    }
 }
 
-#define BLOCK 256
+/* DELLA's draws for rows [row_start, row_end) of a (rows x cols) task vector: each element's magnitude rank
+   in its row (0 = smallest; equal magnitudes by index, as a stable sort orders them) sets its keep
+   probability low + step * rank, compared with its counter hash as a 2^32 threshold, in double as the
+   torch backend computes it. The ranks come from a stable LSD radix sort of the magnitudes' bit patterns
+   (non-negative floats order as their bits do). Returns 0, or -1 when scratch memory ran out. */
+int della_mask(const float *base, const float *model, int64_t cols, int64_t row_start, int64_t row_end,
+               double low, double step, uint32_t key0, uint32_t key1, uint8_t *mask) {
+    uint32_t *keys = malloc(sizeof(uint32_t) * 2 * cols);
+    int32_t *order = malloc(sizeof(int32_t) * 2 * cols);
+    if (!keys || !order) {
+        free(keys);
+        free(order);
+        return -1;
+    }
+    for (int64_t r = row_start; r < row_end; r++) {
+        const float *b = base + r * cols, *m = model + r * cols;
+        uint32_t *k_in = keys, *k_out = keys + cols;
+        int32_t *o_in = order, *o_out = order + cols;
+        for (int64_t c = 0; c < cols; c++) {
+            float a = fabsf(m[c] - b[c]);
+            memcpy(&k_in[c], &a, 4);
+            o_in[c] = (int32_t)c;
+        }
+        for (int shift = 0; shift < 32; shift += 8) {
+            int64_t count[257] = {0};
+            for (int64_t c = 0; c < cols; c++)
+                count[((k_in[c] >> shift) & 255) + 1]++;
+            if (count[((k_in[0] >> shift) & 255) + 1] == cols)
+                continue;  /* every key has this digit: the pass would not move anything */
+            for (int d = 0; d < 256; d++)
+                count[d + 1] += count[d];
+            for (int64_t c = 0; c < cols; c++) {
+                int64_t at = count[(k_in[c] >> shift) & 255]++;
+                k_out[at] = k_in[c];
+                o_out[at] = o_in[c];
+            }
+            uint32_t *kt = k_in; k_in = k_out; k_out = kt;
+            int32_t *ot = o_in; o_in = o_out; o_out = ot;
+        }
+        for (int64_t rank = 0; rank < cols; rank++) {
+            int64_t j = r * cols + o_in[rank];
+            double p = (double)rank * step;
+            p = p + low;
+            p = p * 4294967296.0;
+            mask[j] = (double)counter_hash(key0, key1, j) < floor(p);
+        }
+    }
+    free(keys);
+    free(order);
+    return 0;
+}
 
 /* x[0..len) = keep(d) * d for one task vector over one block (then scaled and weighted, as torch does). */
 static void block_terms(const float *base, const float *model, const keep_spec *s, int64_t j0, int64_t len,

@@ -12,33 +12,42 @@ happens to, and random draws are counter-based (`counter_random.py`), not a gene
 
 from __future__ import annotations
 
-from typing import Optional
+from typing import Optional, Sequence
 
 import torch
 
 from evosearch.errors import RecipeError
-from evosearch.merge.methods.counter_random import TWO_32, probability_threshold
-from evosearch.merge.methods.fused import DRAW, MASK, RANKS, Keep, draw_with_probabilities, rank_bound
+from evosearch.merge.methods.counter_random import probability_threshold
+from evosearch.merge.methods.fused import DRAW, MASK, RANKS, Keep, della_mask, rank_bounds
 
 
-def keep_magnitude(base: torch.Tensor, model: torch.Tensor, density: float) -> Optional[Keep]:
-    """None: keep everything."""
+# A rank window (upper, lower): kept are the elements of magnitude rank in [lower, upper), counted from the
+# largest; None keeps everything. The bounds of every task vector of a tensor are found in one pass.
+RankWindow = Optional[tuple[int, int]]
+
+
+def magnitude_window(numel: int, density: float) -> RankWindow:
     if density >= 1:
         return None
-    numel = base.numel()
-    k = max(1, int(density * numel)) if density > 0 else 0
-    return Keep(RANKS, upper=rank_bound(base, model, k))
+    return (max(1, int(density * numel)) if density > 0 else 0), 0
 
 
-def keep_magnitude_outliers(base: torch.Tensor, model: torch.Tensor, density: float, gamma: float) -> Optional[Keep]:
+def outlier_window(numel: int, density: float, gamma: float) -> RankWindow:
     if density >= 1:
         return None
-    n = base.numel()
-    keep = int(density * n)
+    keep = int(density * numel)
     # Never drop so many outliers that fewer than `keep` elements remain. mergekit keeps ascending ranks
     # [n_small, n_small + keep): descending ranks [n - n_small - keep, n - n_small).
-    n_small = max(0, n - keep - int(gamma * n))
-    return Keep(RANKS, upper=rank_bound(base, model, n - n_small), lower=rank_bound(base, model, n - n_small - keep))
+    n_small = max(0, numel - keep - int(gamma * numel))
+    return numel - n_small, numel - n_small - keep
+
+
+def keep_windows(base: torch.Tensor, models: Sequence[torch.Tensor], windows: Sequence[RankWindow]
+                 ) -> list[Optional[Keep]]:
+    """The Keep of each task vector's rank window (None where the window keeps everything)."""
+    requests = [(model, rank) for model, w in zip(models, windows) if w is not None for rank in w]
+    bounds = iter(rank_bounds(base, requests))
+    return [None if w is None else Keep(RANKS, upper=next(bounds), lower=next(bounds)) for w in windows]
 
 
 def keep_random(density: float, key: tuple[int, int]) -> Optional[Keep]:
@@ -56,21 +65,7 @@ def keep_della(base: torch.Tensor, model: torch.Tensor, density: float, epsilon:
     if density + epsilon >= 1 or density - epsilon <= 0:
         raise RecipeError(f"{where}: della needs 0 < density - epsilon and density + epsilon < 1 "
                           f"(density={density:g}, epsilon={epsilon:g})")
-    delta = model - base
-    rows = delta.reshape(1, -1) if delta.dim() < 2 else delta.reshape(delta.shape[0], -1)
-    # Each element's magnitude rank in its row (0 = smallest), equal magnitudes by index: a stable sort
-    # is the same on every device. The rank is the inverse permutation of the sort, scattered.
-    order = rows.abs().argsort(dim=1, stable=True)
-    del delta, rows
-    span = order.shape[1] - 1
-    positions = torch.arange(order.shape[1], dtype=torch.float64, device=order.device).expand_as(order)
-    probability = torch.empty(order.shape, dtype=torch.float64, device=order.device)
-    probability.scatter_(1, order, positions)
-    del order
-    # Keep probability (density - eps) + 2 eps rank / span, as a 2^32 threshold, in float64 everywhere.
-    if span > 0:
-        probability.mul_(2 * epsilon / span)
-    else:
-        probability.zero_()
-    probability.add_(density - epsilon).mul_(TWO_32).floor_()
-    return Keep(MASK, mask=draw_with_probabilities(key, probability.reshape(-1).to(torch.int64)))
+    # Keep probability (density - eps) + 2 eps rank / span, rank 0 the row's smallest magnitude.
+    span = (base.numel() if base.dim() < 2 else base.numel() // base.shape[0]) - 1
+    step = 2 * epsilon / span if span > 0 else 0.0
+    return Keep(MASK, mask=della_mask(base, model, density - epsilon, step, key))

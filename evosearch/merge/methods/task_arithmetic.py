@@ -27,10 +27,20 @@ from evosearch.merge.methods.base import (
 )
 from evosearch.merge.methods.counter_random import stream_key
 from evosearch.merge.methods.fused import NONE, Keep, fused_combine, l1_rescale_factor
-from evosearch.merge.methods.sparsify import keep_della, keep_magnitude, keep_magnitude_outliers, keep_random
+from evosearch.merge.methods.sparsify import (
+    RankWindow,
+    keep_della,
+    keep_random,
+    keep_windows,
+    magnitude_window,
+    outlier_window,
+)
 
-# keep(base, model, its parameters, the key of its random draws, where) -> which of its task vector survives
-Sparsifier = Callable[[torch.Tensor, torch.Tensor, Mapping[str, Any], tuple[int, int], str], Optional[Keep]]
+# Two kinds of sparsification: by magnitude rank (elements count, a model's parameters) -> its rank window,
+# found for every task vector of the tensor in one pass; by random draw (base, model, parameters, the key
+# of its draws, where) -> which elements survive.
+Window = Callable[[int, Mapping[str, Any]], RankWindow]
+Draw = Callable[[torch.Tensor, torch.Tensor, Mapping[str, Any], tuple[int, int], str], Optional[Keep]]
 
 WEIGHT = number("weight", per_model=True, search_range=(0.0, 1.0), doc="scale of the model's task vector")
 DENSITY = number("density", per_model=True, default=1.0, search_range=(0.1, 1.0),
@@ -48,12 +58,12 @@ def _shared(normalize: bool, rescale: bool) -> tuple[Parameter, ...]:
             number("lambda", default=1.0, doc="scale of the combined task vector"))
 
 
-def _magnitude(base, model, p, key, where):
-    return keep_magnitude(base, model, p["density"])
+def _magnitude(numel, p):
+    return magnitude_window(numel, p["density"])
 
 
-def _outliers(base, model, p, key, where):
-    return keep_magnitude_outliers(base, model, p["density"], p["gamma"])
+def _outliers(numel, p):
+    return outlier_window(numel, p["density"], p["gamma"])
 
 
 def _random(base, model, p, key, where):
@@ -65,16 +75,21 @@ def _della(base, model, p, key, where):
 
 
 def combine_task_vectors(base: torch.Tensor, models: list[torch.Tensor], params: Sequence[Mapping], *,
-                         sparsify: Optional[Sparsifier], sign_consensus: bool, normalize: bool, rescale: bool,
-                         lam: float, seed: int, where: Sequence[str]) -> torch.Tensor:
+                         window: Optional[Window], draw: Optional[Draw], sign_consensus: bool, normalize: bool,
+                         rescale: bool, lam: float, seed: int, where: Sequence[str]) -> torch.Tensor:
     """``base + lam * combine(w_i * sparsify(m_i - base))`` for one tensor, in one pass (`fused.py`).
 
     Task vector i draws its random numbers under `stream_key(seed, i)`."""
     if not models:
         return base
+    if window is not None:
+        found = keep_windows(base, models, [window(base.numel(), p) for p in params])
+    elif draw is not None:
+        found = [draw(base, model, p, stream_key(seed, i), where[i]) for i, (model, p) in enumerate(zip(models, params))]
+    else:
+        found = [None] * len(models)
     keeps = []
-    for i, (model, p) in enumerate(zip(models, params)):
-        keep = sparsify(base, model, p, stream_key(seed, i), where[i]) if sparsify is not None else None
+    for model, keep in zip(models, found):
         keep = keep or Keep()
         if rescale and keep.kind != NONE:
             keep.scale = l1_rescale_factor(base, model, keep)
@@ -87,9 +102,9 @@ def combine_task_vectors(base: torch.Tensor, models: list[torch.Tensor], params:
 class GeneralizedTaskArithmetic(MergeMethod):
     """One member of the family: how it sparsifies (None: not at all) and whether signs must agree."""
 
-    sparsify: Optional[Sparsifier] = None
+    window: Optional[Window] = None  # sparsified by magnitude rank
+    draw: Optional[Draw] = None  # sparsified at random (counter-based draws from the tensor's own seed)
     sign_consensus: bool = False
-    random: bool = False  # the sparsifier draws random numbers (counter-based, from the tensor's own seed)
 
     def check_tensor(self, tensor: str, params: TensorParameters) -> None:
         for model, values in params.per_model.items():
@@ -106,7 +121,7 @@ class GeneralizedTaskArithmetic(MergeMethod):
         shared = job.params.shared
         return combine_task_vectors(
             base, [job.tensors[m].contiguous() for m in others], [job.params.per_model[m] for m in others],
-            sparsify=self.sparsify, sign_consensus=self.sign_consensus, normalize=shared["normalize"],
+            window=self.window, draw=self.draw, sign_consensus=self.sign_consensus, normalize=shared["normalize"],
             rescale=shared["rescale"], lam=shared["lambda"], seed=job.seed,
             where=[f"model {m}, tensor {job.name}" for m in others])
 
@@ -119,7 +134,7 @@ class GeneralizedTaskArithmetic(MergeMethod):
         return [1.0 - sum(float(weights[p]) for p in others)] + [float(weights[p]) for p in others]
 
     def repair(self, values: dict[str, list[float]], decimals: int) -> None:
-        if self.sparsify is _della:
+        if self.draw is _della:
             repair_della(values, decimals)
 
 
@@ -135,12 +150,12 @@ def repair_della(values: dict[str, list[float]], decimals: int) -> None:
             values["epsilon"][i] = round(max(0.0, min(e, limit)), decimals)
 
 
-def _member(name: str, *, normalize: bool, rescale: bool, sparsify: Optional[Sparsifier] = None,
+def _member(name: str, *, normalize: bool, rescale: bool, sparsify: Optional[Callable] = None,
             sign_consensus: bool = False, extra: tuple[Parameter, ...] = (), reference: str) -> GeneralizedTaskArithmetic:
     random = sparsify in (_random, _della)
     return GeneralizedTaskArithmetic(
         name=name, parameters=(WEIGHT, DENSITY, *extra, *_shared(normalize, rescale)), reference=reference,
-        sparsify=sparsify, sign_consensus=sign_consensus, random=random,
+        window=None if random else sparsify, draw=sparsify if random else None, sign_consensus=sign_consensus,
         verified="mergekit's drop rate and rescaling, statistically (random drops)" if random
         else "parity with mergekit")
 
