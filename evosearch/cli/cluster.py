@@ -75,7 +75,10 @@ def supervise_command(job_file: Path = typer.Argument(..., help="the job YAML"),
                       max_restarts: int = typer.Option(..., "--max-restarts", min=0),
                       resume: bool = typer.Option(False, "--resume")) -> None:
     """The entrypoint of `evosearch submit --max-restarts N` on the cluster: runs the driver and resumes it
-    after a crash, up to N times."""
+    after a crash, up to N times.
+
+    Example (what the cluster runs): evosearch supervise evosearch_job.yaml --max-restarts 3
+    """
     from evosearch.search.supervisor import SupervisedJob, supervise  # start-up time
 
     spec = load_job_file(job_file)
