@@ -94,6 +94,8 @@ def _read_slice(piece: Any, k: int, method) -> dict[str, Any]:
                 and 0 <= layers[0] < layers[1]):
             raise RecipeError(f"mergekit config: {where}.sources[{i}].layer_range must be [start, end) with "
                               f"0 <= start < end, got {layers!r}")
+        if not isinstance(src.get("model"), str) or not src["model"]:
+            raise RecipeError(f"mergekit config: {where}.sources[{i}].model must be a model directory")
         sources.append(_own_model({**src, "layer_range": list(layers)}, method))
     lengths = {s["layer_range"][1] - s["layer_range"][0] for s in sources}
     if len(lengths) != 1:
@@ -122,7 +124,9 @@ def _num_layers(model: str) -> int:
     except (OSError, ValueError):
         raise RecipeError(f"model {model}: no readable config.json; reading a mergekit slices config needs "
                           f"each model's local directory, to count its layers") from None
-    layers = config.get("num_hidden_layers", (config.get("text_config") or {}).get("num_hidden_layers"))
+    text_config = config.get("text_config") if isinstance(config, dict) else None
+    layers = config.get("num_hidden_layers", (text_config if isinstance(text_config, dict) else {}).get(
+        "num_hidden_layers")) if isinstance(config, dict) else None
     if not isinstance(layers, int) or layers < 1:
         raise RecipeError(f"model {model}: config.json has no num_hidden_layers")
     return layers

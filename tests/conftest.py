@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import uuid
 from pathlib import Path
 
 import pytest
@@ -36,3 +37,20 @@ def tiny_zoo(tmp_path_factory):
     from evosearch.zoo import build_zoo
 
     return build_zoo(tmp_path_factory.mktemp("zoo"), preset="tiny")
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def store_url(request, tmp_path) -> str:
+    """A fresh, empty store: a new SQLite file, or a new database on the session's PostgreSQL server."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path}/store.db"
+    return request.getfixturevalue("pg_server").create_database(f"t_{uuid.uuid4().hex[:12]}")
+
+
+@pytest.fixture
+def store(store_url):
+    from storage import RetryPolicy, Store  # imported by the tests that use it, not by every collection
+
+    with Store.open(store_url, retry=RetryPolicy(attempts=3, first_delay_s=0.1, max_delay_s=0.2)) as opened:
+        yield opened
+

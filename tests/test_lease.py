@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import multiprocessing
 import time
-import uuid
 from datetime import datetime, timedelta, timezone
 
 import pytest
@@ -14,23 +13,11 @@ from sqlalchemy import create_engine
 from evosearch.search.lease import DriverLease, LeaseHeld, LeaseLost, LeaseSettings
 from evosearch.views.dashboard.liveness import driver_seems_dead
 from evosearch.views.progress import status_rows, status_table
-from storage import RetryPolicy, Store
+from storage import Store
 from storage.migrate import alembic_config
+from storage import RetryPolicy
 
 FAST_RETRY = RetryPolicy(attempts=3, first_delay_s=0.1, max_delay_s=0.2)
-
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-def store_url(request, tmp_path) -> str:
-    if request.param == "sqlite":
-        return f"sqlite:///{tmp_path}/store.db"
-    return request.getfixturevalue("pg_server").create_database(f"t_{uuid.uuid4().hex[:12]}")
-
-
-@pytest.fixture
-def store(store_url):
-    with Store.open(store_url, retry=FAST_RETRY) as opened:
-        yield opened
 
 
 def _now() -> datetime:

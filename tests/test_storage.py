@@ -35,20 +35,6 @@ from storage.models import Base
 FAST_RETRY = RetryPolicy(attempts=3, first_delay_s=0.1, max_delay_s=0.2)
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
-def store_url(request, tmp_path) -> str:
-    """A fresh, empty store: a new SQLite file, or a new database on the session's PostgreSQL server."""
-    if request.param == "sqlite":
-        return f"sqlite:///{tmp_path}/store.db"
-    return request.getfixturevalue("pg_server").create_database(f"t_{uuid.uuid4().hex[:12]}")
-
-
-@pytest.fixture
-def store(store_url):
-    with Store.open(store_url, retry=FAST_RETRY) as opened:
-        yield opened
-
-
 def candidate(job_id: int, generation: int, index: int, status: str = "done", value: float = 0.5,
               recipe_hash: str | None = None, **fields) -> CandidateRecord:
     return CandidateRecord(

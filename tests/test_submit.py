@@ -276,3 +276,43 @@ def test_an_unreachable_address_or_a_wrong_token_is_one_line_exit_1(ray_head, ti
     missing = _cli(ray_head, "logs", "no-such-job", "--address", ray_head.address)
     assert missing.returncode == 1 and missing.stderr.strip() == \
         "error: no evosearch submission of job 'no-such-job' on this cluster"
+
+
+def test_a_killed_driver_of_a_job_submitted_with_max_restarts_is_restarted_and_the_job_finishes(
+        ray_head, tiny_zoo, tmp_path):
+    import psutil
+
+    job_file, store_url = _small_job(tiny_zoo, tmp_path, "restarted", generations=4,
+                                     optimizer={"name": "random", "pop_size": 4})
+    done = _cli(ray_head, "submit", str(job_file), "--address", ray_head.address, "--max-restarts", "2")
+    assert done.returncode == 0 and done.stdout.strip() == "evosearch-restarted", done.stderr
+    submission_id = done.stdout.strip()
+    assert _api(ray_head, f"/api/jobs/{submission_id}")["entrypoint"] == \
+        "evosearch supervise evosearch_job.yaml --max-restarts 2"
+    deadline = time.monotonic() + 420
+    while True:  # the first candidate recorded: the driver is mid-job
+        assert time.monotonic() < deadline and _api(ray_head, f"/api/jobs/{submission_id}")["status"] in (
+            "PENDING", "RUNNING")
+        if Path(store_url.removeprefix("sqlite:///")).is_file():
+            with Store.open(store_url) as store:
+                jobs = [j for j in store.list_jobs() if j.name == "restarted"]
+                if jobs and jobs[0].lease_owner and store.candidates(jobs[0].id):
+                    owner = jobs[0].lease_owner
+                    break
+        time.sleep(0.2)
+    supervisor = psutil.Process(int(owner.split(":")[1]))  # the lease names the supervisor: host:pid:nonce
+    assert "supervise" in supervisor.cmdline()
+    (driver,) = supervisor.children()
+    assert driver.cmdline()[-2:] == ["run", "evosearch_job.yaml"]
+    driver.kill()
+
+    info = _wait_for(ray_head, submission_id, ("SUCCEEDED",))
+    assert info["status"] == "SUCCEEDED"
+    with Store.open(store_url) as store:
+        record = store.get_job("restarted")
+        assert (record.status, record.restarts) == ("finished", 1)
+        slots = Counter((c.generation, c.index) for c in store.candidates(record.id))
+        assert slots == Counter({(g, i): 1 for g in range(4) for i in range(4)})  # none lost, none twice
+    logs = _cli(ray_head, "logs", "restarted", "--address", ray_head.address).stdout
+    assert "supervisor: restarted: driver was killed by SIGKILL; restarted by its supervisor (1 of 2)" in logs
+    assert "restarted: finished after 4 generation(s)" in logs

@@ -123,3 +123,25 @@ def test_pool_goes_on_with_the_actors_the_cluster_could_place(ray_local, tmp_pat
         pool.shutdown()
     assert outcomes["die-once"].value == "survived" and outcomes["die-once"].attempts == 2
     assert [outcomes[k].value[0] for k in ("2", "3", "4")] == [4, 9, 16]
+
+
+class KilledWhileStartingWorker(SquareWorker):
+    """Its first process is killed while loading (a chaos SIGKILL, the OOM killer); later ones start."""
+
+    def __init__(self, marker_dir: str) -> None:
+        super().__init__(marker_dir)
+        marker = self.marker_dir / "killed-while-starting"
+        if not marker.exists():
+            marker.touch()
+            os.kill(os.getpid(), 9)
+
+
+def test_an_actor_killed_while_starting_is_replaced_not_taken_for_a_broken_worker(ray_local, tmp_path):
+    """Found by bench/chaos.py: a worker SIGKILLed while it loaded its sources failed the whole job."""
+    pool = WorkerPool(KilledWhileStartingWorker, (str(tmp_path),), num_workers=1,
+                      options=ActorOptions(num_cpus=0.5)).start()
+    try:
+        outcomes = list(pool.map_unordered(range(3), lambda i: (i,)))
+    finally:
+        pool.shutdown()
+    assert sorted(o.value[0] for o in outcomes) == [0, 1, 4] and (tmp_path / "killed-while-starting").exists()

@@ -133,15 +133,11 @@ class WorkerPool(Generic[Item]):
         return WorkerStartError(f"no worker ready after {self.start_timeout_s:g} s: {waiting} waiting for "
                                 f"resources {self.options.as_ray_options()}")
 
-    @staticmethod
-    def _wait_ready(slots: list[_Slot]) -> None:
-        """Fail fast, with the constructor's error, when actors cannot start: retrying would not help."""
-        try:
-            ray.get([slot.ready for slot in slots])
-        except RayActorError as exc:
-            raise WorkerStartError(f"worker failed to start: {init_failure_line(exc)}") from None
+    def _wait_ready(self, slots: list[_Slot]) -> None:
+        """Fail fast, with the constructor's error, when actors cannot start: retrying would not help. An
+        actor that died while starting without an error of its own (killed, its node lost) is replaced."""
         for slot in slots:
-            slot.ready = None
+            self._started(slot)
 
     def _spawn(self, index: int, generation: int = 0) -> _Slot:
         actor = self._remote_cls.remote(*self.init_args)

@@ -49,20 +49,43 @@ def submit_command(
         job_file: Path = typer.Argument(..., help="the job YAML"),
         address: Optional[str] = typer.Option(None, "--address", help=ADDRESS_HELP),
         resume: bool = typer.Option(False, "--resume", help="continue the stored job of this name "
-                                                           "(after `evosearch stop`) instead of starting it")) -> None:
+                                                           "(after `evosearch stop`) instead of starting it"),
+        max_restarts: int = typer.Option(0, "--max-restarts", min=0, help="resume the driver after a crash up to "
+                                         "N times (each restart is recorded in the store)")) -> None:
     """Submit a job to a Ray cluster through the Ray Jobs API; prints the submission id and returns.
 
     The job file and its local task YAML directories travel with the job; model directories must exist at
     the same paths on the cluster. Use a PostgreSQL store URL for a remote cluster: a SQLite path is opened
     on the head node.
 
-    Example: evosearch submit examples/job_ps_cmaes.yaml --address http://127.0.0.1:8265
+    With --max-restarts N the driver runs under a supervisor that resumes it when it crashes (killed,
+    out of memory, a store outage it could not outlast), up to N times.
+
+    Example: evosearch submit examples/job_ps_cmaes.yaml --address http://127.0.0.1:8265 --max-restarts 3
     """
     # Checked here, not on the cluster: a misfit found there would be one more failed submission to read.
     spec = load_runnable_job(job_file)
     from evosearch.search import submit as cluster  # start-up time
 
-    typer.echo(cluster.submit(spec, job_file, _address(address), resume=resume))
+    typer.echo(cluster.submit(spec, job_file, _address(address), resume=resume, max_restarts=max_restarts))
+
+
+@verb
+def supervise_command(job_file: Path = typer.Argument(..., help="the job YAML"),
+                      max_restarts: int = typer.Option(..., "--max-restarts", min=0),
+                      resume: bool = typer.Option(False, "--resume")) -> None:
+    """The entrypoint of `evosearch submit --max-restarts N` on the cluster: runs the driver and resumes it
+    after a crash, up to N times.
+
+    Example (what the cluster runs): evosearch supervise evosearch_job.yaml --max-restarts 3
+    """
+    from evosearch.search.supervisor import SupervisedJob, supervise  # start-up time
+
+    spec = load_job_file(job_file)
+    code = supervise(SupervisedJob(job_file=job_file, job_name=spec.name, store_url=spec.store,
+                                   max_restarts=max_restarts, resume=resume))
+    if code != 0:
+        raise typer.Exit(code if code > 0 else 1)
 
 
 @verb
@@ -156,3 +179,4 @@ def register(app: typer.Typer) -> None:
     app.command("submit")(submit_command)
     app.command("logs")(logs_command)
     app.command("stop")(stop_command)
+    app.command("supervise", hidden=True)(supervise_command)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import signal
 from pathlib import Path
 from typing import Optional
 
@@ -21,6 +22,9 @@ def _drive(spec, store, resume: bool, force: bool = False) -> None:
     from evosearch.views.progress import LiveProgress
     from storage import StoreError
 
+    # `evosearch stop` (Ray) and a supervisor's stop send SIGTERM: end as Ctrl-C does, marking the job
+    # stopped and releasing its lease, so that it can be resumed at once.
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
     try:
         with LiveProgress() as view:
             summary = run_job(spec, store, resume=resume, on_event=view.update, force=force,

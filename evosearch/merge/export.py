@@ -8,6 +8,7 @@ half-written.
 from __future__ import annotations
 
 import copy
+import errno
 import json
 import os
 import re
@@ -22,7 +23,7 @@ import yaml
 from safetensors.torch import save_file
 from transformers import PretrainedConfig, PreTrainedTokenizerBase
 
-from evosearch.errors import UsageError
+from evosearch.errors import RunFailure, UsageError
 from evosearch.merge import DEFAULT_MAX_SHARD_SIZE
 from evosearch.merge.dfs import DFSPlan
 from evosearch.merge.ps import PSMerger
@@ -36,6 +37,15 @@ _UNITS = {"": 1, "b": 1, "k": 10**3, "kb": 10**3, "m": 10**6, "mb": 10**6, "g": 
 
 class ExportError(UsageError, ValueError):
     """The export cannot proceed; the message is one line naming the file or directory."""
+
+
+class DiskFullError(RunFailure, OSError):
+    """The disk filled up while writing an export; nothing of it was left behind."""
+
+
+def _disk_full(exc: BaseException) -> bool:
+    # safetensors' Rust writer reports ENOSPC in its own words: "... Os { code: 28, ... No space left ... }"
+    return (isinstance(exc, OSError) and exc.errno == errno.ENOSPC) or "No space left on device" in str(exc)
 
 
 def parse_size(size: Union[int, str]) -> int:
@@ -269,8 +279,11 @@ def export_recipe(recipe: Union[PSRecipe, DFSRecipe], out_dir: Union[str, Path],
             (staging / "mergekit_config.yml").write_text(yaml.safe_dump(recipe.to_mergekit(), sort_keys=False))
         (staging / "README.md").write_text(_model_card(recipe, tokenizer))
         _replace_dir(staging, out_dir)
-    except BaseException:
+    except BaseException as e:
         shutil.rmtree(staging, ignore_errors=True)
+        if _disk_full(e):
+            raise DiskFullError(f"output {out_dir}: the disk filled up while writing the model (no space left "
+                                f"on device); nothing was left behind: free space and export again") from None
         raise
     return out_dir
 

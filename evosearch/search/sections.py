@@ -165,7 +165,7 @@ def resolve_models(raw: dict, where: str, error: type[UsageError]) -> None:
 
     base = raw.get("base_model")
     if base is not None:
-        if base not in resolved:
+        if not isinstance(base, str) or base not in resolved:
             raise error(f"{where}: base_model: {base!r} is not one of sources ({', '.join(resolved)})")
         raw["base_model"] = resolved[base]
     space = raw.get("search_space")
@@ -174,7 +174,8 @@ def resolve_models(raw: dict, where: str, error: type[UsageError]) -> None:
         ps_part = space.get("ps") if space.get("kind") == "ps+dfs" else space if space.get("kind") == "ps" else None
         for part in parts:
             if isinstance(part.get("sources"), list):
-                unknown = [s for s in part["sources"] if s not in resolved and s != PS_SOURCE]
+                unknown = [s for s in part["sources"]
+                           if not isinstance(s, str) or (s not in resolved and s != PS_SOURCE)]
                 if unknown:
                     raise error(f"{where}: search_space.sources: {unknown[0]!r} is not one of sources "
                                 f"({', '.join(resolved)})")

@@ -188,7 +188,14 @@ def next_submission_id(job_name: str, earlier: list[ClusterJob]) -> str:
     return candidate
 
 
-def submit(spec: JobSpec, job_file: Path, address: str, resume: bool = False) -> str:
+def entrypoint(resume: bool, max_restarts: int) -> str:
+    """The command the cluster runs: the driver itself, or its supervisor (`evosearch.search.supervisor`)."""
+    if max_restarts > 0:
+        return f"evosearch supervise {STAGED_JOB_FILE} --max-restarts {max_restarts}" + (" --resume" if resume else "")
+    return f"evosearch {'resume' if resume else 'run'} {STAGED_JOB_FILE}"
+
+
+def submit(spec: JobSpec, job_file: Path, address: str, resume: bool = False, max_restarts: int = 0) -> str:
     """Submits a validated job; returns its submission id. Refuses while an earlier submission of the same
     job is still pending or running (two drivers on one store would fight over it)."""
     ray_client = client(address)
@@ -198,12 +205,11 @@ def submit(spec: JobSpec, job_file: Path, address: str, resume: bool = False) ->
         raise SubmitError(f"job {spec.name!r} is already {active[-1].status} on the cluster as "
                           f"{active[-1].submission_id} (stop it first: evosearch stop {spec.name})")
     submission_id = next_submission_id(spec.name, earlier)
-    verb = "resume" if resume else "run"
     with tempfile.TemporaryDirectory(prefix="evosearch-submit-") as tmp:
         stage(spec, job_file, Path(tmp))
         try:
             return ray_client.submit_job(
-                entrypoint=f"evosearch {verb} {STAGED_JOB_FILE}", submission_id=submission_id,
+                entrypoint=entrypoint(resume, max_restarts), submission_id=submission_id,
                 # No env_vars: the driver's own ray.init sets the offline variables for its workers, and Ray
                 # refuses a job whose runtime env repeats a key the driver sets.
                 runtime_env={"working_dir": tmp},
