@@ -10,9 +10,12 @@ its own context (a store URL that cannot be opened, say) raises `UsageError(str(
 
 from __future__ import annotations
 
+import re
 from typing import Iterable
 
 from pydantic import ValidationError
+
+_PLAIN_KEY = re.compile(r"[A-Za-z0-9_\-]+")
 
 USAGE_EXIT, FAILURE_EXIT = 2, 1
 
@@ -64,7 +67,9 @@ def validation_error_parts(error: ValidationError, *, skip: Iterable[str] = ()) 
         if isinstance(part, int):
             loc += f"[{part}]"
         elif not (part in skipped or part[:1].isupper() or part.startswith("function-")):
-            loc += f".{part}" if loc else part
+            # A key from the user's file may hold a newline or be empty: quoted, the error stays one line.
+            name = part if _PLAIN_KEY.fullmatch(part) else repr(part)
+            loc += f".{name}" if loc else name
     msg = err["msg"].removeprefix("Value error, ")
     if err["type"] == "missing":
         msg = "required field is missing"

@@ -49,7 +49,7 @@ def recipe_data(config: dict[str, Any]) -> dict[str, Any]:
     if "parameters" in top:
         top["parameters"] = _own(top["parameters"], method.shared_names | method.per_model_names)
     if not config.get("slices"):
-        models = [_own_model(m, method) for m in config.get("models") or []]
+        models = [_own_model(m, method) for m in _list(config.get("models") or [], "models")]
         return {"kind": "ps", **top, "models": models}
     slices = [_read_slice(piece, k, method) for k, piece in enumerate(_list(config["slices"], "slices"))]
     depth = _common_depth([s["model"] for piece in slices for s in piece["sources"]])

@@ -11,12 +11,22 @@ from transformers import AutoModelForCausalLM
 from builtin_tasks import MAX_GEN_TOKS, overrides
 from evosearch.errors import UsageError
 from evosearch.merge.sources import load_tokenizer
+from evosearch.search import driver
 from evosearch.search.driver import run_job
 from evosearch.search.job import JobError, parse_job
 from fitness.evaluator import LmEvalEvaluator
 from fitness.tasks import TaskCatalog, TaskSource
 from storage import Store
 from test_job import zoo_job
+
+
+def _no_ray(monkeypatch) -> bool:
+    """Makes starting Ray fail the test (another test may have left the session's Ray up, so that
+    `ray.is_initialized()` alone cannot tell); returns whether Ray was up before."""
+    def refuse(**_):
+        raise AssertionError("Ray was started before the tasks were checked")
+    monkeypatch.setattr(driver, "ensure_ray", refuse)
+    return ray.is_initialized()
 
 
 @pytest.fixture(scope="module")
@@ -103,14 +113,16 @@ BAD_TASKS = [
 
 
 @pytest.mark.parametrize("edit, message", [c[1:] for c in BAD_TASKS], ids=[c[0] for c in BAD_TASKS])
-def test_bad_tasks_are_one_line_before_ray_and_nothing_is_stored(tiny_zoo, tmp_path, edit, message):
+def test_bad_tasks_are_one_line_before_ray_and_nothing_is_stored(tiny_zoo, tmp_path, edit, message,
+                                                                  monkeypatch):
+    ray_was_up = _no_ray(monkeypatch)
     spec = parse_job(edit(_job(tiny_zoo, tmp_path)))
     store = Store.open(f"sqlite:///{tmp_path / 'store.db'}")
     with pytest.raises(UsageError) as info:
         run_job(spec, store)
     line = str(info.value)
     assert "\n" not in line and line.startswith("job job: ") and message in line, line
-    assert store.list_jobs() == [] and not ray.is_initialized()
+    assert store.list_jobs() == [] and ray.is_initialized() == ray_was_up
 
 
 def test_bad_tasks_sections_found_while_reading_the_job_file(tiny_zoo, tmp_path):
@@ -199,7 +211,8 @@ def test_cli_prints_a_bad_override_as_one_line_and_exit_2(tiny_zoo, tmp_path, mo
     # lm-eval logs a warning for this one (generation settings on a non-generative task): never printed.
     job_file = write_job(tmp_path, _gsm8k(_job(tiny_zoo, tmp_path), output_type="essay"))
     monkeypatch.chdir(tmp_path)
+    ray_was_up = _no_ray(monkeypatch)
     result = CliRunner().invoke(app, ["run", str(job_file)])
     assert result.exit_code == 2, result.output
     assert result.stderr.count("\n") == 1 and result.stderr.startswith("error: job job: objectives[0].task: ")
-    assert "Got invalid output_type 'essay'" in result.stderr and not ray.is_initialized()
+    assert "Got invalid output_type 'essay'" in result.stderr and ray.is_initialized() == ray_was_up

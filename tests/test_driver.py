@@ -288,6 +288,23 @@ def _has_job(db: Path, name: str) -> bool:
         return False
 
 
+CLI = Path(sys.executable).parent / "evosearch"
+
+
+def driver_env(ray_local) -> dict[str, str]:
+    """The environment of an `evosearch` process on the test session's Ray, with a short driver lease."""
+    return {**os.environ, "RAY_ADDRESS": ray_local.get_runtime_context().gcs_address,
+            "PYTHONPATH": os.pathsep.join(filter(None, [str(Path(__file__).parent), os.environ.get("PYTHONPATH")])),
+            "EVOSEARCH_LEASE_SECONDS": "4"}
+
+
+def wait_for_lease_expiry(store: Store, job_id: int) -> None:
+    """Sleeps until the job's driver lease has run out (the killed driver can no longer renew it)."""
+    expires = store.get_job(job_id).lease_expires_at
+    if expires is not None:
+        time.sleep(max(0.0, (expires - datetime.now(timezone.utc)).total_seconds()) + 0.1)
+
+
 def run_and_kill(job: dict, tmp_path: Path, ray_local, generation: int = 1) -> Store:
     """`evosearch run` of `job` in its own process, SIGKILLed once `generation` has a candidate recorded;
     the job's store, as the dead driver left it."""
@@ -295,11 +312,8 @@ def run_and_kill(job: dict, tmp_path: Path, ray_local, generation: int = 1) -> S
 
     name = job["name"]
     path = write_job(tmp_path, job)
-    env = {**os.environ, "RAY_ADDRESS": ray_local.get_runtime_context().gcs_address,
-           "PYTHONPATH": os.pathsep.join(filter(None, [str(Path(__file__).parent), os.environ.get("PYTHONPATH")])),
-           "EVOSEARCH_LEASE_SECONDS": "4"}
-    cli = Path(sys.executable).parent / "evosearch"
-    proc = subprocess.Popen([str(cli), "run", str(path)], cwd=tmp_path, env=env, start_new_session=True,
+    proc = subprocess.Popen([str(CLI), "run", str(path)], cwd=tmp_path, env=driver_env(ray_local),
+                            start_new_session=True,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     db = Path(job["output_dir"]) / "evosearch.db"
     store = None
@@ -335,15 +349,15 @@ def test_killed_driver_process_resumes_without_reevaluating(ray_local, tiny_zoo,
     assert row["status"] == "running" and row["driver_dead"] is False
     with pytest.raises(LeaseHeld, match="job 'killed' is being run by driver .* lease is live"):
         run_job(spec, store, resume=True)  # refused while the lease may still be live: nothing written
-    resume = [str(cli), "resume", "killed", "--store", f"sqlite:///{db}"]
-    time.sleep(max(0.0, (store.get_job(job_id).lease_expires_at - datetime.now(timezone.utc)).total_seconds()))
+    resume = [str(CLI), "resume", "killed", "--store", f"sqlite:///{tmp_path / 'killed' / 'evosearch.db'}"]
+    wait_for_lease_expiry(store, job_id)
     (row,) = status_rows([(store.get_job(job_id), store.progress(job_id))])
     assert row["status"] == "dead" and row["driver_dead"] is True
     before = {c.index: c for c in store.candidates(job_id, generation=1)}
     assert 0 < len(before) < 4
 
     # Two resumes at once on the expired lease (a user trying twice, two terminals): exactly one runs it.
-    racing = [subprocess.Popen(resume, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+    racing = [subprocess.Popen(resume, cwd=tmp_path, env=driver_env(ray_local), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                text=True) for _ in range(2)]
     outputs = [(proc.wait(timeout=300), *proc.communicate()) for proc in racing]
     assert sorted(code for code, _, _ in outputs) == [0, 3], outputs

@@ -182,7 +182,8 @@ def test_malformed_job_files_through_the_cli_exit_2_in_one_line_and_leave_the_st
     store = tmp_path / "store" / "evosearch.db"
     from storage import Store
 
-    Store.open(f"sqlite:///{store}").create_job("kept", {}, 0, str(tmp_path)).id
+    with Store.open(f"sqlite:///{store}") as kept:  # closed: SQLite's -wal/-shm files must not vary the tree
+        kept.create_job("kept", {}, 0, str(tmp_path))
     before = _tree(tmp_path)
     runner = CliRunner()
     refused = []

@@ -10,7 +10,7 @@ import pytest
 
 from evosearch.search.driver import run_job
 from evosearch.search.job import JobError, parse_job
-from test_driver import run_and_kill
+from test_driver import run_and_kill, wait_for_lease_expiry
 from test_job import zoo_job
 
 pytestmark = pytest.mark.slow
@@ -41,6 +41,7 @@ def test_killed_steady_state_driver_resumes_without_reevaluating(ray_local, tiny
     before = {(c.generation, c.index): c for c in store.candidates(job_id)}
     assert len(before) < 8
 
+    wait_for_lease_expiry(store, job_id)  # the killed driver's lease refuses a resume while it may be live
     resumed = run_job(parse_job(job), store, resume=True)
     after = store.candidates(job_id)
     assert resumed.status == "finished" and resumed.generations == 2

@@ -68,12 +68,6 @@ def _questions(text: str) -> list[str]:
             for part in text.split(JOIN)]
 
 
-def _questions(text: str) -> list[str]:
-    """The question parts (`53917+3=`, `abcde>`) of an L1 text, also inside a target item."""
-    return [part[: part.index("=") + 1] if "=" in part else part[: part.index(">") + 1]
-            for part in text.split(JOIN)]
-
-
 def _in_base_part(question: str) -> bool:
     if "+" in question:
         return int(question[question.index("+") + 1:-1]) <= BASE_MAX_SHIFT

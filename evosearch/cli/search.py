@@ -28,7 +28,8 @@ def _drive(spec, store, resume: bool, force: bool = False) -> None:
     try:
         with LiveProgress() as view:
             summary = run_job(spec, store, resume=resume, on_event=view.update, force=force,
-                              on_notice=lambda notice: typer.echo(f"warning: {notice}", err=True))
+                              on_notice=lambda notice: typer.echo(f"warning: {notice}", err=True),
+                              on_info=typer.echo)
     except KeyboardInterrupt:
         raise RunFailure(f"interrupted; continue with `evosearch resume {spec.name}`") from None
     except (DriverError, StoreError, LeaseHeld, LeaseLost, UsageError):  # UsageError: the preflight's verdict

@@ -23,7 +23,6 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
-import sys
 import time
 from dataclasses import dataclass, field
 from typing import Callable, Optional
@@ -458,12 +457,14 @@ def stored_calibration(spec: JobSpec, store: Store) -> CalibrationRecord:
 
 def run_job(spec: JobSpec, store: Store, resume: bool = False, *, stop_after: Optional[int] = None,
             on_event: Optional[Callable[[RunEvent], None]] = None, force: bool = False,
-            on_notice: Optional[Callable[[str], None]] = None, pool=None) -> RunSummary:
+            on_notice: Optional[Callable[[str], None]] = None, on_info: Optional[Callable[[str], None]] = None,
+            pool=None) -> RunSummary:
     """Runs a job from its spec (`resume=False`: a new job of that name) or continues the stored job of
     that name (`resume=True`) from its last committed generation, holding the job's lease throughout
     (`LeaseHeld` while another driver's is live, unless `force`; `on_notice` hears what a forced take-over
-    risks). `pool`: a started worker pool (`workers.candidate.candidate_pool`) whose workers hold the job's
-    sources and tasks, to run several jobs on one set of workers (a benchmark); it is left running."""
+    risks; `on_info` hears a new job's predicted memory peak). `pool`: a started worker pool
+    (`workers.candidate.candidate_pool`) whose workers hold the job's sources and tasks, to run several
+    jobs on one set of workers (a benchmark); it is left running."""
     lease_settings = LeaseSettings.from_env()
     if resume:
         job = store.get_job(spec.name)
@@ -490,7 +491,8 @@ def run_job(spec: JobSpec, store: Store, resume: bool = False, *, stop_after: Op
                                    objectives=dict(zip(spec.objective_names, spec.directions)))
         except StoreError as e:
             raise DriverError(f"{e} (continue it with `evosearch resume {spec.name}`)") from None
-        print(f"job {spec.name}: {memory}", file=sys.stderr)  # once the job is stored: no line beside a refusal
+        if on_info is not None:  # once the job is stored: no line beside a refusal
+            on_info(f"job {spec.name}: {memory}")
     lease = DriverLease(store, job, lease_settings)
     notice = lease.take(force=force)
     if notice is not None and on_notice is not None:
