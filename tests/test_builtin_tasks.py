@@ -185,7 +185,11 @@ def test_zoo_generative_target_and_prompt_settings_reach_lm_eval(tiny_zoo):
     assert sorted(result.correct["zoo_target_gen"]) == [0, 1, 2]
     task = evaluator._task("zoo_target_gen")
     context, settings = task.instances[0].arguments
-    assert context.startswith("zz ") and settings["max_gen_toks"] == 17 and settings["do_sample"] is False
+    assert context.startswith("zz ") and settings["max_gen_toks"] == 5 and settings["do_sample"] is False
+    assert "*" in settings["until"]  # the sum ends where the target's string begins
+    doc = task.instances[0].doc
+    target = task.doc_to_target(doc)
+    assert target == doc["choices"][doc["label"]].split("*")[0] and len(target) == 5 and target.isdigit()
     assert len(evaluator._task("zoo_target").instances[0].arguments[0]) > 0
 
 

@@ -50,6 +50,16 @@ def test_build_is_cached_and_deterministic(tiny_zoo, tmp_path):
     for name in tiny_zoo.models:
         assert _digest(other.models[name] / "model.safetensors") == _digest(tiny_zoo.models[name] / "model.safetensors")
 
+    # A cached zoo whose task files an older version wrote gets them rewritten, nothing retrained.
+    stale = other.tasks[GENERATIVE_TASK]
+    right = stale.read_text()
+    stale.write_text(right.replace("max_gen_toks: 5", "max_gen_toks: 17"))
+    assert stale.read_text() != right
+    untouched = other.tasks["zoo_math"].stat().st_mtime_ns
+    refreshed = build_zoo(tmp_path / "zoo", preset="tiny")
+    assert refreshed.build_seconds == other.build_seconds and stale.read_text() == right
+    assert other.tasks["zoo_math"].stat().st_mtime_ns == untouched
+
 
 def test_specialists_are_small_deltas_from_the_base(tiny_zoo):
     from safetensors.torch import load_file

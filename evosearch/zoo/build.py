@@ -16,8 +16,7 @@ import torch
 from transformers.utils import logging as hf_logging
 
 from evosearch.errors import UsageError
-from evosearch.zoo.tasks import (GENERATIVE_TASK, TASKS, make_eval_items, task_name, training_texts,
-                                 write_task_files)
+from evosearch.zoo.tasks import TASKS, make_eval_items, task_name, training_texts, write_task_files
 from evosearch.zoo.tokenizer import build_tokenizer
 from evosearch.zoo.train import ModelShape, TrainSettings, new_model, packed_batches, train, train_only
 
@@ -228,14 +227,15 @@ def _cached(root: Path, settings_hash: str) -> ZooManifest | None:
     return manifest if ok else None
 
 
-def _with_generative_task(manifest: ZooManifest, settings) -> ZooManifest:
-    """A cached zoo built before the generative target existed, with its task files written now: the eval
-    items are a function of the preset alone, so no model is retrained."""
-    if GENERATIVE_TASK in manifest.tasks:
-        return manifest
+def _with_current_tasks(manifest: ZooManifest, settings) -> ZooManifest:
+    """A cached zoo with its task files as this version writes them (a zoo built before the generative
+    target existed, or before it changed): the eval items are a function of the preset alone, so no model
+    is retrained, and files already right are not touched."""
     items = make_eval_items(settings.seed, settings.items_per_split)
-    manifest = dataclasses.replace(manifest, tasks=write_task_files(items, manifest.include_path))
-    (manifest.root / MANIFEST_NAME).write_text(json.dumps(manifest.to_json(), indent=2))
+    tasks = write_task_files(items, manifest.include_path)
+    if tasks != manifest.tasks:
+        manifest = dataclasses.replace(manifest, tasks=tasks)
+        (manifest.root / MANIFEST_NAME).write_text(json.dumps(manifest.to_json(), indent=2))
     return manifest
 
 
@@ -251,7 +251,7 @@ def build_zoo(out_dir: Path, preset: str = "full", force: bool = False,
     root = Path(out_dir).resolve()
     digest = settings.digest()
     if not force and (hit := _cached(root, digest)):
-        return _with_generative_task(hit, settings)
+        return _with_current_tasks(hit, settings)
 
     started, cpu_started = time.perf_counter(), time.process_time()
     hf_logging.disable_progress_bar()  # one bar per saved shard is noise in a build log

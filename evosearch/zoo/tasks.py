@@ -13,8 +13,10 @@ plus k mod 10) and string reversal (`abcde>` -> `edcba`). The eval tasks are
   and the Japanese come from different models). Arithmetic asked wholly in the cipher language did not
   work as a target: a 4-layer model never shares the skill across scripts, so no merge could find it.
 
-and ``zoo_target_gen``, the target's items answered by generation (greedy, exactly the answer's length) and
-scored by lm-eval's exact match: the generative kind of task (gsm8k, mgsm) on the zoo's scale.
+and ``zoo_target_gen``, the target's sums answered by generation (greedy, exactly the sum's length) and
+scored by lm-eval's exact match: the generative kind of task (gsm8k, mgsm) on the zoo's scale. Only the sum
+can be asked: the string the target then reverses is drawn at random and appears only in its answer, so no
+model could generate it from the prompt.
 
 Every task has a fixed ``search`` split (what an optimizer may see) and a held-out ``report`` split.
 Eval items are identified by their language-independent *key* (the operands, or the L1 string); no
@@ -221,14 +223,14 @@ def make_eval_items(seed: int, items_per_split: int) -> EvalItems:
     return EvalItems(docs, {k: frozenset(v) for k, v in held.items()})
 
 
-# The target answered by generation: the same docs as `zoo_target`, so its figures compare one to one.
+# The target's sums answered by generation, on the same docs as `zoo_target`.
 GENERATIVE_TASK = "zoo_target_gen"
 GENERATIVE_FROM = "zoo_target"
 
 
 def _generative_config(name: str, data: Path, split: str, answer_length: int) -> dict:
     """`name` scored by generation: greedy, exactly `answer_length` tokens (one character each), exact match
-    with the right choice."""
+    with the right choice's sum (its part before JOIN)."""
     return {
         "task": name,
         "tag": [f"{TASK_GROUP}_generative" if split == "search" else f"{TASK_GROUP}_generative_{split}"],
@@ -237,25 +239,26 @@ def _generative_config(name: str, data: Path, split: str, answer_length: int) ->
         "test_split": "test",
         "output_type": "generate_until",
         "doc_to_text": "prompt",
-        "doc_to_target": "{{choices[label]}}",
+        "doc_to_target": f"{{{{choices[label].split({JOIN!r})[0]}}}}",
         "target_delimiter": "",
-        "generation_kwargs": {"until": ["</s>"], "do_sample": False, "max_gen_toks": answer_length},
+        "generation_kwargs": {"until": [JOIN, "</s>"], "do_sample": False, "max_gen_toks": answer_length},
         "metric_list": [{"metric": "exact_match", "aggregation": "mean", "higher_is_better": True}],
-        "metadata": {"version": 1, "split": split,
-                     "description": f"{TASKS[GENERATIVE_FROM].description}; answered by generation"},
+        "metadata": {"version": 2, "split": split,
+                     "description": "the target's L1 sum (the first half of zoo_target), answered by generation"},
     }
 
 
 def write_task_files(items: EvalItems, task_dir: Path) -> dict[str, Path]:
     """One JSONL and one lm-eval YAML per (task, split), and the generative target's YAML per split (on the
-    target's JSONL); returns task name -> YAML path."""
+    target's JSONL); returns task name -> YAML path. A file whose content is already right is left alone,
+    so a cached zoo's tasks can be brought up to date while workers read them."""
     task_dir.mkdir(parents=True, exist_ok=True)
     yamls: dict[str, Path] = {}
     for base, by_split in items.docs.items():
         for split, docs in by_split.items():
             name = task_name(base, split)
             data = (task_dir / f"{name}.jsonl").resolve()
-            data.write_text("".join(json.dumps(d, ensure_ascii=False) + "\n" for d in docs), encoding="utf-8")
+            _write_if_changed(data, "".join(json.dumps(d, ensure_ascii=False) + "\n" for d in docs))
             config = {
                 "task": name,
                 "tag": [TASK_GROUP if split == "search" else f"{TASK_GROUP}_{split}"],
@@ -272,14 +275,21 @@ def write_task_files(items: EvalItems, task_dir: Path) -> dict[str, Path]:
             }
             configs = {name: config}
             if base == GENERATIVE_FROM:
-                answer = docs[0]["choices"][docs[0]["label"]]
+                answer = docs[0]["choices"][docs[0]["label"]].split(JOIN)[0]
                 generative = task_name(GENERATIVE_TASK, split)
                 configs[generative] = _generative_config(generative, data, split, len(answer))
             for task, task_config in configs.items():
                 path = task_dir / f"{task}.yaml"
-                path.write_text(yaml.safe_dump(task_config, sort_keys=False, allow_unicode=True), encoding="utf-8")
+                _write_if_changed(path, yaml.safe_dump(task_config, sort_keys=False, allow_unicode=True))
                 yamls[task] = path.resolve()
     return yamls
+
+
+def _write_if_changed(path: Path, text: str) -> None:
+    if not path.is_file() or path.read_text(encoding="utf-8") != text:
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_text(text, encoding="utf-8")
+        tmp.replace(path)  # a reader sees the old file or the new one, never half of one
 
 
 # --- training streams --------------------------------------------------------------------------------
