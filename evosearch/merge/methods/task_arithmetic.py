@@ -157,7 +157,9 @@ def _member(name: str, *, normalize: bool, rescale: bool, sparsify: Optional[Cal
         name=name, parameters=(WEIGHT, DENSITY, *extra, *_shared(normalize, rescale)), reference=reference,
         window=None if random else sparsify, draw=sparsify if random else None, sign_consensus=sign_consensus,
         verified="mergekit's drop rate and rescaling, statistically (random drops)" if random
-        else "parity with mergekit")
+        else "parity with mergekit" if sparsify is None
+        # mergekit's order among equal magnitudes is its sort's; ours is the lowest index, on every device
+        else "parity with mergekit but where elements tie at the density cut (the lowest index is kept)")
 
 
 # Defaults of normalize and rescale are mergekit 0.1.5's for each name. Plain task arithmetic accepts (and
