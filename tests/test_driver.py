@@ -349,7 +349,7 @@ def test_killed_driver_process_resumes_without_reevaluating(ray_local, tiny_zoo,
     assert row["status"] == "running" and row["driver_dead"] is False
     with pytest.raises(LeaseHeld, match="job 'killed' is being run by driver .* lease is live"):
         run_job(spec, store, resume=True)  # refused while the lease may still be live: nothing written
-    resume = [str(CLI), "resume", "killed", "--store", f"sqlite:///{tmp_path / 'killed' / 'evosearch.db'}"]
+    resume = [str(CLI), "resume", "killed", "--store", f"sqlite:///{Path(job['output_dir']) / 'evosearch.db'}"]
     wait_for_lease_expiry(store, job_id)
     (row,) = status_rows([(store.get_job(job_id), store.progress(job_id))])
     assert row["status"] == "dead" and row["driver_dead"] is True
