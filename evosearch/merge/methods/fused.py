@@ -40,6 +40,7 @@ log = logging.getLogger(__name__)
 
 NONE, RANKS, DRAW, MASK = 0, 1, 2, 3  # Keep.kind, as gta_kernel.c numbers them
 CHUNK = 1 << 17  # elements per chunk of the combination: its inputs stay in cache between its steps
+_DEVICE_SCRATCH = 1 << 26  # elements of scratch a GPU chunk may hold, over all its task vectors (256 MB in float32)
 _BINS = 1 << 15  # histogram bins: the top 16 bits of a non-negative float32
 _MAX_MODELS = 64  # the C kernel's per-element scratch
 KERNEL_ENV = "EVOSEARCH_MERGE_KERNEL"
@@ -84,8 +85,10 @@ class _KeepSpec(ctypes.Structure):
 
 _SOURCE = Path(__file__).with_name("gta_kernel.c")
 # -march=native: vector instructions of this CPU (the cache key names the CPU); no FMA contraction and no
-# fast-math, so every float operation rounds as torch's does.
-_FLAGS = ["-O3", "-march=native", "-shared", "-fPIC", "-ffp-contract=off", "-fno-fast-math", "-std=c99"]
+# fast-math, so every float operation rounds as torch's does. On x86, 512-bit vectors where the CPU has them
+# (gcc defaults to 256): the counter hash's integer multiplies are the DARE passes' cost.
+_FLAGS = ["-O3", "-march=native", *(["-mprefer-vector-width=512"] if platform.machine() in ("x86_64", "AMD64") else []),
+          "-shared", "-fPIC", "-ffp-contract=off", "-fno-fast-math", "-std=c99"]
 _library: Optional[ctypes.CDLL] = None
 _library_failed = False
 _pools: dict[int, ThreadPoolExecutor] = {}
@@ -167,6 +170,15 @@ def _parallel(numel: int, chunk: int, work) -> list:
         return [work(s, e) for s, e in bounds]
     pool = _pools.get(threads) or _pools.setdefault(threads, ThreadPoolExecutor(threads, "merge-kernel"))
     return list(pool.map(lambda b: work(*b), bounds))
+
+
+def _torch_chunk(device: torch.device, rows: int, cpu_chunk: int) -> int:
+    """Elements per chunk of the torch backend. On CPU, `cpu_chunk` (its inputs stay in cache between its
+    steps); on a GPU, each step over a chunk is a kernel launch, so chunks of CHUNK elements would leave the
+    launches, not memory, bounding the build: there a chunk takes as many elements as keep the scratch of
+    its `rows` task vectors within _DEVICE_SCRATCH. The result does not depend on it: masks are keyed by
+    element index, and the chunks only split sums taken in float64."""
+    return cpu_chunk if device.type == "cpu" else max(cpu_chunk, _DEVICE_SCRATCH // max(rows, 1))
 
 
 def _spec(keep: Keep, weight: float) -> _KeepSpec:
@@ -365,10 +377,12 @@ def l1_rescale_factor(base: torch.Tensor, model: torch.Tensor, keep: Keep, eps: 
     if lib is None:
         flat_b, flat_m = base.reshape(-1), model.reshape(-1)
 
-        def sums(start, end):
+        def sums(start, end):  # left on the device: one synchronisation at the end, not two per chunk
             d = flat_m[start:end] - flat_b[start:end]
             a = d.abs().double()
-            return float(a.sum()), float(a[_keep_chunk(keep, d, start, end)].sum())
+            return a.sum(), a[_keep_chunk(keep, d, start, end)].sum()
+
+        chunk = _torch_chunk(base.device, 2, CHUNK * 8)
     else:
         spec = _spec(keep, 1.0)
 
@@ -377,8 +391,9 @@ def l1_rescale_factor(base: torch.Tensor, model: torch.Tensor, keep: Keep, eps: 
             lib.kept_l1(base.data_ptr(), model.data_ptr(), ctypes.byref(spec), start, end, out)
             return out[0], out[1]
 
-    parts = _parallel(numel, CHUNK * 8, sums)
-    before, after = sum(p[0] for p in parts), sum(p[1] for p in parts)
+        chunk = CHUNK * 8
+    parts = _parallel(numel, chunk, sums)
+    before, after = float(sum(p[0] for p in parts)), float(sum(p[1] for p in parts))
     if before < eps or after < eps:
         return None
     return float(np.float32(before / after))
@@ -405,9 +420,10 @@ def fused_combine(base: torch.Tensor, models: Sequence[torch.Tensor], keeps: Seq
     flat_models = [m.reshape(-1) for m in models]
     scales = [torch.tensor(k.scale, dtype=base.dtype, device=base.device) if k.scale is not None else None
               for k in keeps]
-    buffer = torch.empty(n, min(CHUNK, numel), dtype=base.dtype, device=base.device)
-    for start in range(0, numel, CHUNK):
-        end = min(start + CHUNK, numel)
+    chunk = _torch_chunk(base.device, n, CHUNK)
+    buffer = torch.empty(n, min(chunk, numel), dtype=base.dtype, device=base.device)
+    for start in range(0, numel, chunk):
+        end = min(start + chunk, numel)
         d = buffer[:, :end - start]
         for i, model in enumerate(flat_models):
             row = torch.sub(model[start:end], flat_base[start:end], out=d[i])

@@ -195,12 +195,13 @@ static void block_terms(const float *base, const float *model, const keep_spec *
     switch (s->kind) {
     case 1: {
         float hi = s->thr_hi, lo = s->thr_lo;
-        int64_t cut_hi = s->cut_hi, cut_lo = s->cut_lo;
-        for (int64_t t = 0; t < len; t++) {  /* branch-free, so it vectorises */
+        /* j < cut as t < cut - j0, clamped to the block: 32-bit lanes, so the loop vectorises at full width */
+        int32_t cut_hi = (int32_t)(s->cut_hi <= j0 ? 0 : s->cut_hi - j0 >= len ? len : s->cut_hi - j0);
+        int32_t cut_lo = (int32_t)(s->cut_lo <= j0 ? 0 : s->cut_lo - j0 >= len ? len : s->cut_lo - j0);
+        for (int32_t t = 0; t < (int32_t)len; t++) {  /* branch-free, so it vectorises */
             float a = fabsf(x[t]);
-            int64_t j = j0 + t;
-            int upper = (a > hi) | ((a == hi) & (j < cut_hi));
-            int lower = (a > lo) | ((a == lo) & (j < cut_lo));
+            int upper = (a > hi) | ((a == hi) & (t < cut_hi));
+            int lower = (a > lo) | ((a == lo) & (t < cut_lo));
             x[t] = x[t] * ((upper & !lower) ? 1.0f : 0.0f);
         }
         break;
@@ -208,10 +209,16 @@ static void block_terms(const float *base, const float *model, const keep_spec *
     case 2:
         if (s->threshold < (1ULL << 32)) {
             uint32_t limit = (uint32_t)s->threshold, k0 = s->key0, k1 = s->key1;
-            for (int64_t t = 0; t < len; t++) {
-                uint64_t u = (uint64_t)(j0 + t);
-                uint32_t h = mix32(mix32((uint32_t)u ^ k0) ^ (uint32_t)(u >> 32) ^ k1);
-                x[t] = x[t] * (h < limit ? 1.0f : 0.0f);
+            uint64_t first = (uint64_t)j0, last = (uint64_t)(j0 + len - 1);
+            if ((first >> 32) == (last >> 32)) {  /* the index's high word is the block's: 32-bit lanes */
+                uint32_t low = (uint32_t)first, high = (uint32_t)(first >> 32) ^ k1;
+                for (int32_t t = 0; t < (int32_t)len; t++) {
+                    uint32_t h = mix32(mix32((low + (uint32_t)t) ^ k0) ^ high);
+                    x[t] = x[t] * (h < limit ? 1.0f : 0.0f);
+                }
+            } else {
+                for (int64_t t = 0; t < len; t++)
+                    x[t] = x[t] * (counter_hash(k0, k1, j0 + t) < limit ? 1.0f : 0.0f);
             }
         } else {
             for (int64_t t = 0; t < len; t++)
