@@ -3,7 +3,9 @@
 lm-eval indexes task YAMLs and builds `Task` objects (loading their datasets); both are slow next to
 scoring a tiny model, so an `LmEvalEvaluator` does them once (`fitness.tasks.TaskCatalog`) and every
 `evaluate` call only builds requests for the asked doc ids and runs the model through lm-eval's HF wrapper
-(batched, generation included, with each task's own generation settings). A task's score and per-item
+(batched, generation included, with each task's own generation settings). Every candidate of a search is
+scored on the same prompts with the same tokenizer, so their token ids are kept per tokenizer object
+(`_EncodingMemo`): on a small model, tokenizing the prompts again cost as much as the forward passes. A task's score and per-item
 correctness are read for one metric under one filter (`Scoring`), from lm-eval's logged samples.
 """
 
@@ -13,6 +15,7 @@ import functools
 import math
 import numbers
 import time
+import weakref
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Mapping, Optional, Sequence
@@ -55,12 +58,46 @@ class _ForwardTimer:
         self.total += time.perf_counter() - self._start
 
 
+class _EncodingMemo:
+    """Token ids of the strings lm-eval asked a tokenizer for, per tokenizer object (a worker keeps one per
+    source, so every candidate of a search shares them; a tokenizer built for one candidate, such as a
+    vocabulary union, takes its memo with it when it is collected). Bounded: past `max_entries` strings a
+    tokenizer's memo starts over."""
+
+    def __init__(self, max_entries: int = 1 << 18) -> None:
+        self.max_entries = max_entries
+        self._by_tokenizer: "weakref.WeakKeyDictionary[object, dict]" = weakref.WeakKeyDictionary()
+
+    def encode(self, tokenizer, key: tuple, encode) -> list[int]:
+        try:
+            memo = self._by_tokenizer.setdefault(tokenizer, {})
+            ids = memo.get(key)
+        except TypeError:  # a tokenizer or an argument that cannot be a key: no memo for it
+            return encode()
+        if ids is None:
+            if len(memo) >= self.max_entries:
+                memo.clear()
+            ids = memo[key] = tuple(encode())
+        return list(ids)  # lm-eval may change the list it gets
+
+
+_ENCODINGS = _EncodingMemo()
+
+
 @functools.cache
 def _quiet_hflm():
-    """lm-eval's HF wrapper without its per-call progress bars (two per task for every candidate)."""
+    """lm-eval's HF wrapper without its per-call progress bars (two per task for every candidate), its
+    prompts' token ids kept across candidates (`_EncodingMemo`)."""
     from lm_eval.models.huggingface import HFLM  # lm-eval only when evaluating: it takes seconds to import
 
     class QuietHFLM(HFLM):
+        def tok_encode(self, string: str, add_special_tokens: bool | None = None,
+                       left_truncate_len: int | None = None, **kwargs) -> list[int]:
+            # add_bos_token is part of the key: lm-eval reads it from the wrapper, not the tokenizer.
+            key = (string, add_special_tokens, left_truncate_len, self.add_bos_token, tuple(sorted(kwargs.items())))
+            return _ENCODINGS.encode(self.tokenizer, key, lambda: super(QuietHFLM, self).tok_encode(
+                string, add_special_tokens=add_special_tokens, left_truncate_len=left_truncate_len, **kwargs))
+
         def loglikelihood(self, requests, disable_tqdm: bool = True):
             return super().loglikelihood(requests, disable_tqdm=True)
 

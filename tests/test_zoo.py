@@ -134,6 +134,30 @@ def test_evaluator_scores_subsets_and_matches_full_run(tiny_zoo):
         LmEvalEvaluator(tiny_zoo.include_path, ["zoo_nope"])
 
 
+def test_evaluator_tokenizes_a_prompt_once_per_tokenizer_and_scores_the_same(tiny_zoo):
+    """The second candidate on the same tokenizer calls the tokenizer for no prompt, with the same scores;
+    another tokenizer object (as a vocabulary union builds per candidate) is tokenized for itself."""
+    evaluator = LmEvalEvaluator(tiny_zoo.include_path, ["zoo_math", "zoo_target_gen"])
+    model = AutoModelForCausalLM.from_pretrained(tiny_zoo.models["math"]).eval()
+    first_tok, other_tok = (AutoTokenizer.from_pretrained(tiny_zoo.models["math"]) for _ in range(2))
+    calls: list[str] = []
+
+    def counting(tok):
+        encode = tok.encode
+        tok.encode = lambda text, **kw: calls.append(text) or encode(text, **kw)
+        return tok
+
+    first = evaluator.evaluate(model, counting(first_tok))
+    asked = len(calls)
+    assert asked >= 2 * 500  # every prompt and prompt + answer of the multiple-choice task
+    again = evaluator.evaluate(model, first_tok)
+    # What is left: lm-eval's stopping criteria encode the generative task's stop strings once per batch.
+    assert set(calls[asked:]) <= {JOIN, "</s>"} and len(calls) - asked <= 2 * -(-500 // 64)
+    assert again.correct == first.correct and again.accuracy == first.accuracy
+    del calls[asked:]
+    other = evaluator.evaluate(model, counting(other_tok))
+    assert len(calls) == 2 * asked and other.correct == first.correct
+
 @pytest.mark.slow
 def test_zoo_report_cli_prints_every_model_and_the_merge_figures(tiny_zoo):
     torch.set_num_threads(1)
