@@ -17,8 +17,6 @@ from dataclasses import dataclass
 from typing import Any, Callable
 
 import numpy as np
-from sklearn.cluster import KMeans
-from sklearn.exceptions import ConvergenceWarning
 from threadpoolctl import threadpool_limits
 
 from fitness.errors import FitnessError
@@ -71,6 +69,10 @@ def _task_seed(seed: int, task: str) -> int:
 
 def _cluster_anchors(features: np.ndarray, k: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
     """Positions (into `features`' rows) of k medoid anchors and their weights."""
+    # sklearn takes a second to import, and a job file names anchor strategies long before any clustering.
+    from sklearn.cluster import KMeans
+    from sklearn.exceptions import ConvergenceWarning
+
     n = len(features)
     # One thread: the problem is tiny, and OpenMP threads contending with torch's made it ~50x slower.
     # Fewer distinct rows than k is handled below, so sklearn's warning about it is expected.

@@ -88,7 +88,7 @@ def test_calibration_and_reduced_fitness_on_a_generative_builtin_task(ray_local,
                    "n_random": 3, "n_heldout": 0,
                    "tasks": {"names": ["gsm8k_search"], "scoring": {"gsm8k_search": {"filter": "flexible-extract"}},
                              **tasks},
-                   "workers": {"count": 1, "num_cpus": 0.5}}
+                   "workers": {"count": 2, "num_cpus": 0.5}}  # generation is slow: both cores
     path = tmp_path / "calib.yaml"
     path.write_text(yaml.safe_dump(calibration, sort_keys=False))
     result = CliRunner().invoke(app, ["calibrate", str(path)])

@@ -124,7 +124,7 @@ def test_calibration_on_ray_stored_model_by_model_then_fitness_and_report(ray_lo
         stored_as_they_finish.append(model.label)
 
     pool = WorkerPool(CandidateWorker, (list(zoo_paths.values()), str(tiny_zoo.include_path), tasks),
-                      num_workers=1, options=ActorOptions(num_cpus=0.5)).start()
+                      num_workers=2, options=ActorOptions(num_cpus=0.5)).start()
     try:
         models = run_calibration(members, pool, on_model=store_one)
     finally:

@@ -34,7 +34,7 @@ def calibration(zoo, tmp_path: Path, **overrides) -> dict:
         "search_space": {"kind": "ps", "sources": ["math", "strings", "lang"], "methods": "task_arithmetic",
                          "parameters": {"normalize": False}, "bounds": {"weight": [0.0, 1.5]}},
         "n_random": 6, "n_heldout": 3, "tasks": TASKS, "include_path": str(zoo.include_path),
-        "workers": {"count": 1, "num_cpus": 0.5},
+        "workers": {"count": 2, "num_cpus": 0.5},  # two cores score the 13 models
         "report": {"estimators": ["weighted_anchor", "gpirt", "mgpirt"], "strategies": ["random", "irt_clustering"],
                    "ks": [5, 20]},
     }

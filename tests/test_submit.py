@@ -103,7 +103,9 @@ def ray_head():
     finally:
         os.killpg(proc.pid, signal.SIGTERM)
         try:
-            proc.wait(timeout=45)
+            # A graceful head stop waits on every job and actor (30 s and more); the head's temp dir is
+            # removed below, so what a SIGKILL leaves behind goes with it.
+            proc.wait(timeout=5)
         except subprocess.TimeoutExpired:
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()

@@ -6,7 +6,6 @@ import math
 import warnings
 from typing import Any, Literal, Optional, Union
 
-import cma
 import numpy as np
 from pydantic import Field, field_validator
 
@@ -65,6 +64,10 @@ class CMAESOptimizer(Optimizer):
             opts["popsize"] = config.popsize
         if config.tolx is not None:
             opts["tolx"] = config.tolx
+        # cma pulls in scipy.stats (seconds): only a driver that runs CMA-ES pays for it, not every CLI verb
+        # that reads a job file.
+        import cma
+
         self._rng = {"state": np.random.RandomState(seed).get_state()}
         with numpy_global_rng(self._rng), warnings.catch_warnings():
             warnings.simplefilter("ignore")  # cma warns about e.g. 1-D problems on stderr

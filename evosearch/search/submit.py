@@ -30,12 +30,14 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, Optional
+from typing import TYPE_CHECKING, Iterator, Optional
 
 import yaml
 
 from evosearch.errors import RunFailure, one_line
-from evosearch.search.job import JobSpec
+
+if TYPE_CHECKING:  # annotations only: `logs` and `stop` need no job model (torch, transformers, cma: seconds)
+    from evosearch.search.job import JobSpec
 
 SUBMISSION_PREFIX = "evosearch-"
 JOB_METADATA_KEY = "evosearch_job"
