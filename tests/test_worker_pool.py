@@ -65,6 +65,33 @@ def test_stream_hands_out_items_made_from_earlier_outcomes(ray_local, tmp_path):
     assert seen == [4, 16, 256, 65536]
 
 
+def test_stream_at_depth_two_queues_a_second_call_and_a_death_charges_only_the_running_one(ray_local, tmp_path):
+    """One actor, two calls out at once: the item queued behind one that kills the actor is handed to the
+    replacement as it was (attempts 1), while the killer is charged its attempt."""
+    pool = WorkerPool(SquareWorker, (str(tmp_path),), num_workers=1, options=ActorOptions(num_cpus=0.5),
+                      max_retries=0).start()
+    items, outcomes, asked_before_any_outcome = ["die-always", 5, 6], [], []
+
+    def next_item():
+        if not outcomes:
+            asked_before_any_outcome.append(items[0] if items else None)
+        return items.pop(0) if items else EXHAUSTED
+
+    try:
+        for outcome in pool.stream(next_item, lambda i: (i,), depth=2):
+            outcomes.append(outcome)
+        with pytest.raises(ValueError, match="depth must be at least 1"):
+            list(pool.stream(next_item, lambda i: (i,), depth=0))
+    finally:
+        pool.shutdown()
+    assert asked_before_any_outcome[:2] == ["die-always", 5]  # both out on the one actor before any result
+    by_item = {str(o.item): o for o in outcomes}
+    assert set(by_item) == {"die-always", "5", "6"} and len(outcomes) == 3
+    assert by_item["die-always"].error.startswith("worker died 1 times") and by_item["die-always"].attempts == 1
+    assert by_item["5"].value[0] == 25 and by_item["5"].attempts == 1 and by_item["5"].worker == "worker-0.1"
+    assert by_item["6"].value[0] == 36 and by_item["6"].attempts == 1
+
+
 def test_pool_requeues_after_actor_death_and_reports_task_errors(ray_local, tmp_path):
     pool = WorkerPool(SquareWorker, (str(tmp_path),), num_workers=2, options=ActorOptions(num_cpus=0.5),
                       max_retries=1).start()

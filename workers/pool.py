@@ -69,6 +69,7 @@ class _Slot:
     name: str
     generation: int = 0  # bumped on every restart so names stay unique in the store
     ready: Any = None  # the actor's readiness ref until it has answered, then None
+    died_running: int | None = None  # once the actor died: the call it was running (`_InFlight.seq`)
 
 
 @dataclass
@@ -76,6 +77,7 @@ class _InFlight(Generic[Item]):
     item: Item
     slot: _Slot
     attempts: int
+    seq: int  # submission order: an actor runs its calls in that order, so its oldest one is the running one
 
 
 class WorkerStartError(RunFailure, RuntimeError):
@@ -173,20 +175,32 @@ class WorkerPool(Generic[Item]):
         queue = deque(items)
         return self.stream(lambda: queue.popleft() if queue else EXHAUSTED, args_of)
 
-    def stream(self, next_item: Callable[[], Any], args_of: Callable[[Item], tuple]) -> Iterator[PoolOutcome[Item]]:
+    def stream(self, next_item: Callable[[], Any], args_of: Callable[[Item], tuple],
+               depth: int = 1) -> Iterator[PoolOutcome[Item]]:
         """Like `map_unordered`, over items that `next_item()` makes as actors fall idle: it returns an item,
         None (nothing yet: asked again after the next outcome) or EXHAUSTED (no more, ever). The caller may
-        act on each outcome before the pool asks for more, so what it hands out next can depend on it."""
+        act on each outcome before the pool asks for more, so what it hands out next can depend on it.
+
+        `depth`: calls out per actor at once. With 2, an actor's next item waits in its own queue while it
+        runs the current one, so it starts the moment the current one ends instead of after the result's
+        round trip through this loop (and the caller's work on it); items are then asked one outcome
+        earlier. When an actor dies, only the call it was running counts as an attempt: the ones queued
+        behind it are handed out again as they were."""
+        if depth < 1:
+            raise ValueError("depth must be at least 1")
         if not self._slots:
             self.start()
         retry: deque[tuple[Item, int]] = deque()  # items whose actor died, before any new one
-        idle: deque[_Slot] = deque(s for s in self._slots if s.ready is None)
+        # One entry per call an actor may still take: each ready actor `depth` times, interleaved so that
+        # every actor has one call before any has two.
+        idle: deque[_Slot] = deque(s for _ in range(depth) for s in self._slots if s.ready is None)
         starting: dict[Any, _Slot] = {s.ready: s for s in self._slots if s.ready is not None}
         running: dict[Any, _InFlight[Item]] = {}
         exhausted = False
+        submitted = 0
 
         def submit() -> None:
-            nonlocal exhausted
+            nonlocal exhausted, submitted
             while idle and (retry or not exhausted):
                 if retry:
                     item, attempts = retry.popleft()
@@ -199,7 +213,8 @@ class WorkerPool(Generic[Item]):
                         return
                 slot = idle.popleft()
                 ref = getattr(slot.actor, self.call).remote(*args_of(item))
-                running[ref] = _InFlight(item=item, slot=slot, attempts=attempts + 1)
+                running[ref] = _InFlight(item=item, slot=slot, attempts=attempts + 1, seq=submitted)
+                submitted += 1
 
         submit()
         while running or retry or not exhausted:
@@ -215,7 +230,7 @@ class WorkerPool(Generic[Item]):
             if ref in starting:
                 slot = self._started(starting.pop(ref))
                 if slot.ready is None:
-                    idle.append(slot)
+                    idle.extend([slot] * depth)
                 else:
                     starting[slot.ready] = slot
                 submit()
@@ -226,9 +241,17 @@ class WorkerPool(Generic[Item]):
             except (RayActorError, WorkerCrashedError, ObjectLostError) as exc:
                 # The actor process died (OOM, segfault, node loss; a result kept on a lost node is lost
                 # with it): the item is innocent until it has killed `max_retries + 1` actors.
-                fresh = self._restart(flight.slot)
-                starting[fresh.ready] = fresh
-                if flight.attempts <= self.max_retries:
+                dead = flight.slot
+                if dead.died_running is None:  # the first of its calls to come back: replace the actor once
+                    dead.died_running = min([flight.seq] + [f.seq for f in running.values() if f.slot is dead])
+                    kept = [s for s in idle if s is not dead]
+                    idle.clear()
+                    idle.extend(kept)
+                    fresh = self._restart(dead)
+                    starting[fresh.ready] = fresh
+                if flight.seq != dead.died_running:  # queued behind the running call: it never started
+                    retry.append((flight.item, flight.attempts - 1))
+                elif flight.attempts <= self.max_retries:
                     log.warning("%s died on an item (attempt %d); re-queued: %s", flight.slot.name,
                                 flight.attempts, remote_one_line(exc))
                     retry.appendleft((flight.item, flight.attempts))
@@ -236,11 +259,13 @@ class WorkerPool(Generic[Item]):
                     yield PoolOutcome(item=flight.item, error=f"worker died {flight.attempts} times: {remote_one_line(exc)}",
                                       attempts=flight.attempts, worker=flight.slot.name)
             except RayTaskError as exc:
-                idle.append(flight.slot)
+                if flight.slot.died_running is None:  # a result that came back from an actor since replaced
+                    idle.append(flight.slot)
                 yield PoolOutcome(item=flight.item, error=remote_one_line(exc), attempts=flight.attempts,
                                   worker=flight.slot.name)
             else:
-                idle.append(flight.slot)
+                if flight.slot.died_running is None:
+                    idle.append(flight.slot)
                 yield PoolOutcome(item=flight.item, value=value, attempts=flight.attempts, worker=flight.slot.name)
             submit()
 

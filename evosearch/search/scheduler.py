@@ -27,6 +27,9 @@ from evosearch.optimizers import Optimizer
 from workers.pool import EXHAUSTED
 
 LOOKAHEAD = 3  # generations out at once: enough that a straggler never leaves a worker without a candidate
+# Calls out per worker: the next candidate waits on the worker while it runs the current one, so it
+# never idles through the result's trip to the driver, the store write and the next ask.
+QUEUE_DEPTH = 2
 
 
 class BatchDriver(Protocol):
@@ -75,7 +78,8 @@ class SteadyStateScheduler:
         for genomes in optimizer.pending():
             self._admit(optimizer.generation + len(self._open), genomes)
         self._conclude_complete()
-        for outcome in self.driver.workers().stream(self._next_item, lambda item: (item[2],)):
+        for outcome in self.driver.workers().stream(self._next_item, lambda item: (item[2],),
+                                                    depth=QUEUE_DEPTH):
             batch, pending, _ = outcome.item
             self._in_flight -= 1
             self.driver.settle(batch.generation, batch.genomes, batch.final, pending, outcome)
