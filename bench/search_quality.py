@@ -220,6 +220,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--rows", default=",".join(DEFAULT_ROWS), help=f"comma-separated, of: {', '.join(ALL_ROWS)}")
     p.add_argument("--budget", type=int, default=120, help="candidates per search run (every search row)")
     p.add_argument("--seeds", type=int, default=3)
+    p.add_argument("--first-seed", type=int, default=0, help="seeds run are first-seed .. first-seed + seeds - 1 "
+                                                          "(more seeds of a row later, joined with --combine)")
     p.add_argument("--popsize", type=int, default=12, help="candidates per generation (every search row)")
     p.add_argument("--sigma0", type=float, default=0.25, help="CMA-ES initial step size (unit box)")
     p.add_argument("--layer-groups", type=int, default=2, help="PS: layer blocks with a weight each")
@@ -325,6 +327,7 @@ def main(argv=None) -> int:
     extra: dict = {"search_settings": asdict(settings)}
     result = write_results(runs, args, bed, table, started, extra)
     search_rows = [r for r in args.rows if r in SEARCH_ROWS]
+    seed_range = range(args.first_seed, args.first_seed + args.seeds)
     with tempfile.TemporaryDirectory(prefix="search_quality_") as tmp:
         store = Store.open(f"sqlite:///{Path(tmp) / 'evosearch.db'}")
         pool = None
@@ -333,7 +336,7 @@ def main(argv=None) -> int:
                 pool, extra["worker_start_seconds"] = start_pool(bed, settings, Path(tmp))
                 log(f"{settings.workers} Ray worker(s) started in {extra['worker_start_seconds']:.0f} s, shared by "
                     "every search row (not in any row's seconds)")
-            for seed, row in itertools.product(range(args.seeds), search_rows):
+            for seed, row in itertools.product(seed_range, search_rows):
                 run = run_search(row, bed, settings, seed, store, Path(tmp), log, pool=pool)
                 runs.append(run)
                 log(f"{row} seed {seed}: {run.picked} search {100 * run.search:.1f} report {100 * run.report:.1f} "
@@ -344,7 +347,7 @@ def main(argv=None) -> int:
             if pool is not None:
                 pool.shutdown()
             store.close()
-        for seed, row in itertools.product(range(args.seeds), [r for r in args.rows if r in PEERS]):
+        for seed, row in itertools.product(seed_range, [r for r in args.rows if r in PEERS]):
             try:
                 out = run_peer(row, bed, settings, seed, Path(args.peer_work) / f"{row}-s{seed}", log,
                                Path(args.peer_venvs), args.peer_timeout)
