@@ -17,6 +17,14 @@ os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 
+def pytest_collection_modifyitems(config, items):
+    """Modules with slow tests first, each module's order kept: `scripts/test.sh` hands whole modules to two
+    pytest-xdist workers, and a long module left for last would end the run on one worker while the other
+    idles."""
+    slow = {item.nodeid.split("::")[0] for item in items if item.get_closest_marker("slow")}
+    items.sort(key=lambda item: item.nodeid.split("::")[0] not in slow)
+
+
 @pytest.fixture(scope="session")
 def ray_local():
     import ray
