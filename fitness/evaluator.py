@@ -5,8 +5,9 @@ scoring a tiny model, so an `LmEvalEvaluator` does them once (`fitness.tasks.Tas
 `evaluate` call only builds requests for the asked doc ids and runs the model through lm-eval's HF wrapper
 (batched, generation included, with each task's own generation settings). Every candidate of a search is
 scored on the same prompts with the same tokenizer, so their token ids are kept per tokenizer object
-(`_EncodingMemo`): on a small model, tokenizing the prompts again cost as much as the forward passes. A task's score and per-item
-correctness are read for one metric under one filter (`Scoring`), from lm-eval's logged samples.
+(`_EncodingMemo`): on a small model, tokenizing the prompts again cost as much as the forward passes. A
+task's score and per-item correctness are read for one metric under one filter (`Scoring`), from lm-eval's
+logged samples.
 """
 
 from __future__ import annotations

@@ -158,6 +158,7 @@ def test_evaluator_tokenizes_a_prompt_once_per_tokenizer_and_scores_the_same(tin
     other = evaluator.evaluate(model, counting(other_tok))
     assert len(calls) == 2 * asked and other.correct == first.correct
 
+
 @pytest.mark.slow
 def test_zoo_report_cli_prints_every_model_and_the_merge_figures(tiny_zoo):
     torch.set_num_threads(1)

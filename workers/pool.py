@@ -259,7 +259,7 @@ class WorkerPool(Generic[Item]):
                     yield PoolOutcome(item=flight.item, error=f"worker died {flight.attempts} times: {remote_one_line(exc)}",
                                       attempts=flight.attempts, worker=flight.slot.name)
             except RayTaskError as exc:
-                if flight.slot.died_running is None:  # a result that came back from an actor since replaced
+                if flight.slot.died_running is None:  # a replaced actor's slot takes no more calls
                     idle.append(flight.slot)
                 yield PoolOutcome(item=flight.item, error=remote_one_line(exc), attempts=flight.attempts,
                                   worker=flight.slot.name)
