@@ -249,6 +249,7 @@ class SearchSettings:
     psdfs_sources: tuple[str, ...]  # the DFS part of PS+DFS: "@ps" and zoo model names; the first anchors
     dfs_repeats: int
     dfs_embed: Optional[str] = None  # the source whose embeddings and head a DFS path uses (default: the anchor)
+    start: str = "centre"  # where CMA-ES and NSGA-II begin on PS: the box centre, or the uniform merge
 
 
 def ps_space(bed: Bed, s: SearchSettings) -> dict:
@@ -276,8 +277,17 @@ def space_config(kind: str, bed: Bed, s: SearchSettings) -> dict:
     return {"kind": "ps+dfs", "ps": ps_space(bed, s), "dfs": dfs_space(bed, s, s.psdfs_sources)}
 
 
+def uniform_merge(bed: Bed) -> dict:
+    """Task arithmetic of every specialist at weight 1/M: the merge mergekit-evolve's genome starts from."""
+    weight = round(1.0 / len(bed.specialists), 6)
+    return {"merge_method": "task_arithmetic", "base_model": "base", "parameters": {"normalize": False},
+            "models": [{"model": m, "parameters": {"weight": weight}} for m in bed.specialists]}
+
+
 def search_job(row: str, bed: Bed, s: SearchSettings, seed: int, out_dir: Path) -> dict:
     spec = SEARCH_ROWS[row]
+    # Random search stays uniform in the box: it is the baseline a guided search must beat.
+    start = (s.start == "uniform" and spec.space == "ps" and spec.optimizer != "random")
     optimizer = {"cmaes": {"name": "cmaes", "popsize": s.popsize, "sigma0": s.sigma0},
                  "random": {"name": "random", "pop_size": s.popsize},
                  "nsga2": {"name": "nsga2", "pop_size": s.popsize}}[spec.optimizer]
@@ -292,6 +302,7 @@ def search_job(row: str, bed: Bed, s: SearchSettings, seed: int, out_dir: Path) 
         "fitness": {"mode": "full", **({"limit": s.limit} if s.limit else {})},
         "tasks": {"include_path": str(bed.zoo.include_path)},
         "workers": {"count": s.workers, "num_cpus": 1}, "report": {"when": "end"},
+        **({"start_from": uniform_merge(bed)} if start else {}),
     }
 
 

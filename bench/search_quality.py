@@ -224,6 +224,9 @@ def parse_args(argv=None) -> argparse.Namespace:
                                                           "(more seeds of a row later, joined with --combine)")
     p.add_argument("--popsize", type=int, default=12, help="candidates per generation (every search row)")
     p.add_argument("--sigma0", type=float, default=0.25, help="CMA-ES initial step size (unit box)")
+    p.add_argument("--start", choices=("centre", "uniform"), default="uniform",
+                   help="where CMA-ES and NSGA-II begin on PS: the box centre, or the uniform task-arithmetic "
+                        "merge at weight 1/M (mergekit-evolve's starting genome)")
     p.add_argument("--layer-groups", type=int, default=2, help="PS: layer blocks with a weight each")
     p.add_argument("--weight-high", type=float, default=1.5, help="PS: task-arithmetic weights in [0, this]")
     p.add_argument("--dfs-sources", default=None, help="DFS sources, the first anchors the path (default: "
@@ -250,6 +253,7 @@ def parse_args(argv=None) -> argparse.Namespace:
         args.limit = args.limit or 50
         args.out = args.out or str(Path(tempfile.gettempdir()) / "evosearch_search_quality_smoke")
     args.out = args.out or str(RESULTS)
+    args.peer_venvs = str(Path(args.peer_venvs).resolve())  # the peers run in their own work directories
     args.peer_work = args.peer_work or str(Path(args.out) / "peers" if args.smoke else Path("runs") / "search_quality_peers")
     args.rows = [r.strip() for r in args.rows.split(",") if r.strip()]
     unknown = [r for r in args.rows if r not in ALL_ROWS]
@@ -285,7 +289,7 @@ def settings_for(args, bed) -> SearchSettings:
     return SearchSettings(budget=args.budget, popsize=args.popsize, workers=args.workers, limit=args.limit,
                           sigma0=args.sigma0, layer_groups=min(args.layer_groups, bed.num_layers),
                           weight_high=args.weight_high, dfs_sources=dfs, psdfs_sources=psdfs,
-                          dfs_repeats=args.dfs_repeats, dfs_embed=args.dfs_embed)
+                          dfs_repeats=args.dfs_repeats, dfs_embed=args.dfs_embed, start=args.start)
 
 
 def main(argv=None) -> int:

@@ -153,6 +153,18 @@ def test_budget_ends_a_job_and_a_job_name_is_not_run_twice(ray_local, tiny_zoo, 
         run_job(spec, store)
 
 
+def test_a_job_started_from_a_merge_evaluates_that_merge_first(ray_local, tiny_zoo, tmp_path):
+    store = _store(tmp_path)
+    start = {"merge_method": "task_arithmetic", "base_model": "base",
+             "models": [{"model": "math", "parameters": {"weight": 1.5}}, {"model": "lang", "parameters": {"weight": 0.75}}]}
+    spec = _spec(tiny_zoo, tmp_path, name="started", generations=1, start_from=start, report={"when": "never"},
+                 optimizer={"name": "nsga2", "pop_size": 4}, fitness={"mode": "full", "limit": 20})
+    summary = run_job(spec, store)
+    first = min(store.candidates(summary.job_id), key=lambda c: (c.generation, c.index))
+    assert [m["parameters"]["weight"] for m in first.recipe["models"]] == [1.5, 0.75]
+    assert first.status == "done" and summary.candidates == 4
+
+
 def _source_with_nan_layer(src: Path, dst: Path, layer: int) -> Path:
     """A copy of a zoo model whose layer `layer` MLP outputs NaN: any path through it fails its candidate."""
     shutil.copytree(src, dst)

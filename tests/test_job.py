@@ -105,6 +105,8 @@ def _set(path: str, value):
     return edit
 
 
+UNIFORM_MERGE = {"merge_method": "task_arithmetic", "base_model": "base",
+                 "models": [{"model": m, "parameters": {"weight": 0.5}} for m in ("math", "lang")]}
 BAD_JOBS = [
     ("missing name", _set("name", ...), "name: required field is missing"),
     ("unsafe name", _set("name", "../evil"), "name: job name '../evil' must be"),
@@ -148,6 +150,17 @@ BAD_JOBS = [
                                                               "report_task": "zoo_target"}]),
      "objectives[0].report_task: the report split must differ from the search split (report_holdout: true"),
     ("hold-out of every doc", _set("holdout", {"fraction": 1.0}), "holdout.fraction: Input should be less than 1"),
+    ("start from a method outside the space", _set("start_from", {
+        "merge_method": "ties", "base_model": "base",
+        "models": [{"model": m, "parameters": {"weight": 0.5, "density": 0.5}} for m in ("math", "lang")]}),
+     "start_from: merge_method 'ties' is not among the space's methods ['task_arithmetic']"),
+    ("start from other models", _set("start_from", {
+        "merge_method": "task_arithmetic", "base_model": "base",
+        "models": [{"model": m, "parameters": {"weight": 0.5}} for m in ("math", "strings")]}),
+     "start_from: recipe models"),
+    ("start from a missing file", _set("start_from", "/nonexistent/merge.yaml"), "start_from: "),
+    ("start from and x0 both", lambda job: _set("optimizer.x0", 0.2)(_set("start_from", UNIFORM_MERGE)(job)),
+     "start_from: sets CMA-ES's initial mean; give it or optimizer.x0, not both"),
 ]
 
 
@@ -160,6 +173,19 @@ def test_bad_job_files_fail_with_one_line_naming_the_field(tiny_zoo, tmp_path, e
     assert "\n" not in message
     assert message.startswith(f"{path}: ")
     assert expected in message
+
+
+def test_start_from_a_mergekit_config_by_name_or_path_is_encoded_in_the_space(tiny_zoo, tmp_path):
+    recipe = {"merge_method": "task_arithmetic", "base_model": "base", "dtype": "float32",
+              "models": [{"model": "math", "parameters": {"weight": 1.5}},
+                         {"model": str(tiny_zoo.models["lang"]) + "/", "parameters": {"weight": 0.75}}]}
+    path = tmp_path / "merge.yaml"
+    path.write_text(yaml.safe_dump(recipe))
+    spec = load_job(write_job(tmp_path, zoo_job(tiny_zoo, start_from=str(path))))
+    assert [m["model"] for m in spec.start_from["models"]] == [str(tiny_zoo.models[k]) for k in ("math", "lang")]
+    # weight in [0, 3]: 1.5 and 0.75 are genes 0.5 and 0.25; what the store keeps encodes the same.
+    assert spec.start_genome().tolist() == [0.5, 0.25]
+    assert JobSpec.model_validate(spec.to_dict()).start_genome().tolist() == [0.5, 0.25]
 
 
 @pytest.mark.parametrize("text,expected", [

@@ -275,10 +275,13 @@ def test_asking_ahead_resumes_exactly_and_still_optimises(name):
     whole = make_optimizer(config, 4, directions, seed=3)
     uninterrupted = run_ahead(whole, fn)
     assert len(uninterrupted) == config.max_generations and whole.generation == config.max_generations
-    if name != "random":  # batches bred from an initial population: asked only once it is told
+    if name != "random":  # before the initial population is told, a batch asked ahead is sampled afresh
         fresh = make_optimizer(config, 4, directions, seed=3)
-        fresh.ask_ahead()
-        assert not fresh.can_ask_ahead()
+        first_two = [fresh.ask_ahead(), fresh.ask_ahead()]
+        assert first_two[0].shape == first_two[1].shape and not np.array_equal(*first_two)
+        for x in first_two:
+            fresh.tell(x, fn(x))
+        assert fresh.generation == 2 and fresh.can_ask_ahead()
 
     first = make_optimizer(config, 4, directions, seed=3)
     asked = run_ahead(first, fn, stop_at=4)  # two batches out when the state is saved
@@ -301,3 +304,27 @@ def test_cmaes_cannot_ask_ahead():
     assert not opt.can_ask_ahead()
     with pytest.raises(OptimizerError, match="cannot ask another batch"):
         opt.ask_ahead()
+
+
+@pytest.mark.parametrize("name", ["nsga2", "ga", "random"])
+def test_a_start_genome_is_the_first_candidate_of_a_population_optimizer(name):
+    config, fn, directions = CONFIGS[name]
+    start = np.linspace(0.1, 0.9, 4)
+    opt = make_optimizer(config, 4, directions, seed=0, start=start)
+    plain = make_optimizer(config, 4, directions, seed=0)
+    first, others = opt.ask(), plain.ask()
+    assert np.array_equal(first[0], start)
+    # The rest of the batch is the seed's own draw, and only the first batch holds the start.
+    np.testing.assert_array_equal(first[1:], others[1:])
+    opt.tell(first, fn(first))
+    assert not (opt.ask() == start).all(axis=1).any()
+
+
+def test_a_start_genome_is_cmaes_initial_mean():
+    start = np.array([0.1, 0.2, 0.8])
+    opt = make_optimizer(CMAESConfig(popsize=400, sigma0=0.02, max_generations=3), 3, ["min"], seed=0, start=start)
+    np.testing.assert_allclose(opt.ask().mean(axis=0), start, atol=0.01)
+    with pytest.raises(OptimizerError, match="x0 or a start genome"):
+        make_optimizer(CMAESConfig(x0=0.3), 3, ["min"], seed=0, start=start)
+    with pytest.raises(OptimizerError, match="start genome has 2 values for 3 genes"):
+        make_optimizer(CMAESConfig(), 3, ["min"], seed=0, start=start[:2])

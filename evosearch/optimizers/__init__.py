@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Sequence, Union
+from typing import Annotated, Any, Optional, Sequence, Union
 
+import numpy as np
 from pydantic import BaseModel, Field
 
 from evosearch.config_file import parse_section
@@ -33,8 +34,8 @@ def parse_optimizer_config(data: Any, *, source: str = "optimizer") -> Union[CMA
 
 
 def make_optimizer(config: Union[CMAESConfig, NSGA2Config, GAConfig, RandomSearchConfig], dim: int,
-                   directions: Sequence[Direction], seed: int) -> Optimizer:
-    return OPTIMIZERS[config.name](config, dim, directions, seed)
+                   directions: Sequence[Direction], seed: int, start: Optional[np.ndarray] = None) -> Optimizer:
+    return OPTIMIZERS[config.name](config, dim, directions, seed, start)
 
 
 __all__ = [

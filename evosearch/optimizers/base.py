@@ -8,6 +8,8 @@ order they were asked, `tell()` always telling the oldest one out.
 A failed candidate's NaN (or infinite) objectives are replaced by a penalty worse than anything seen, so
 the algorithms never see NaN. `state_dict()` after any call and `load_state()` on a fresh optimizer built
 with the same config, dim, directions and seed continue the exact same sequence.
+A `start` genome (a recipe the user already has, encoded) is where the search begins: CMA-ES's initial
+mean, the first genome of a population optimizer's first batch.
 """
 
 from __future__ import annotations
@@ -62,9 +64,13 @@ class Optimizer(ABC):
     # Can ask a batch before the batches already out are told (steady-state scheduling).
     asynchronous: ClassVar[bool] = False
 
-    def __init__(self, config: OptimizerConfig, dim: int, directions: Sequence[Direction], seed: int):
+    def __init__(self, config: OptimizerConfig, dim: int, directions: Sequence[Direction], seed: int,
+                 start: Optional[np.ndarray] = None):
         if dim < 1:
             raise OptimizerError(f"{self.name}: the search space has {dim} genes; nothing to search")
+        if start is not None and np.shape(start) != (dim,):
+            raise OptimizerError(f"{self.name}: the start genome has {np.size(start)} values for {dim} genes")
+        self.start = None if start is None else np.clip(np.asarray(start, dtype=float), 0.0, 1.0)
         try:
             self.directions = check_directions(directions)
         except ObjectiveError as e:
@@ -96,9 +102,9 @@ class Optimizer(ABC):
     def _converged(self) -> bool:
         return False
 
-    def _ready_to_ask_ahead(self) -> bool:
-        """Whether the algorithm can draw another batch now (e.g. not before its first population is told)."""
-        return True
+    def _starts_here(self) -> bool:
+        """Whether the batch being drawn is the search's first, the one a start genome joins."""
+        return self.start is not None and self.asked == 0
 
     # --- public interface --------------------------------------------------------------------------
     def ask(self) -> np.ndarray:
@@ -118,8 +124,7 @@ class Optimizer(ABC):
         return [np.clip(x, 0.0, 1.0) for x in self._pending]
 
     def can_ask_ahead(self) -> bool:
-        return (self.asynchronous and self.asked < self.config.max_generations and not self._converged()
-                and (not self._pending or self._ready_to_ask_ahead()))
+        return self.asynchronous and self.asked < self.config.max_generations and not self._converged()
 
     def ask_ahead(self) -> np.ndarray:
         """One more batch, asked while the earlier ones are out; told after them, in order."""

@@ -16,7 +16,8 @@ class CMAESConfig(ScalarisingConfig):
     name: Literal["cmaes"] = "cmaes"
     popsize: Optional[int] = Field(default=None, ge=2, description="default: cma's 4 + 3 ln(d)")
     sigma0: float = Field(default=0.25, gt=0, description="initial step size, in units of the [0, 1] box")
-    x0: Union[float, list[float]] = Field(default=0.5, description="initial mean: one value or one per gene")
+    x0: Union[float, list[float]] = Field(default=0.5, description="initial mean: one value or one per gene "
+                                                                   "(a job's start_from sets it from a recipe)")
     tolfun: Optional[float] = Field(default=None, gt=0,
                                     description="stop when one generation's f-range falls below this (default off)")
     tolx: Optional[float] = Field(default=None, gt=0, description="stop when steps fall below this")
@@ -42,9 +43,12 @@ class CMAESOptimizer(Optimizer):
     config: CMAESConfig
     config_class = CMAESConfig
 
-    def __init__(self, config: CMAESConfig, dim: int, directions, seed: int):
-        super().__init__(config, dim, directions, seed)
-        x0 = np.full(dim, config.x0) if isinstance(config.x0, float) else np.asarray(config.x0, dtype=float)
+    def __init__(self, config: CMAESConfig, dim: int, directions, seed: int, start=None):
+        super().__init__(config, dim, directions, seed, start)
+        if start is not None and "x0" in config.model_fields_set:
+            raise OptimizerError("cmaes: give optimizer.x0 or a start genome (start_from), not both")
+        x0 = (self.start if start is not None else np.full(dim, config.x0) if isinstance(config.x0, (int, float))
+              else np.asarray(config.x0, dtype=float))
         if x0.shape != (dim,):
             raise OptimizerError(f"cmaes: x0 has {x0.size} values for {dim} genes")
         opts: dict[str, Any] = {

@@ -25,13 +25,17 @@ class UnitBoxProblem(Problem):
 
 
 class PymooOptimizer(Optimizer):
-    """A pymoo algorithm driven by ask/tell; the pickled algorithm (with its numpy Generator) is the state."""
+    """A pymoo algorithm driven by ask/tell; the pickled algorithm (with its numpy Generator) is the state.
+
+    Offspring are bred from the population, and there is none until the initial one is told: a batch asked
+    ahead before then is pymoo's initial sampling again, told as offspring (survival keeps the best of both),
+    so a steady-state run never waits for its initial population's slowest candidate."""
 
     @abstractmethod
     def _make_algorithm(self) -> Algorithm: ...
 
-    def __init__(self, config, dim: int, directions, seed: int):
-        super().__init__(config, dim, directions, seed)
+    def __init__(self, config, dim: int, directions, seed: int, start=None):
+        super().__init__(config, dim, directions, seed, start)
         n_obj = 1 if self.scalarising else self.n_obj
         self._problem = UnitBoxProblem(dim, n_obj)
         self._algorithm = self._make_algorithm()
@@ -40,8 +44,12 @@ class PymooOptimizer(Optimizer):
         self._infills: list = []  # one pymoo Population per batch out, oldest first
 
     def _ask(self) -> np.ndarray:
-        self._infills.append(self._algorithm.ask())
-        return self._infills[-1].get("X")
+        infills = self._algorithm.ask()
+        if self._starts_here():
+            # The infill itself, not the array handed out: pymoo tells the population its own X.
+            infills[0].set("X", self.start.copy())
+        self._infills.append(infills)
+        return infills.get("X")
 
     def _tell(self, genomes: np.ndarray, objectives: np.ndarray) -> None:
         f = self._scalar(objectives)[:, None] if self.scalarising else objectives
@@ -51,10 +59,6 @@ class PymooOptimizer(Optimizer):
 
     def _converged(self) -> bool:
         return not self._algorithm.has_next()
-
-    def _ready_to_ask_ahead(self) -> bool:
-        # Offspring are bred from the population: there is none until the initial one is told.
-        return self._algorithm.is_initialized
 
     def _algorithm_state(self) -> Any:
         # One object so the pending infills keep their identity inside the algorithm on unpickling.

@@ -24,12 +24,15 @@ class RandomSearch(Optimizer):
     config: RandomSearchConfig
     config_class = RandomSearchConfig
 
-    def __init__(self, config: RandomSearchConfig, dim: int, directions, seed: int):
-        super().__init__(config, dim, directions, seed)
+    def __init__(self, config: RandomSearchConfig, dim: int, directions, seed: int, start=None):
+        super().__init__(config, dim, directions, seed, start)
         self._rng = np.random.default_rng(seed)
 
     def _ask(self) -> np.ndarray:
-        return self._rng.random((self.config.pop_size, self.dim))
+        batch = self._rng.random((self.config.pop_size, self.dim))
+        if self._starts_here():
+            batch[0] = self.start
+        return batch
 
     def _tell(self, genomes: np.ndarray, objectives: np.ndarray) -> None:
         pass  # nothing to learn; the base class keeps the Pareto archive

@@ -105,7 +105,8 @@ class SearchDriver:
         self.spec, self.store, self.job = spec, store, job
         self.lease = lease  # checked before every write: a driver whose job was taken over writes nothing more
         self.space: SearchSpace = build_space(spec.search_space)
-        self.optimizer: Optimizer = make_optimizer(spec.optimizer, self.space.dim, spec.directions, spec.seed)
+        self.optimizer: Optimizer = make_optimizer(spec.optimizer, self.space.dim, spec.directions, spec.seed,
+                                                   spec.start_genome())
         self.on_event = on_event
         self.splits: dict = {}  # task -> TaskSplitRecord, for tasks whose report split is a carved hold-out
         self.fitness = None  # ReducedFitness in reduced mode, set by `_prepare` once the splits are known

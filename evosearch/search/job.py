@@ -15,10 +15,12 @@ from abc import ABC, abstractmethod
 from pathlib import Path
 from typing import Annotated, Any, Literal, Optional, Union
 
+import numpy as np
 from pydantic import Discriminator, Field, Tag, field_validator, model_validator
 
 from evosearch.config_file import known, model_dirs, read_yaml_file, safe_name, store_url
-from evosearch.errors import UsageError
+from evosearch.errors import RecipeError, UsageError
+from evosearch.merge.sources import source_key
 from evosearch.optimizers import OPTIMIZERS, AnyOptimizerConfig, OptimizerError, parse_optimizer_config
 from evosearch.optimizers.base import ScalarisingConfig
 from evosearch.search.costs import COST_TERMS
@@ -159,6 +161,8 @@ class JobSpec(Section):
     scheduling: Literal["generational", "steady_state"] = Field(
         default="generational", description="steady_state: a worker that finishes gets a candidate at once, "
                                             "from a generation asked ahead (ga, nsga2, random)")
+    start_from: Optional[dict] = Field(default=None, description="a recipe (mergekit YAML path or mapping; models "
+                                                                 "by source name or path) the search starts from")
     objectives: list[Objective] = Field(min_length=1)
     fitness: FitnessSpec = Field(default_factory=FitnessSpec)
     tasks: TasksSpec
@@ -223,6 +227,14 @@ class JobSpec(Section):
     @property
     def source_paths(self) -> list[str]:
         return model_dirs(self.sources, self.base_model)
+
+    def start_genome(self) -> Optional[np.ndarray]:
+        """`start_from` encoded in the search space (None without one)."""
+        if self.start_from is None:
+            return None
+        from evosearch.recipe import parse_recipe
+
+        return build_space(self.search_space).encode(parse_recipe(self.start_from, source="start_from"))
 
     @property
     def population_size(self) -> int:
@@ -304,6 +316,13 @@ def _check_semantics(spec: JobSpec, where: str) -> None:
                        "one weight per objective (or use nsga2)")
     if weights is not None and len(weights) != n_obj:
         raise JobError(f"{where}: optimizer.weights: {len(weights)} weights for {n_obj} objectives")
+    if spec.start_from is not None:
+        try:
+            spec.start_genome()
+        except (RecipeError, SpaceError) as e:
+            raise JobError(f"{where}: start_from: {e}") from None
+        if spec.optimizer.name == "cmaes" and "x0" in spec.optimizer.model_fields_set:
+            raise JobError(f"{where}: start_from: sets CMA-ES's initial mean; give it or optimizer.x0, not both")
     if spec.scheduling == "steady_state" and not OPTIMIZERS[spec.optimizer.name].asynchronous:
         raise JobError(f"{where}: scheduling: steady_state needs an optimizer that can ask a generation before "
                        f"the last is told (ga, nsga2, random), not {spec.optimizer.name}")
@@ -324,6 +343,8 @@ def parse_job(raw: Any, where: str = "job") -> JobSpec:
         if field not in raw:
             raise JobError(f"{where}: {field}: required field is missing")
     resolve_models(raw, where, JobError)
+    if raw.get("start_from") is not None:
+        raw["start_from"] = _start_recipe(raw["start_from"], raw["sources"], where)
     try:
         raw["search_space"] = parse_space_config(raw["search_space"])
     except SpaceError as e:
@@ -347,6 +368,41 @@ def parse_job(raw: Any, where: str = "job") -> JobSpec:
     spec = validated(JobSpec, raw, where, JobError)
     _check_semantics(spec, where)
     return spec
+
+
+def _start_recipe(value: Any, sources: dict[str, str], where: str) -> dict:
+    """`start_from` as a recipe mapping (a file read, a mergekit config converted) whose models are the
+    job's resolved source paths, so the space can encode it."""
+    from evosearch.recipe import parse_recipe
+
+    try:
+        data = read_yaml_file(value, "recipe", RecipeError) if isinstance(value, (str, Path)) else value
+    except RecipeError as e:
+        raise JobError(f"{where}: start_from: {e}") from None
+    if not isinstance(data, dict):
+        raise JobError(f"{where}: start_from: give a recipe file or mapping, got {type(data).__name__}")
+    paths = set(sources.values())
+
+    def resolved(ref: Any) -> Any:
+        if not isinstance(ref, str):
+            return ref
+        if ref in sources:
+            return sources[ref]
+        key = source_key(ref)
+        return key if key in paths else ref
+
+    def walk(node: Any) -> Any:
+        if isinstance(node, dict):
+            return {k: resolved(v) if k in ("model", "base_model") else
+                    [resolved(s) if isinstance(s, str) else walk(s) for s in v] if k == "sources" and isinstance(v, list)
+                    else walk(v)
+                    for k, v in node.items()}
+        return [walk(v) for v in node] if isinstance(node, list) else node
+
+    try:
+        return parse_recipe(walk(data), source="start_from").model_dump(mode="json")
+    except RecipeError as e:
+        raise JobError(f"{where}: {e}") from None
 
 
 def spec_of_job(job: JobRecord) -> JobSpec:
