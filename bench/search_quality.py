@@ -89,14 +89,17 @@ def targets(summary: dict[str, dict]) -> dict:
     random_row = {"cmaes_ps": "random", "nsga2": "random", "cmaes_dfs": "random_dfs", "ps_dfs": "random_ps_dfs"}[best]
     if random_row not in summary and "random" in summary:
         random_row = "random"
+    def two_se(other: str) -> float:
+        return 2 * 100 * (b["report_se"] ** 2 + summary[other]["report_se"] ** 2) ** 0.5
+
     if random_row in summary:
-        r = summary[random_row]
-        se = 100 * (b["report_se"] ** 2 + r["report_se"] ** 2) ** 0.5
-        out["vs_random"] = {"row": random_row, "points": points(random_row), "two_se": 2 * se,
-                            "met": points(random_row) > 2 * se and se > 0}
+        out["vs_random"] = {"row": random_row, "points": points(random_row), "two_se": two_se(random_row),
+                            "met": points(random_row) > two_se(random_row) > 0}
     for peer in ("mergekit_evolve", "mergenetic"):
         if peer in summary:
-            out[f"vs_{peer}"] = {"points": points(peer), "met": points(peer) > 0}
+            # The bar is "ahead"; whether the lead is more than the seeds' noise is said beside it.
+            out[f"vs_{peer}"] = {"points": points(peer), "two_se": two_se(peer), "met": points(peer) > 0,
+                                 "beyond_two_se": points(peer) > two_se(peer) > 0}
     return out
 
 
@@ -379,8 +382,10 @@ def print_summary(result: dict, what: str) -> None:
     print(table_text(result["summary"]))
     for name, t in result["targets"].items():
         if isinstance(t, dict):
+            noise = f", 2 SE of the difference {t['two_se']:.1f}" if t.get("two_se") else ""
+            within = ", within the noise" if t["met"] and t.get("beyond_two_se") is False and t.get("two_se") else ""
             print(f"{result['targets']['best_evolved_row']} {name}: {t['points']:+.1f} points "
-                  f"({'met' if t['met'] else 'missed'})")
+                  f"({'met' if t['met'] else 'missed'}{within}{noise})")
     if result["hypervolume"]:
         hv = result["hypervolume"]
         print(f"hypervolume (report split, {' x '.join(hv['objectives'])}): nsga2 {hv['nsga2_mean']:.4f}, "

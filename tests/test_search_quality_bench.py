@@ -40,6 +40,10 @@ def test_targets_compare_the_best_evolved_row_with_each_bar():
     # One seed has no standard error: "ahead of random by more than two standard errors" cannot be met.
     one = search_quality.summarise([_run("cmaes_ps", 0, 0.6), _run("random", 0, 0.5)])
     assert not search_quality.targets(one)["vs_random"]["met"]
+    # A peer a fraction of a point behind is passed, and the lead is flagged as within the seeds' noise.
+    peer = search_quality.summarise(runs + [_run("mergekit_evolve", s, v) for s, v in enumerate((0.59, 0.62, 0.60))])
+    vs_peer = search_quality.targets(peer)["vs_mergekit_evolve"]
+    assert vs_peer["met"] and not vs_peer["beyond_two_se"] and vs_peer["points"] == pytest.approx(2 / 3)
 
 
 def test_hypervolume_of_report_points_and_the_grid():

@@ -232,6 +232,7 @@ class JobSpec(Section):
         """`start_from` encoded in the search space (None without one)."""
         if self.start_from is None:
             return None
+        # recipes import the merge registry (torch): reading a job stays torch-free for `submit`'s checks
         from evosearch.recipe import parse_recipe
 
         return build_space(self.search_space).encode(parse_recipe(self.start_from, source="start_from"))
@@ -373,6 +374,7 @@ def parse_job(raw: Any, where: str = "job") -> JobSpec:
 def _start_recipe(value: Any, sources: dict[str, str], where: str) -> dict:
     """`start_from` as a recipe mapping (a file read, a mergekit config converted) whose models are the
     job's resolved source paths, so the space can encode it."""
+    # recipes import the merge registry (torch): only a job with `start_from` pays for it
     from evosearch.recipe import parse_recipe
 
     try:
