@@ -223,17 +223,22 @@ class SearchRow:
     optimizer: str  # cmaes | random | nsga2
     space: str  # ps | dfs | ps+dfs
     two_objectives: bool = False
+    anchored: bool = True  # DFS: Sakana's path from the anchor's first layer to its last
+    random_twin: str = "random"  # the random-search row in the same space, the baseline it must beat
 
 
 SEARCH_ROWS: dict[str, SearchRow] = {
     "random": SearchRow("random", "ps"),
     "random_dfs": SearchRow("random", "dfs"),
+    "random_dfs_unanchored": SearchRow("random", "dfs", anchored=False),
     "random_ps_dfs": SearchRow("random", "ps+dfs"),
     "cmaes_ps": SearchRow("cmaes", "ps"),
-    "cmaes_dfs": SearchRow("cmaes", "dfs"),
-    "ps_dfs": SearchRow("cmaes", "ps+dfs"),
+    "cmaes_dfs": SearchRow("cmaes", "dfs", random_twin="random_dfs"),
+    "cmaes_dfs_unanchored": SearchRow("cmaes", "dfs", anchored=False, random_twin="random_dfs_unanchored"),
+    "ps_dfs": SearchRow("cmaes", "ps+dfs", random_twin="random_ps_dfs"),
     "nsga2": SearchRow("nsga2", "ps", two_objectives=True),
 }
+EVOLVED_ROWS = tuple(name for name, row in SEARCH_ROWS.items() if row.optimizer != "random")
 
 
 @dataclass(frozen=True)
@@ -261,20 +266,20 @@ def ps_space(bed: Bed, s: SearchSettings) -> dict:
             "parameters": {"normalize": False}}
 
 
-def dfs_space(bed: Bed, s: SearchSettings, sources) -> dict:
+def dfs_space(bed: Bed, s: SearchSettings, sources, anchored: bool = True) -> dict:
     """Sakana's setting: the path starts at the first source's first layer and ends at its last, layers
-    repeated, inter-model scales in [1, 2]."""
+    repeated, inter-model scales in [1, 2]. Unanchored, any slot may start or end the path."""
     embed = list(sources).index(s.dfs_embed) if s.dfs_embed in sources else 0
     return {"kind": "dfs", "sources": list(sources), "num_layers": bed.num_layers, "repeats": s.dfs_repeats,
-            "scale_range": [1.0, 2.0], "anchor_ends": True, "anchor_source": 0, "embed_source": embed}
+            "scale_range": [1.0, 2.0], "anchor_ends": anchored, "anchor_source": 0, "embed_source": embed}
 
 
-def space_config(kind: str, bed: Bed, s: SearchSettings) -> dict:
-    if kind == "ps":
+def space_config(row: SearchRow, bed: Bed, s: SearchSettings) -> dict:
+    if row.space == "ps":
         return ps_space(bed, s)
-    if kind == "dfs":
-        return dfs_space(bed, s, s.dfs_sources)
-    return {"kind": "ps+dfs", "ps": ps_space(bed, s), "dfs": dfs_space(bed, s, s.psdfs_sources)}
+    if row.space == "dfs":
+        return dfs_space(bed, s, s.dfs_sources, row.anchored)
+    return {"kind": "ps+dfs", "ps": ps_space(bed, s), "dfs": dfs_space(bed, s, s.psdfs_sources, row.anchored)}
 
 
 def uniform_merge(bed: Bed) -> dict:
@@ -297,7 +302,7 @@ def search_job(row: str, bed: Bed, s: SearchSettings, seed: int, out_dir: Path) 
     return {
         "name": f"{row}-s{seed}".replace("_", "-"), "seed": seed, "output_dir": str(out_dir / f"{row}-s{seed}"),
         "sources": {k: str(v) for k, v in bed.zoo.models.items()}, "base_model": "base",
-        "search_space": space_config(spec.space, bed, s), "optimizer": optimizer,
+        "search_space": space_config(spec, bed, s), "optimizer": optimizer,
         "generations": -(-s.budget // s.popsize), "budget": s.budget, "objectives": objectives,
         "fitness": {"mode": "full", **({"limit": s.limit} if s.limit else {})},
         "tasks": {"include_path": str(bed.zoo.include_path)},

@@ -10,8 +10,10 @@ and tasks, once per bed build (cached in the zoo directory, keyed by its setting
     .venv/bin/python bench/search_quality.py --rows grid,cmaes_ps,random --budget 60 --seeds 1
     .venv/bin/python bench/search_quality.py --smoke                   # interference-tiny, 1 seed (CI)
 
-Rows (`--rows`): best_source, grid, hand (the interference bed's hand-written PS and DFS recipes), random (PS space; random_dfs and random_ps_dfs: the other spaces),
-cmaes_ps, cmaes_dfs, ps_dfs, nsga2 (target + one specialist's own task), mergekit_evolve, mergenetic.
+Rows (`--rows`): best_source, grid, hand (the interference bed's hand-written PS and DFS recipes), random (PS space;
+random_dfs, random_dfs_unanchored and random_ps_dfs: the other spaces), cmaes_ps, cmaes_dfs (Sakana's anchored
+path), cmaes_dfs_unanchored (any slot may start or end the path), ps_dfs, nsga2 (target + one specialist's own
+task), mergekit_evolve, mergenetic.
 Writes a table to stdout, JSON to bench/results/search_quality.json and a convergence plot (best-so-far
 search-split accuracy vs candidates evaluated, mean over seeds) to bench/results/search_quality.png.
 """
@@ -28,14 +30,13 @@ from pathlib import Path
 
 from common import RESULTS, machine, markdown_table, utc_now  # bench/, the script's own directory
 from quality_peers import DEFAULT_VENVS, PEERS, PeerFailed, run_peer
-from quality_rows import (SEARCH_ROWS, BedScorer, RowRun, SearchSettings, baseline_row, baseline_table,
-                          hand_rows, open_bed, peer_row, report_hypervolume, run_search,
+from quality_rows import (EVOLVED_ROWS, SEARCH_ROWS, BedScorer, RowRun, SearchSettings, baseline_row,
+                          baseline_table, hand_rows, open_bed, peer_row, report_hypervolume, run_search,
                           start_pool)
 
 BASELINE_ROWS = ("best_source", "grid", "hand")
 ALL_ROWS = (*BASELINE_ROWS, *SEARCH_ROWS, *PEERS)
 DEFAULT_ROWS = ("best_source", "grid", "random", "cmaes_ps", "cmaes_dfs", "ps_dfs", "nsga2", *PEERS)
-EVOLVED_ROWS = ("cmaes_ps", "cmaes_dfs", "ps_dfs", "nsga2")
 
 
 def log(message: str) -> None:
@@ -86,7 +87,7 @@ def targets(summary: dict[str, dict]) -> dict:
         out["vs_best_default_merge"] = {"points": points("grid"), "bar": 10, "met": points("grid") >= 10}
     if "best_source" in summary:
         out["vs_best_source"] = {"points": points("best_source"), "bar": 20, "met": points("best_source") >= 20}
-    random_row = {"cmaes_ps": "random", "nsga2": "random", "cmaes_dfs": "random_dfs", "ps_dfs": "random_ps_dfs"}[best]
+    random_row = SEARCH_ROWS[best].random_twin
     if random_row not in summary and "random" in summary:
         random_row = "random"
     def two_se(other: str) -> float:

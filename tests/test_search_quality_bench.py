@@ -7,6 +7,7 @@ import json
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
@@ -14,7 +15,9 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "bench"))
 
 import search_quality  # noqa: E402  (bench/ is not a package)
-from quality_rows import RowRun, default_merge_grid, recipe_summary, report_hypervolume  # noqa: E402
+from evosearch.spaces import build_space, parse_space_config  # noqa: E402
+from quality_rows import (RowRun, SearchSettings, default_merge_grid, recipe_summary,  # noqa: E402
+                          report_hypervolume, search_job)
 
 OUR_ROWS = ["best_source", "grid", "random", "cmaes_ps", "cmaes_dfs", "ps_dfs", "nsga2"]
 
@@ -44,6 +47,29 @@ def test_targets_compare_the_best_evolved_row_with_each_bar():
     peer = search_quality.summarise(runs + [_run("mergekit_evolve", s, v) for s, v in enumerate((0.59, 0.62, 0.60))])
     vs_peer = search_quality.targets(peer)["vs_mergekit_evolve"]
     assert vs_peer["met"] and not vs_peer["beyond_two_se"] and vs_peer["points"] == pytest.approx(2 / 3)
+
+
+def test_an_unanchored_dfs_row_frees_the_path_ends_and_is_judged_against_random_in_its_own_space(tmp_path):
+    bed = SimpleNamespace(specialists=("math", "lang"), num_layers=4, target="t", target_report="t_report",
+                          zoo=SimpleNamespace(models={"math": tmp_path / "m", "lang": tmp_path / "l"},
+                                              include_path=tmp_path))
+    s = SearchSettings(budget=24, popsize=8, workers=2, limit=None, sigma0=0.25, layer_groups=2, weight_high=1.0,
+                       dfs_sources=("math", "lang"), psdfs_sources=("@ps", "math"), dfs_repeats=2,
+                       dfs_embed="lang")
+    spaces = {row: search_job(row, bed, s, 0, tmp_path)["search_space"]
+              for row in ("cmaes_dfs", "cmaes_dfs_unanchored", "random_dfs_unanchored")}
+    assert spaces["cmaes_dfs"]["anchor_ends"] and not spaces["cmaes_dfs_unanchored"]["anchor_ends"]
+    assert spaces["cmaes_dfs_unanchored"] == spaces["random_dfs_unanchored"]
+    assert spaces["cmaes_dfs_unanchored"]["embed_source"] == 1  # lang's embeddings and head
+    # 2 sources x 4 layers x 2 repeats: all 16 slots free, against the 10 between the anchored ends; + 4 scales
+    dims = {row: build_space(parse_space_config(space)).dim for row, space in spaces.items()}
+    assert dims == {"cmaes_dfs": 14, "cmaes_dfs_unanchored": 20, "random_dfs_unanchored": 20}
+    runs = [_run("cmaes_dfs_unanchored", i, v) for i, v in enumerate((0.9, 0.91, 0.92))]
+    runs += [_run("random_dfs_unanchored", i, v) for i, v in enumerate((0.7, 0.71, 0.72))]
+    runs += [_run("random", i, 0.95) for i in range(3)]
+    t = search_quality.targets(search_quality.summarise(runs))
+    assert t["best_evolved_row"] == "cmaes_dfs_unanchored" and t["vs_random"]["row"] == "random_dfs_unanchored"
+    assert t["vs_random"]["met"]
 
 
 def test_hypervolume_of_report_points_and_the_grid():
