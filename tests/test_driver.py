@@ -101,6 +101,29 @@ def test_nsga2_two_objectives_on_a_dfs_space(ray_local, tiny_zoo, tmp_path):
         assert front and all(any(s.split == "report" for s in c.scores) for c in front)
 
 
+def test_a_generation_goes_out_longest_path_first(tiny_zoo, tmp_path):
+    """LPT: the shortest DFS candidates are the last out, so a worker idles least at a generation's tell or
+    the end of the run; duplicates and cache hits never go out; PS candidates keep their order."""
+    from evosearch.search.driver import SearchDriver
+
+    store = _store(tmp_path)
+    spec = _spec(tiny_zoo, tmp_path, name="lpt", search_space={"kind": "dfs", "sources": ["math", "lang"],
+                                                                "num_layers": 2, "repeats": 2},
+                 optimizer={"name": "random", "pop_size": 8})
+    driver = SearchDriver(spec, store, store.create_job(spec.name, spec.to_dict(), spec.seed, spec.output_dir))
+    genomes = np.random.default_rng(0).uniform(size=(8, driver.space.dim))
+    genomes[5] = genomes[2]  # a duplicate: evaluated once, as the earlier index
+    _, out = driver.admit(0, genomes)
+    lengths = [sum(p.recipe["indicator"]) for p in out]
+    assert len(set(lengths)) > 2 and lengths == sorted(lengths, reverse=True)
+    assert sorted(p.index for p in out) == [0, 1, 2, 3, 4, 6, 7]
+    assert next(p for p in out if p.index == 2).duplicates == [5]
+    ps = _spec(tiny_zoo, tmp_path, name="lpt-ps", optimizer={"name": "random", "pop_size": 6})
+    ps_driver = SearchDriver(ps, store, store.create_job(ps.name, ps.to_dict(), ps.seed, ps.output_dir))
+    _, ps_out = ps_driver.admit(0, np.random.default_rng(1).uniform(size=(6, ps_driver.space.dim)))
+    assert [p.index for p in ps_out] == list(range(6))
+
+
 class _Killed(Exception):
     """Stands in for the driver process dying mid-generation."""
 

@@ -9,8 +9,9 @@ from dataclasses import dataclass
 from typing import Any, Callable
 
 
-def _path_length(recipe: dict) -> float:
-    return float(sum(bool(x) for x in recipe["indicator"]))
+def path_length(recipe: dict) -> float:
+    """Layers on a DFS recipe's path (the PS+DFS recipe's too); 0 for a PS recipe, which has no path."""
+    return float(sum(bool(x) for x in recipe.get("indicator", ())))
 
 
 def _all_slots(space: Any) -> float:
@@ -27,5 +28,5 @@ class CostTerm:
 
 
 COST_TERMS: dict[str, CostTerm] = {t.name: t for t in (
-    CostTerm("path_length", ("dfs", "ps+dfs"), _path_length, _all_slots),
+    CostTerm("path_length", ("dfs", "ps+dfs"), path_length, _all_slots),
 )}

@@ -35,7 +35,7 @@ from evosearch.optimizers import Optimizer, ParetoFront, make_optimizer
 from evosearch.recipe import recipe_hash, recipe_sources
 from evosearch.search.calibrate import refit_if_in_finishing_order
 from evosearch.search.calibration_spec import stored_irt_settings
-from evosearch.search.costs import COST_TERMS
+from evosearch.search.costs import COST_TERMS, path_length
 from evosearch.search.events import RunEvent
 from evosearch.search.job import JobSpec, TaskObjective
 from evosearch.search.lease import DriverLease, LeaseLost, LeaseSettings
@@ -260,7 +260,10 @@ class SearchDriver:
                 self._cached += 1
                 continue
             primaries[h] = _Pending(index=i, genome=base["genome"], recipe=recipe, recipe_hash=h)
-        return final, list(primaries.values())
+        # Longest path first (LPT): a generation's last candidates out are its shortest, so a worker left
+        # without work at a barrier (the generation's tell, the end of the run) waits the least. PS
+        # candidates all cost the same and keep their order.
+        return final, sorted(primaries.values(), key=lambda p: -path_length(p.recipe))
 
     def settle(self, generation: int, genomes: np.ndarray, final: dict[int, CandidateRecord], pending: _Pending,
                outcome) -> None:
