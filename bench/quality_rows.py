@@ -6,6 +6,7 @@ A row picks its model on the SEARCH split of the bed's target; the pick is then 
 
 from __future__ import annotations
 
+import hashlib
 import itertools
 import json
 import time
@@ -50,6 +51,20 @@ class Bed:
 
     def cache_key(self, limit: Optional[int]) -> str:
         return f"v{BASELINE_VERSION}:{self.zoo.settings_hash}:{self.target}:{self.keep}:limit={limit}"
+
+
+def weights_digest(zoo) -> str:
+    """sha256 over every model's safetensors bytes. One settings hash builds different weights on CPUs with
+    different SIMD kernels (the interference bed scores its sources 8-26 points apart on an AVX2 and an
+    AVX-512 machine), so rows are comparable only on one digest."""
+    h = hashlib.sha256()
+    for name in sorted(zoo.models):
+        for f in sorted(Path(zoo.models[name]).glob("*.safetensors")):
+            h.update(f"{name}/{f.name}".encode())
+            with f.open("rb") as fh:
+                for block in iter(lambda: fh.read(1 << 20), b""):
+                    h.update(block)
+    return h.hexdigest()[:16]
 
 
 def open_bed(zoo, target: str, keep_specialist: str) -> Bed:

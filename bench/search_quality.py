@@ -32,7 +32,7 @@ from common import RESULTS, machine, markdown_table, utc_now  # bench/, the scri
 from quality_peers import DEFAULT_VENVS, PEERS, PeerFailed, run_peer
 from quality_rows import (EVOLVED_ROWS, SEARCH_ROWS, BedScorer, RowRun, SearchSettings, baseline_row,
                           baseline_table, hand_rows, open_bed, peer_row, report_hypervolume, run_search,
-                          start_pool)
+                          start_pool, weights_digest)
 
 BASELINE_ROWS = ("best_source", "grid", "hand")
 ALL_ROWS = (*BASELINE_ROWS, *SEARCH_ROWS, *PEERS)
@@ -154,7 +154,8 @@ def plot(runs: list[RowRun], path: Path, budget: int, title: str) -> None:
     ax.set_title(title)
     ax.title.set_fontsize(9)
     ax.grid(alpha=0.3)
-    ax.legend(loc="lower right", fontsize=8)
+    if ax.get_lines():  # the first write, before any search has finished, has no curve to name
+        ax.legend(loc="lower right", fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
@@ -167,7 +168,7 @@ def write_results(runs: list[RowRun], args, bed, table: dict, started: str, extr
     result = {
         "benchmark": "search_quality", "date": started, "machine": machine(),
         "bed": {"zoo": str(bed.zoo.root), "preset": bed.zoo.preset, "settings_hash": bed.zoo.settings_hash,
-                "target": bed.target, "report": bed.target_report, "kept_task": bed.keep,
+                "weights_digest": weights_digest(bed.zoo), "target": bed.target, "report": bed.target_report, "kept_task": bed.keep,
                 "specialists": list(bed.specialists), "num_layers": bed.num_layers},
         "settings": {k: v for k, v in vars(args).items() if k not in ("out",)},
         "summary": summary, "targets": targets(summary), "hypervolume": hypervolumes(runs, table, bed),
@@ -190,6 +191,13 @@ def combine(paths: list[str], out: Path) -> dict:
     hashes = {r["bed"]["settings_hash"] for r in loaded}
     if len(hashes) != 1:
         raise SystemExit(f"--combine: the results come from different beds ({', '.join(sorted(hashes))})")
+    digests = {r["bed"].get("weights_digest") for r in loaded} - {None}
+    if len(digests) > 1:
+        raise SystemExit(f"--combine: the results come from different builds of one bed (weights "
+                         f"{', '.join(sorted(digests))}: built on CPUs with other SIMD kernels?)")
+    for p, r in zip(paths, loaded):
+        if "weights_digest" not in r["bed"]:
+            log(f"--combine: {p} records no weights digest: that it ran on the same build is not checked")
     fields = set(RowRun.__dataclass_fields__)
     runs, seen = [], set()
     for r in loaded:

@@ -129,9 +129,11 @@ def test_search_quality_smoke_runs_every_row_of_ours_then_reuses_the_baselines(t
 
 
 def test_combine_puts_two_runs_of_one_bed_in_one_table(tmp_path):
-    def result(rows, hash_="abc"):
+    def result(rows, hash_="abc", digest=None):
         runs = [_run(row, seed, report) for row, seed, report in rows]
-        return {"bed": {"settings_hash": hash_, "preset": "interference", "target": "zoo_target", "zoo": "z"},
+        bed = {"settings_hash": hash_, "preset": "interference", "target": "zoo_target", "zoo": "z",
+               **({"weights_digest": digest} if digest else {})}
+        return {"bed": bed,
                 "date": "d", "settings": {"budget": 10}, "hypervolume": {}, "baselines": {"grid": {}},
                 "runs": [r.to_json() for r in runs]}
 
@@ -148,3 +150,27 @@ def test_combine_puts_two_runs_of_one_bed_in_one_table(tmp_path):
     other.write_text(json.dumps(result([("grid", None, 0.4)], hash_="def")))
     with pytest.raises(SystemExit):
         search_quality.combine([str(ours), str(other)], tmp_path / "out")
+    # One settings hash, two builds (other SIMD kernels): refused; a file without a digest is only flagged.
+    avx2, avx512 = tmp_path / "avx2.json", tmp_path / "avx512.json"
+    avx2.write_text(json.dumps(result([("cmaes_ps", 1, 0.7)], digest="aaaa")))
+    avx512.write_text(json.dumps(result([("cmaes_ps", 2, 0.9)], digest="bbbb")))
+    with pytest.raises(SystemExit, match="different builds of one bed"):
+        search_quality.combine([str(avx2), str(avx512)], tmp_path / "out")
+    assert search_quality.combine([str(avx2), str(ours)], tmp_path / "out")["summary"]["cmaes_ps"]["seeds"] == 2
+
+
+def test_the_weights_digest_changes_with_one_byte_of_one_model(tmp_path):
+    from quality_rows import weights_digest
+
+    models = {}
+    for name in ("base", "math"):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "model.safetensors").write_bytes(bytes(range(256)) * 8)
+        models[name] = tmp_path / name
+    zoo = SimpleNamespace(models=models)
+    before = weights_digest(zoo)
+    assert weights_digest(zoo) == before
+    data = bytearray((tmp_path / "math" / "model.safetensors").read_bytes())
+    data[100] ^= 1
+    (tmp_path / "math" / "model.safetensors").write_bytes(bytes(data))
+    assert weights_digest(zoo) != before
