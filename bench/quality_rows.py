@@ -11,6 +11,7 @@ import itertools
 import json
 import time
 from dataclasses import asdict, dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import Callable, Optional
 
@@ -51,6 +52,11 @@ class Bed:
 
     def cache_key(self, limit: Optional[int]) -> str:
         return f"v{BASELINE_VERSION}:{self.zoo.settings_hash}:{self.target}:{self.keep}:limit={limit}"
+
+    @cached_property
+    def weights_digest(self) -> str:
+        """Read once per run: the results are written after every row and seed."""
+        return weights_digest(self.zoo)
 
 
 def weights_digest(zoo) -> str:

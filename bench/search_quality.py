@@ -32,7 +32,7 @@ from common import RESULTS, machine, markdown_table, utc_now  # bench/, the scri
 from quality_peers import DEFAULT_VENVS, PEERS, PeerFailed, run_peer
 from quality_rows import (EVOLVED_ROWS, SEARCH_ROWS, BedScorer, RowRun, SearchSettings, baseline_row,
                           baseline_table, hand_rows, open_bed, peer_row, report_hypervolume, run_search,
-                          start_pool, weights_digest)
+                          start_pool)
 
 BASELINE_ROWS = ("best_source", "grid", "hand")
 ALL_ROWS = (*BASELINE_ROWS, *SEARCH_ROWS, *PEERS)
@@ -83,6 +83,9 @@ def targets(summary: dict[str, dict]) -> dict:
     def points(other: str) -> float:
         return 100 * (b["report_mean"] - summary[other]["report_mean"])
 
+    def two_se(other: str) -> float:
+        return 2 * 100 * (b["report_se"] ** 2 + summary[other]["report_se"] ** 2) ** 0.5
+
     if "grid" in summary:
         out["vs_best_default_merge"] = {"points": points("grid"), "bar": 10, "met": points("grid") >= 10}
     if "best_source" in summary:
@@ -90,9 +93,6 @@ def targets(summary: dict[str, dict]) -> dict:
     random_row = SEARCH_ROWS[best].random_twin
     if random_row not in summary and "random" in summary:
         random_row = "random"
-    def two_se(other: str) -> float:
-        return 2 * 100 * (b["report_se"] ** 2 + summary[other]["report_se"] ** 2) ** 0.5
-
     if random_row in summary:
         out["vs_random"] = {"row": random_row, "points": points(random_row), "two_se": two_se(random_row),
                             "met": points(random_row) > two_se(random_row) > 0}
@@ -168,7 +168,8 @@ def write_results(runs: list[RowRun], args, bed, table: dict, started: str, extr
     result = {
         "benchmark": "search_quality", "date": started, "machine": machine(),
         "bed": {"zoo": str(bed.zoo.root), "preset": bed.zoo.preset, "settings_hash": bed.zoo.settings_hash,
-                "weights_digest": weights_digest(bed.zoo), "target": bed.target, "report": bed.target_report, "kept_task": bed.keep,
+                "weights_digest": bed.weights_digest, "target": bed.target, "report": bed.target_report,
+                "kept_task": bed.keep,
                 "specialists": list(bed.specialists), "num_layers": bed.num_layers},
         "settings": {k: v for k, v in vars(args).items() if k not in ("out",)},
         "summary": summary, "targets": targets(summary), "hypervolume": hypervolumes(runs, table, bed),

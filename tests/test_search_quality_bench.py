@@ -118,6 +118,10 @@ def test_search_quality_smoke_runs_every_row_of_ours_then_reuses_the_baselines(t
     assert {hop.split(".")[0] for hop in path} <= {"math", "lang"}
     hv = result["hypervolume"]
     assert 0 < hv["nsga2_mean"] <= 1 and 0 < hv["grid"] <= 1
+    from evosearch.zoo import ZooManifest
+    from quality_rows import weights_digest
+
+    assert result["bed"]["weights_digest"] == weights_digest(ZooManifest.load(Path(result["bed"]["zoo"])))
     assert result["bed"]["preset"] == "interference-tiny" and result["bed"]["settings_hash"]
     assert result["worker_start_seconds"] > 0
     assert (tmp_path / "search_quality.png").stat().st_size > 0

@@ -202,7 +202,7 @@ static void block_terms(const float *base, const float *model, const keep_spec *
             float a = fabsf(x[t]);
             int upper = (a > hi) | ((a == hi) & (t < cut_hi));
             int lower = (a > lo) | ((a == lo) & (t < cut_lo));
-            x[t] = x[t] * (float)(upper & !lower);  /* not a ?: : without AVX-512 masks, gcc keeps a branch */
+            x[t] = x[t] * (float)(upper & !lower);  /* a ?: here stays a branch without AVX-512 masks */
         }
         break;
     }
